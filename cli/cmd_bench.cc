@@ -1,0 +1,77 @@
+// `ringtrain bench train --config F [--steps N] [--warmup W] [--json] [--set key=value ...]`:
+// times optimizer steps after warm-up and prints tokens/s and ms/step. Figures, not pass/fail.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "core/threads.h"
+#include "worker/trainer.h"
+
+namespace ringtrain::cli {
+
+namespace {
+struct BenchArgs {
+  std::string config;
+  std::vector<std::string> sets;
+  int steps = 20;
+  int warmup = 3;
+  bool json = false;
+};
+
+Status BenchTrain(const BenchArgs& a) {
+  if (a.steps < 1) return InvalidArgument("--steps must be >= 1");
+  if (a.warmup < 0) return InvalidArgument("--warmup must be >= 0");
+  RT_ASSIGN_OR_RETURN(Config config, Config::Load(a.config, a.sets));
+  TrainOptions opts;
+  opts.print = false;
+  RT_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(config, opts));
+  for (int i = 0; i < a.warmup; ++i) RT_RETURN_IF_ERROR(trainer->Step(i).status());
+  std::vector<double> ms;
+  double loss = 0;
+  for (int i = 0; i < a.steps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    RT_ASSIGN_OR_RETURN(loss, trainer->Step(a.warmup + i));
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  double total = 0;
+  for (double m : ms) total += m;
+  const double mean = total / static_cast<double>(ms.size());
+  std::sort(ms.begin(), ms.end());
+  const double median = ms[ms.size() / 2];
+  const double tok_s = static_cast<double>(trainer->TokensPerStep()) / (mean / 1000.0);
+  if (a.json) {
+    nlohmann::json j = {{"tokens_per_s", tok_s},   {"ms_per_step", mean},          {"ms_per_step_median", median},
+                        {"steps", a.steps},        {"tokens_per_step", trainer->TokensPerStep()},
+                        {"threads", ThreadBudget()}, {"num_params", trainer->model().NumParams()},
+                        {"final_loss", loss}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("bench train: %s, %lld params, %d threads\n", a.config.empty() ? "default config" : a.config.c_str(),
+                (long long)trainer->model().NumParams(), ThreadBudget());
+    std::printf("  %d steps after %d warm-up: %.1f ms/step (median %.1f), %.0f tokens/s\n", a.steps, a.warmup, mean,
+                median, tok_s);
+  }
+  return Status::Ok();
+}
+}  // namespace
+
+void AddBench(CLI::App& app, Action& action) {
+  CLI::App* bench = app.add_subcommand("bench", "benchmarks that print figures");
+  bench->require_subcommand(1);
+  auto args = std::make_shared<BenchArgs>();
+  CLI::App* train = bench->add_subcommand("train", "time training steps (tokens/s, ms/step)");
+  train->add_option("--config", args->config, "YAML config file");
+  train->add_option("--set", args->sets, "override a config key: key=value (repeatable)");
+  train->add_option("--steps", args->steps, "timed steps (default 20)");
+  train->add_option("--warmup", args->warmup, "untimed warm-up steps (default 3)");
+  train->add_flag("--json", args->json, "print one JSON object");
+  train->callback([&action, args]() { action = [args]() { return BenchTrain(*args); }; });
+}
+
+}  // namespace ringtrain::cli

@@ -1,0 +1,67 @@
+// The one place where every configuration key is declared, with its default, range and meaning.
+// docs and `ringtrain train --help-config` are generated from this table.
+#include "core/config.h"
+
+namespace ringtrain {
+
+const std::vector<ConfigKey>& ConfigSchema() {
+  using T = ConfigType;
+  static const std::vector<ConfigKey> schema = {
+      // General
+      {"name", T::kString, "gpt", -1e300, 1e300, {}, "run name, used for the default run directory"},
+      {"seed", T::kInt, "1337", 0, 9.2e18, {}, "seed of every random stream (init, dropout, data order)"},
+      {"threads", T::kInt, "0", 0, 4096, {}, "thread budget for BLAS and OpenMP loops (0: RINGTRAIN_THREADS or all cores)"},
+      // Model
+      {"model.type", T::kString, "gpt", -1e300, 1e300, {"gpt"}, "model family"},
+      {"model.n_layer", T::kInt, "2", 1, 1024, {}, "Transformer blocks"},
+      {"model.n_head", T::kInt, "4", 1, 1024, {}, "attention heads (must divide n_embd)"},
+      {"model.n_embd", T::kInt, "64", 1, 65536, {}, "model width"},
+      {"model.block_size", T::kInt, "64", 1, 1048576, {}, "context length"},
+      {"model.vocab_size", T::kInt, "0", 0, 16777216, {}, "vocabulary size (0: taken from the data)"},
+      {"model.dropout", T::kFloat, "0.0", 0, 0.99, {}, "dropout on embeddings, attention and residual paths"},
+      {"model.bias", T::kBool, "true", -1e300, 1e300, {}, "biases in Linear and LayerNorm"},
+      // Data
+      {"data.source", T::kString, "auto", -1e300, 1e300, {"auto", "synthetic", "text", "tokens"},
+       "auto: text when data.path is set, else synthetic"},
+      {"data.path", T::kString, "", -1e300, 1e300, {}, "text file (char-level) or train token file (uint16 LE)"},
+      {"data.val_path", T::kString, "", -1e300, 1e300, {}, "validation token file (tokens source); empty: split data.path"},
+      {"data.val_fraction", T::kFloat, "0.1", 0.0001, 0.9, {}, "tail fraction of the data used for validation"},
+      {"data.synthetic.vocab", T::kInt, "16", 2, 65535, {}, "synthetic Markov source: alphabet size"},
+      {"data.synthetic.order", T::kInt, "2", 1, 4, {}, "synthetic Markov source: order (context length)"},
+      {"data.synthetic.branching", T::kInt, "3", 1, 65535, {}, "synthetic Markov source: successors per context"},
+      {"data.synthetic.length", T::kInt, "1000000", 1000, 1e10, {}, "synthetic Markov source: tokens generated"},
+      // Training loop
+      {"train.batch_size", T::kInt, "16", 1, 1e7, {}, "sequences per micro-step (per rank)"},
+      {"train.grad_accum", T::kInt, "1", 1, 1e6, {}, "micro-steps per optimizer step"},
+      {"train.steps", T::kInt, "600", 0, 1e12, {}, "optimizer steps"},
+      {"train.eval_interval", T::kInt, "100", 1, 1e12, {}, "steps between validation evaluations"},
+      {"train.eval_batches", T::kInt, "20", 1, 1e9, {}, "batches per validation evaluation"},
+      {"train.log_interval", T::kInt, "10", 1, 1e12, {}, "steps between progress lines / metrics rows"},
+      // Optimizer
+      {"optim.name", T::kString, "adamw", -1e300, 1e300, {"sgd", "adam", "adamw"}, "optimizer"},
+      {"optim.lr", T::kFloat, "3e-3", 0, 1e6, {}, "peak learning rate"},
+      {"optim.beta1", T::kFloat, "0.9", 0, 0.999999, {}, "Adam beta1"},
+      {"optim.beta2", T::kFloat, "0.99", 0, 0.99999999, {}, "Adam beta2"},
+      {"optim.eps", T::kFloat, "1e-8", 0, 1, {}, "Adam epsilon"},
+      {"optim.weight_decay", T::kFloat, "0.1", 0, 1e6, {}, "decoupled weight decay (AdamW), on matrices and embeddings only"},
+      {"optim.momentum", T::kFloat, "0.0", 0, 0.999999, {}, "SGD momentum"},
+      {"optim.nesterov", T::kBool, "false", -1e300, 1e300, {}, "SGD Nesterov momentum"},
+      {"optim.l1", T::kFloat, "0.0", 0, 1e6, {}, "L1 penalty added to the gradient (lambda * sign(w)), decayed tensors only"},
+      {"optim.l2", T::kFloat, "0.0", 0, 1e6, {}, "L2 penalty added to the gradient (lambda * w), decayed tensors only"},
+      {"optim.grad_clip", T::kFloat, "1.0", 0, 1e12, {}, "clip by global gradient norm (0: off)"},
+      // Learning-rate schedule
+      {"schedule.name", T::kString, "cosine", -1e300, 1e300, {"constant", "cosine", "step", "exponential"},
+       "learning-rate schedule (all honour schedule.warmup)"},
+      {"schedule.warmup", T::kInt, "50", 0, 1e12, {}, "linear warmup steps"},
+      {"schedule.min_lr", T::kFloat, "3e-4", 0, 1e6, {}, "cosine: floor reached at decay_steps"},
+      {"schedule.decay_steps", T::kInt, "0", 0, 1e12, {}, "cosine: step where the floor is reached (0: train.steps)"},
+      {"schedule.step_size", T::kInt, "1000", 1, 1e12, {}, "step decay: steps between decays"},
+      {"schedule.gamma", T::kFloat, "0.1", 0, 1, {}, "step / exponential decay factor"},
+      // Generation (used by `generate` defaults)
+      {"sample.temperature", T::kFloat, "1.0", 1e-6, 100, {}, "sampling temperature"},
+      {"sample.top_k", T::kInt, "0", 0, 16777216, {}, "top-k sampling (0: off)"},
+  };
+  return schema;
+}
+
+}  // namespace ringtrain

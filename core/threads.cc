@@ -1,0 +1,37 @@
+#include "core/threads.h"
+
+#include <omp.h>
+
+#include <cstdlib>
+#include <thread>
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace ringtrain {
+
+namespace {
+int g_budget = 0;
+}
+
+int HardwareThreads() {
+  unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : static_cast<int>(n);
+}
+
+void SetThreadBudget(int n) {
+  if (n <= 0) {
+    const char* env = std::getenv("RINGTRAIN_THREADS");
+    if (env && std::atoi(env) > 0) n = std::atoi(env);
+  }
+  if (n <= 0) n = HardwareThreads();
+  g_budget = n;
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+int ThreadBudget() {
+  if (g_budget == 0) SetThreadBudget(0);
+  return g_budget;
+}
+
+}  // namespace ringtrain

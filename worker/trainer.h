@@ -1,0 +1,69 @@
+// The training loop: one loop for every model, data source and gradient sync engine. It owns the
+// model, data, optimizer state and schedule, runs optimizer steps (with gradient accumulation),
+// evaluates, prints progress, writes metrics (JSONL) and the summary, and saves the model.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "datasets/token_data.h"
+#include "models/gpt.h"
+#include "models/optim.h"
+#include "worker/grad_sync.h"
+
+namespace ringtrain {
+
+struct TrainOptions {
+  std::string run_dir;     // empty: no files written (benchmarks)
+  bool print = true;       // progress and summary lines on stdout
+};
+
+struct TrainSummary {
+  double final_train_loss = 0, final_val_loss = 0, tokens_per_s = 0, wall_s = 0;
+  int64_t steps = 0;
+  std::optional<double> entropy_rate;
+};
+
+class Trainer {
+ public:
+  // Validates the config against the data and builds everything; no step runs yet.
+  static StatusOr<std::unique_ptr<Trainer>> Create(const Config& config, const TrainOptions& opts);
+
+  // Runs train.steps optimizer steps with evaluation, metrics, summary and model saving.
+  StatusOr<TrainSummary> Run();
+  // One optimizer step (all micro-steps); returns the mean training loss of the step.
+  StatusOr<double> Step(int64_t step);
+  // Mean validation loss over train.eval_batches fixed batches.
+  double Evaluate();
+
+  int64_t TokensPerStep() const { return static_cast<int64_t>(batch_) * block_ * accum_; }
+  Gpt<float>& model() { return *model_; }
+  const TokenData& data() const { return data_; }
+  OptimState& optim_state() { return opt_state_; }
+
+ private:
+  Trainer(const Config& c, const TrainOptions& o) : config_(c), opts_(o) {}
+  Status WriteSummary(const TrainSummary& s);
+
+  Config config_;
+  TrainOptions opts_;
+  TokenData data_;
+  std::unique_ptr<Gpt<float>> model_;
+  OptimConfig oc_;
+  LrSchedule sched_;
+  OptimState opt_state_;
+  std::unique_ptr<GradientSync> sync_;
+  std::vector<std::pair<size_t, size_t>> decay_ranges_;
+  int batch_ = 0, block_ = 0, accum_ = 1;
+  uint64_t seed_ = 0;
+  std::vector<int32_t> tokens_, targets_;
+  double last_grad_norm_ = 0;
+  std::FILE* metrics_ = nullptr;
+};
+
+}  // namespace ringtrain
