@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/cpu/fastmath.h"
 #include "core/cpu/gemm.h"
 #include "core/rng.h"
 
@@ -167,7 +168,7 @@ void AttentionForward(T* out, T* att, T* att_drop, const uint8_t* keep, T dropou
         for (int j = 1; j <= i; ++j) mx = std::max(mx, row[j]);
         T sum = 0;
         for (int j = 0; j <= i; ++j) {
-          row[j] = std::exp(row[j] - mx);
+          row[j] = Exp(row[j] - mx);
           sum += row[j];
         }
         const T inv = T(1) / sum;
@@ -247,22 +248,22 @@ constexpr double kGeluScale = 0.7978845608028654;  // sqrt(2/pi)
 template <typename T>
 void GeluForward(T* out, const T* in, int64_t n) {
   const T s = static_cast<T>(kGeluScale);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const T x = in[i];
     const T u = s * (x + T(0.044715) * x * x * x);
-    out[i] = T(0.5) * x * (T(1) + std::tanh(u));
+    out[i] = T(0.5) * x * (T(1) + Tanh(u));
   }
 }
 
 template <typename T>
 void GeluBackward(T* din, const T* dout, const T* in, int64_t n) {
   const T s = static_cast<T>(kGeluScale);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const T x = in[i];
     const T u = s * (x + T(0.044715) * x * x * x);
-    const T th = std::tanh(u);
+    const T th = Tanh(u);
     const T sech2 = T(1) - th * th;
     const T g = T(0.5) * (T(1) + th) + T(0.5) * x * sech2 * s * (T(1) + T(3 * 0.044715) * x * x);
     din[i] = g * dout[i];
@@ -306,7 +307,7 @@ double SoftmaxCrossEntropy(T* losses, T* dlogits, const T* logits, const int32_t
     T mx = x[0];
     for (int v = 1; v < V; ++v) mx = std::max(mx, x[v]);
     T sum = 0;
-    for (int v = 0; v < V; ++v) sum += std::exp(x[v] - mx);
+    for (int v = 0; v < V; ++v) sum += Exp(x[v] - mx);
     const T logsum = std::log(sum) + mx;
     const T loss = tgt < 0 ? T(0) : logsum - x[tgt];
     losses[n] = loss;
@@ -316,7 +317,7 @@ double SoftmaxCrossEntropy(T* losses, T* dlogits, const T* logits, const int32_t
       if (tgt < 0) {
         for (int v = 0; v < V; ++v) d[v] = 0;
       } else {
-        for (int v = 0; v < V; ++v) d[v] = std::exp(x[v] - logsum) * grad_scale;
+        for (int v = 0; v < V; ++v) d[v] = Exp(x[v] - logsum) * grad_scale;
         d[tgt] -= grad_scale;
       }
     }
