@@ -154,7 +154,7 @@ Status Config::ApplyYamlNode(const void* node_ptr, const std::string& prefix, co
   for (auto it = node.begin(); it != node.end(); ++it) {
     const std::string name = it->first.as<std::string>();
     const std::string key = prefix.empty() ? name : prefix + "." + name;
-    const YAML::Node& val = it->second;
+    const YAML::Node val = it->second;  // a copy: the iterator yields a temporary
     if (val.IsMap()) {
       // A section must be a prefix of some key.
       bool any = false;

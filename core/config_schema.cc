@@ -16,7 +16,7 @@ const std::vector<ConfigKey>& ConfigSchema() {
       {"model.n_layer", T::kInt, "2", 1, 1024, {}, "Transformer blocks"},
       {"model.n_head", T::kInt, "4", 1, 1024, {}, "attention heads (must divide n_embd)"},
       {"model.n_embd", T::kInt, "64", 1, 65536, {}, "model width"},
-      {"model.block_size", T::kInt, "64", 1, 1048576, {}, "context length"},
+      {"model.block_size", T::kInt, "128", 1, 1048576, {}, "context length"},
       {"model.vocab_size", T::kInt, "0", 0, 16777216, {}, "vocabulary size (0: taken from the data)"},
       {"model.dropout", T::kFloat, "0.0", 0, 0.99, {}, "dropout on embeddings, attention and residual paths"},
       {"model.bias", T::kBool, "true", -1e300, 1e300, {}, "biases in Linear and LayerNorm"},
@@ -33,8 +33,8 @@ const std::vector<ConfigKey>& ConfigSchema() {
       // Training loop
       {"train.batch_size", T::kInt, "16", 1, 1e7, {}, "sequences per micro-step (per rank)"},
       {"train.grad_accum", T::kInt, "1", 1, 1e6, {}, "micro-steps per optimizer step"},
-      {"train.steps", T::kInt, "600", 0, 1e12, {}, "optimizer steps"},
-      {"train.eval_interval", T::kInt, "100", 1, 1e12, {}, "steps between validation evaluations"},
+      {"train.steps", T::kInt, "1500", 0, 1e12, {}, "optimizer steps"},
+      {"train.eval_interval", T::kInt, "250", 1, 1e12, {}, "steps between validation evaluations"},
       {"train.eval_batches", T::kInt, "20", 1, 1e9, {}, "batches per validation evaluation"},
       {"train.log_interval", T::kInt, "10", 1, 1e12, {}, "steps between progress lines / metrics rows"},
       // Optimizer

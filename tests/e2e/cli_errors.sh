@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Bad input gives exactly one clear error line naming the problem, exit code 2, and no crash.
+source "$(dirname "$0")/lib.sh"
+
+# expect_error "what" "substring of the error line" -- command...
+expect_error() {
+  local what=$1 needle=$2
+  shift 3
+  local rc=0
+  "$@" >out.txt 2>err.txt || rc=$?
+  [[ $rc == 2 ]] || { cat out.txt err.txt; fail "$what: exit code $rc, expected 2"; }
+  local lines
+  lines=$(wc -l <err.txt)
+  [[ $lines == 1 ]] || { cat err.txt; fail "$what: $lines lines on stderr, expected exactly 1"; }
+  grep -qF -- "$needle" err.txt || { cat err.txt; fail "$what: error line lacks '$needle'"; }
+  grep -qiE "terminate|abort|exception|core dumped" err.txt && fail "$what: looks like a crash: $(cat err.txt)"
+  echo "ok: $what -> $(cat err.txt)"
+}
+
+expect_error "missing data file" "data file /nonexistent/input.txt: no such file" -- \
+  "$RT" train --run-dir r --set data.path=/nonexistent/input.txt
+expect_error "missing config file" "config file nope.yaml: no such file" -- "$RT" train --config nope.yaml
+expect_error "unknown key on the command line" "did you mean 'model.n_layer'" -- \
+  "$RT" train --run-dir r --set model.n_layr=2
+printf 'model:\n  n_layer: 2\noptim:\n  lerning_rate: 0.1\n' >typo.yaml
+expect_error "unknown key in a file" "typo.yaml: unknown config key 'optim.lerning_rate'" -- \
+  "$RT" train --config typo.yaml
+printf 'optim:\n  lr: fast\n' >type.yaml
+expect_error "mistyped value" "optim.lr: expected a number, got 'fast'" -- "$RT" train --config type.yaml
+expect_error "negative size" "model.n_embd = -64 is out of range" -- "$RT" train --set model.n_embd=-64
+expect_error "zero batch" "train.batch_size = 0 is out of range" -- "$RT" train --set train.batch_size=0
+expect_error "heads do not divide width" "model.n_head = 5 must divide model.n_embd = 64" -- \
+  "$RT" train --run-dir r --set model.n_head=5 --set model.n_embd=64
+expect_error "missing model" "no such file" -- "$RT" generate --model /nonexistent/run --prompt hi
+expect_error "unknown option" "--bogus" -- "$RT" train --bogus
+
+# A prompt with characters outside the vocabulary of a char-level model.
+printf 'the cat sat on the mat. the dog sat on the log.\n%.0s' {1..40} >tiny.txt
+"$RT" train --run-dir run --set data.path=tiny.txt --set model.block_size=16 --set train.steps=2 \
+  --set train.eval_batches=1 >train.log 2>&1 || { cat train.log; fail "tiny training failed"; }
+expect_error "prompt outside vocabulary" "character 'Z' at position 4 is not in the model's vocabulary" -- \
+  "$RT" generate --model run --prompt "the Zebra"
+# A corrupted parameter file is named.
+printf 'X' | dd of=run/model/params.bin bs=1 seek=100 conv=notrunc status=none
+expect_error "corrupt model" "params.bin: CRC mismatch" -- "$RT" generate --model run --prompt "the"
+echo "all error cases passed"

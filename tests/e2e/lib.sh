@@ -1,0 +1,15 @@
+# Shared helpers for end-to-end test scripts. Source it; $1 of the script is the ringtrain binary.
+# Exit code 77 means "skipped" (mapped to CTest's SKIP_RETURN_CODE); say why before using it.
+set -euo pipefail
+RT=${1:?usage: $0 path/to/ringtrain}
+RT=$(cd "$(dirname "$RT")" && pwd)/$(basename "$RT")
+# The repository root and the shared data folder beside it (resolved before leaving the cwd).
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+DATA=${RINGTRAIN_DATA:-$REPO/../shared/data}
+WORK=$(mktemp -d /tmp/ringtrain-e2e.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+cd "$WORK"
+export RINGTRAIN_THREADS=${RINGTRAIN_THREADS:-1}
+fail() { echo "FAIL: $*" >&2; exit 1; }
+skip() { echo "SKIP: $*"; exit 77; }
+json_get() { /usr/bin/python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
