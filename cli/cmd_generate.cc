@@ -94,15 +94,7 @@ Status Generate(const GenerateArgs& a) {
         sum += probs[v];
       }
     }
-    double u = rng.Uniform() * sum, acc = 0;
-    int next = V - 1;
-    for (int v = 0; v < V; ++v) {
-      acc += probs[v];
-      if (u < acc) {
-        next = v;
-        break;
-      }
-    }
+    const int next = SampleCategorical(rng, probs.data(), V, sum);
     ctx.push_back(next);
     if (vocab) std::printf("%s", vocab->DecodeOne(next).c_str());
     else std::printf(" %d", next);

@@ -95,4 +95,16 @@ class Rng {
   bool has_spare_ = false;
 };
 
+// Index drawn from unnormalised weights w[0, n) that sum to `total`: the first i whose running
+// sum exceeds Uniform() * total (the last index if rounding leaves none).
+inline int SampleCategorical(Rng& rng, const double* w, int n, double total = 1.0) {
+  const double u = rng.Uniform() * total;
+  double acc = 0;
+  for (int i = 0; i < n; ++i) {
+    acc += w[i];
+    if (u < acc) return i;
+  }
+  return n - 1;
+}
+
 }  // namespace ringtrain

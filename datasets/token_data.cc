@@ -176,16 +176,7 @@ std::vector<uint16_t> MarkovSource::Generate(int64_t n, uint64_t seed) const {
   int64_t ctx = static_cast<int64_t>(rng.Below(static_cast<uint64_t>(contexts)));
   const int64_t burn_in = 1000;
   for (int64_t i = -burn_in; i < n; ++i) {
-    const double* p = &probs[static_cast<size_t>(ctx * vocab)];
-    double u = rng.Uniform(), acc = 0;
-    int v = vocab - 1;
-    for (int j = 0; j < vocab; ++j) {
-      acc += p[j];
-      if (u < acc) {
-        v = j;
-        break;
-      }
-    }
+    const int v = SampleCategorical(rng, &probs[static_cast<size_t>(ctx * vocab)], vocab);
     if (i >= 0) out[static_cast<size_t>(i)] = static_cast<uint16_t>(v);
     ctx = (ctx * vocab + v) % contexts;
   }

@@ -143,8 +143,9 @@ StatusOr<TrainSummary> Trainer::Run() {
         std::fprintf(metrics_, "%s\n", row.dump().c_str());
       }
       if (opts_.print) {
-        std::printf("%sstep %lld: val loss %.4f%s\n", tty ? "\r\x1b[K" : "", (long long)done, last_val,
-                    data_.entropy_rate ? (" (entropy rate " + std::to_string(*data_.entropy_rate).substr(0, 6) + ")").c_str() : "");
+        std::printf("%sstep %lld: val loss %.4f", tty ? "\r\x1b[K" : "", (long long)done, last_val);
+        if (data_.entropy_rate) std::printf(" (entropy rate %.4f)", *data_.entropy_rate);
+        std::printf("\n");
       }
     }
     if (done % log_interval == 0 || last) {

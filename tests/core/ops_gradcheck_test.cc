@@ -90,11 +90,13 @@ TEST(OpsGradcheck, Gelu) {
   EXPECT_NEAR(y[1], -0.15880800939172324, 1e-12);
 }
 
-class AttentionGradcheck : public ::testing::TestWithParam<double> {};
+// (dropout p, T): T = 5 is one causal block; T = 70 is two uneven blocks of 35, which exercises
+// the block-skipping GEMMs (keys beyond the block, queries before it).
+class AttentionGradcheck : public ::testing::TestWithParam<std::tuple<double, int>> {};
 
 TEST_P(AttentionGradcheck, MatchesFiniteDifferences) {
-  const double p = GetParam();
-  const int B = 2, T = 5, C = 8, NH = 2;
+  const auto [p, T] = GetParam();
+  const int B = T > 8 ? 1 : 2, C = 8, NH = 2;
   auto qkv = RandomVec(B * T * 3 * C, 14), g = RandomVec(B * T * C, 15);
   std::vector<double> out(B * T * C), att(B * NH * T * T), att_drop(B * NH * T * T);
   std::vector<uint8_t> keep(B * NH * T * T);
@@ -123,7 +125,35 @@ TEST_P(AttentionGradcheck, MatchesFiniteDifferences) {
   ExpectGradientMatches(loss, qkv.data(), dqkv.data(), dqkv.size(), "attention dqkv");
 }
 
-INSTANTIATE_TEST_SUITE_P(Dropout, AttentionGradcheck, ::testing::Values(0.0, 0.3));
+INSTANTIATE_TEST_SUITE_P(DropoutAndBlocks, AttentionGradcheck,
+                         ::testing::Combine(::testing::Values(0.0, 0.3), ::testing::Values(5, 70)));
+
+TEST(OpsGradcheck, BlockedAttentionEqualsDirectFormula) {
+  // Float64 reference written out directly (softmax(q k^T / sqrt(hs)) v, causal) for T = 100
+  // (three causal blocks).
+  const int T = 100, C = 12, NH = 3, hs = C / NH;
+  auto qkv = RandomVec(T * 3 * C, 21);
+  std::vector<double> out(T * C), att(NH * T * T);
+  cpu::AttentionForward<double>(out.data(), att.data(), nullptr, nullptr, 0.0, qkv.data(), 1, T, C, NH);
+  for (int h = 0; h < NH; ++h) {
+    for (int i = 0; i < T; ++i) {
+      std::vector<double> w(i + 1);
+      double mx = -1e300, sum = 0;
+      for (int j = 0; j <= i; ++j) {
+        double d = 0;
+        for (int c = 0; c < hs; ++c) d += qkv[i * 3 * C + h * hs + c] * qkv[j * 3 * C + C + h * hs + c];
+        w[j] = d / std::sqrt(static_cast<double>(hs));
+        mx = std::max(mx, w[j]);
+      }
+      for (int j = 0; j <= i; ++j) sum += (w[j] = std::exp(w[j] - mx));
+      for (int c = 0; c < hs; ++c) {
+        double o = 0;
+        for (int j = 0; j <= i; ++j) o += w[j] / sum * qkv[j * 3 * C + 2 * C + h * hs + c];
+        EXPECT_NEAR(out[i * C + h * hs + c], o, 1e-12);
+      }
+    }
+  }
+}
 
 TEST(OpsGradcheck, AttentionDoesNotLookAhead) {
   // Changing token t's q/k/v must not change outputs at positions < t.
