@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPT training speed, ringtrain vs eager PyTorch, both pinned to one thread (issue 2).
-# Usage: bench/gpt_vs_pytorch.sh            (STEPS=N to change the timed steps, default 20;
+# Usage: bench/gpt_vs_pytorch.sh   (STEPS=N timed steps, default 20; REPEATS=N alternating runs, default 3;
 #                                            RINGTRAIN=path to use another binary)
 # Needs Debian's python3-torch and python3-yaml for /usr/bin/python3 (scripts/install-deps.sh --bench).
 set -euo pipefail
@@ -25,21 +25,41 @@ field() {  # field JSON KEY -> value of KEY in a one-line JSON object
   "$PY" -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
 }
 
-rows=()
+# Host noise on shared machines is +-10% between runs, so the two implementations alternate
+# REPEATS times and each run is summarised by its median step time; the table gives the median
+# over repeats and the ratio of those medians.
+REPEATS="${REPEATS:-3}"
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
 for cfg in gpt_s gpt_m; do
   file="bench/configs/${cfg}.yaml"
-  echo "== $cfg: $STEPS steps, 1 thread" >&2
-  rt_json="$("$RINGTRAIN" bench train --config "$file" --steps "$STEPS" --json | tail -n 1)"
-  echo "   ringtrain: $rt_json" >&2
-  pt_json="$("$PY" bench/pytorch_gpt.py --config "$file" --steps "$STEPS" --json | tail -n 1)"
-  echo "   pytorch:   $pt_json" >&2
-  rows+=("$cfg $(field "$rt_json" tokens_per_s) $(field "$pt_json" tokens_per_s) $(field "$pt_json" torch)")
+  for rep in $(seq "$REPEATS"); do
+    echo "== $cfg repeat $rep/$REPEATS: $STEPS steps, 1 thread" >&2
+    rt_json="$("$RINGTRAIN" bench train --config "$file" --steps "$STEPS" --json | tail -n 1)"
+    echo "   ringtrain: $rt_json" >&2
+    pt_json="$("$PY" bench/pytorch_gpt.py --config "$file" --steps "$STEPS" --json | tail -n 1)"
+    echo "   pytorch:   $pt_json" >&2
+    echo "$cfg ringtrain $rt_json" >>"$results"
+    echo "$cfg pytorch $pt_json" >>"$results"
+  done
 done
 
-echo
-printf '%-8s %18s %18s %8s\n' config "ringtrain tok/s" "pytorch tok/s" ratio
-for row in "${rows[@]}"; do
-  read -r cfg rt pt ver <<<"$row"
-  "$PY" -c 'import sys; c, rt, pt = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]); print("%-8s %18.0f %18.0f %7.2fx" % (c, rt, pt, rt / pt))' "$cfg" "$rt" "$pt"
-done
-echo "(1 thread each; ratio = ringtrain / pytorch; torch $ver; STEPS=$STEPS)"
+"$PY" - "$results" "$STEPS" "$REPEATS" <<'PYEOF'
+import json, statistics, sys
+runs = {}
+torch_version = "?"
+for line in open(sys.argv[1]):
+    cfg, impl, js = line.split(" ", 2)
+    d = json.loads(js)
+    torch_version = d.get("torch", torch_version)
+    tps = d["tokens_per_step"] / (d["ms_per_step_median"] / 1000.0)
+    runs.setdefault(cfg, {}).setdefault(impl, []).append(tps)
+print()
+print("%-8s %18s %18s %8s   %s" % ("config", "ringtrain tok/s", "pytorch tok/s", "ratio", "per-repeat ratios"))
+for cfg, r in runs.items():
+    rt, pt = statistics.median(r["ringtrain"]), statistics.median(r["pytorch"])
+    per = " ".join("%.2f" % (a / b) for a, b in zip(r["ringtrain"], r["pytorch"]))
+    print("%-8s %18.0f %18.0f %7.2fx   %s" % (cfg, rt, pt, rt / pt, per))
+print("(1 thread each; tokens/s from each run's median step time, median over %s alternating repeats;"
+      " ratio = ringtrain / pytorch; torch %s; STEPS=%s)" % (sys.argv[3], torch_version, sys.argv[2]))
+PYEOF
