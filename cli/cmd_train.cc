@@ -1,5 +1,6 @@
 // `ringtrain train [--config F.yaml] [--set key=value ...] [--run-dir DIR]`
 #include <chrono>
+#include <cstdio>
 #include <ctime>
 #include <memory>
 #include <string>
@@ -15,7 +16,25 @@ struct TrainArgs {
   std::string config;
   std::vector<std::string> sets;
   std::string run_dir;
+  bool help_config = false;
 };
+
+// Prints every config key with its type, default, range or choices, and meaning.
+void PrintConfigSchema() {
+  static const char* kTypes[] = {"int", "float", "bool", "string"};
+  for (const ConfigKey& k : ConfigSchema()) {
+    std::string range;
+    if (!k.choices.empty()) {
+      for (const auto& c : k.choices) range += (range.empty() ? "" : "|") + c;
+    } else if (k.type == ConfigType::kInt || k.type == ConfigType::kFloat) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "[%g, %g]", k.min, k.max);
+      range = buf;
+    }
+    std::printf("%-26s %-6s default %-10s %-22s %s\n", k.key.c_str(), kTypes[static_cast<int>(k.type)],
+                k.default_value.empty() ? "\"\"" : k.default_value.c_str(), range.c_str(), k.help.c_str());
+  }
+}
 
 std::string DefaultRunDir(const std::string& name) {
   const std::time_t now = std::time(nullptr);
@@ -31,8 +50,13 @@ void AddTrain(CLI::App& app, Action& action) {
   cmd->add_option("--config", args->config, "YAML config file");
   cmd->add_option("--set", args->sets, "override a config key: key=value (repeatable)")->allow_extra_args(false);
   cmd->add_option("--run-dir", args->run_dir, "output directory (default runs/<name>-<time>)");
+  cmd->add_flag("--help-config", args->help_config, "list every config key with its default and range, then exit");
   cmd->callback([&action, args]() {
     action = [args]() -> Status {
+      if (args->help_config) {
+        PrintConfigSchema();
+        return Status::Ok();
+      }
       RT_ASSIGN_OR_RETURN(Config config, Config::Load(args->config, args->sets));
       TrainOptions opts;
       opts.run_dir = args->run_dir.empty() ? DefaultRunDir(config.Str("name")) : args->run_dir;

@@ -1,5 +1,5 @@
 // The one place where every configuration key is declared, with its default, range and meaning.
-// docs and `ringtrain train --help-config` are generated from this table.
+// `ringtrain train --help-config` prints this table.
 #include "core/config.h"
 
 namespace ringtrain {
