@@ -95,7 +95,8 @@ TEST(OpsGradcheck, Gelu) {
 class AttentionGradcheck : public ::testing::TestWithParam<std::tuple<double, int>> {};
 
 TEST_P(AttentionGradcheck, MatchesFiniteDifferences) {
-  const auto [p, T] = GetParam();
+  const double p = std::get<0>(GetParam());
+  const int T = std::get<1>(GetParam());
   const int B = T > 8 ? 1 : 2, C = 8, NH = 2;
   auto qkv = RandomVec(B * T * 3 * C, 14), g = RandomVec(B * T * C, 15);
   std::vector<double> out(B * T * C), att(B * NH * T * T), att_drop(B * NH * T * T);
