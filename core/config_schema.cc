@@ -12,7 +12,7 @@ const std::vector<ConfigKey>& ConfigSchema() {
       {"seed", T::kInt, "1337", 0, 9.2e18, {}, "seed of every random stream (init, dropout, data order)"},
       {"threads", T::kInt, "0", 0, 4096, {}, "thread budget for BLAS and OpenMP loops (0: RINGTRAIN_THREADS or all cores)"},
       // Model
-      {"model.type", T::kString, "gpt", -1e300, 1e300, {"gpt"}, "model family"},
+      {"model.type", T::kString, "gpt", -1e300, 1e300, {"gpt", "mlp", "lenet", "resnet"}, "model family"},
       {"model.n_layer", T::kInt, "2", 1, 1024, {}, "Transformer blocks"},
       {"model.n_head", T::kInt, "4", 1, 1024, {}, "attention heads (must divide n_embd)"},
       {"model.n_embd", T::kInt, "64", 1, 65536, {}, "model width"},
@@ -20,6 +20,12 @@ const std::vector<ConfigKey>& ConfigSchema() {
       {"model.vocab_size", T::kInt, "0", 0, 16777216, {}, "vocabulary size (0: taken from the data)"},
       {"model.dropout", T::kFloat, "0.0", 0, 0.99, {}, "dropout on embeddings, attention and residual paths"},
       {"model.bias", T::kBool, "true", -1e300, 1e300, {}, "biases in Linear and LayerNorm"},
+      {"model.hidden", T::kString, "256,128", -1e300, 1e300, {}, "mlp: hidden layer sizes, comma-separated"},
+      {"model.depth", T::kInt, "20", 8, 1000, {}, "resnet: depth 6n+2 (8, 14, 20, ...)"},
+      {"model.width", T::kInt, "16", 1, 4096, {}, "resnet: channels of the first stage (doubling per stage)"},
+      {"model.batch_norm", T::kBool, "true", -1e300, 1e300, {}, "resnet: BatchNorm after each convolution"},
+      {"model.bn_momentum", T::kFloat, "0.1", 0, 1, {}, "BatchNorm running-statistics momentum"},
+      {"model.loss", T::kString, "cross_entropy", -1e300, 1e300, {"cross_entropy", "mse"}, "image classifiers: loss"},
       // Data
       {"data.source", T::kString, "auto", -1e300, 1e300, {"auto", "synthetic", "text", "tokens", "mnist", "cifar10", "synthetic_images"},
        "auto: text when data.path is set, else synthetic (images: mnist, cifar10, synthetic_images)"},
