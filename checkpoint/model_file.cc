@@ -41,21 +41,15 @@ Status WriteFileAtomic(const std::string& path, const std::string& bytes) {
   return Status::Ok();
 }
 
-Status SaveModel(const std::string& dir, const Config& config, int vocab_size, const std::optional<CharVocab>& vocab,
-                 const std::string& data_description, const float* params, size_t n) {
+Status SaveModel(const std::string& dir, const Config& config, const nlohmann::json& task_meta, const float* params,
+                 size_t n) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return IoError("creating model directory " + dir + ": " + ec.message());
-  nlohmann::json meta;
+  nlohmann::json meta = task_meta;
   meta["format"] = "ringtrain-model-1";
   meta["config"] = config.ToJson();
-  meta["vocab_size"] = vocab_size;
-  meta["data"] = data_description;
   meta["num_params"] = n;
-  if (vocab) {
-    std::vector<uint32_t> cps(vocab->chars().begin(), vocab->chars().end());
-    meta["vocab_chars"] = cps;
-  }
   std::string bin(sizeof kMagic + 8 + 4, '\0');
   std::memcpy(bin.data(), kMagic, sizeof kMagic);
   const uint64_t count = n;

@@ -21,8 +21,10 @@ struct SavedModel {
   std::vector<float> params;  // arena order
 };
 
-Status SaveModel(const std::string& dir, const Config& config, int vocab_size, const std::optional<CharVocab>& vocab,
-                 const std::string& data_description, const float* params, size_t n);
+// `meta` holds task fields (vocab_size, vocab_chars, image shape, normalisation, data description);
+// format, config and num_params are added here.
+Status SaveModel(const std::string& dir, const Config& config, const nlohmann::json& meta, const float* params,
+                 size_t n);
 // dir may be a run directory (then DIR/model is used) or the model directory itself.
 StatusOr<SavedModel> LoadModel(const std::string& dir);
 

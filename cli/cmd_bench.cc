@@ -44,18 +44,24 @@ Status BenchTrain(const BenchArgs& a) {
   const double mean = total / static_cast<double>(ms.size());
   std::sort(ms.begin(), ms.end());
   const double median = ms[ms.size() / 2];
-  const double tok_s = static_cast<double>(trainer->TokensPerStep()) / (mean / 1000.0);
+  const double per_s = static_cast<double>(trainer->ItemsPerStep()) / (mean / 1000.0);
+  const bool lm = std::string(trainer->task().ItemName()) == "tok";
+  const char* unit = lm ? "tokens" : "images";
   if (a.json) {
-    nlohmann::json j = {{"tokens_per_s", tok_s},   {"ms_per_step", mean},          {"ms_per_step_median", median},
-                        {"steps", a.steps},        {"tokens_per_step", trainer->TokensPerStep()},
-                        {"threads", ThreadBudget()}, {"num_params", trainer->model().NumParams()},
+    nlohmann::json j = {{std::string(unit) + "_per_s", per_s},
+                        {"ms_per_step", mean},
+                        {"ms_per_step_median", median},
+                        {"steps", a.steps},
+                        {std::string(unit) + "_per_step", trainer->ItemsPerStep()},
+                        {"threads", ThreadBudget()},
+                        {"num_params", trainer->task().NumParams()},
                         {"final_loss", loss}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("bench train: %s, %lld params, %d threads\n", a.config.empty() ? "default config" : a.config.c_str(),
-                (long long)trainer->model().NumParams(), ThreadBudget());
-    std::printf("  %d steps after %d warm-up: %.1f ms/step (median %.1f), %.0f tokens/s\n", a.steps, a.warmup, mean,
-                median, tok_s);
+                (long long)trainer->task().NumParams(), ThreadBudget());
+    std::printf("  %d steps after %d warm-up: %.1f ms/step (median %.1f), %.0f %s/s\n", a.steps, a.warmup, mean,
+                median, per_s, unit);
   }
   return Status::Ok();
 }

@@ -29,6 +29,8 @@ Status Generate(const GenerateArgs& a) {
   if (!(a.temperature > 0)) return InvalidArgument("--temperature must be > 0");
   if (a.top_k < 0) return InvalidArgument("--top-k must be >= 0");
   RT_ASSIGN_OR_RETURN(SavedModel m, LoadModel(a.model));
+  if (m.meta.value("task", "lm") != "lm")
+    return InvalidArgument("model " + a.model + " is an image classifier; generate needs a language model (use eval)");
   RT_ASSIGN_OR_RETURN(Config config, Config::FromJson(m.meta["config"]));
   SetThreadBudget(static_cast<int>(config.Int("threads")));
   const int vocab_size = m.meta.value("vocab_size", 0);

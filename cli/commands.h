@@ -16,5 +16,6 @@ using Action = std::function<Status()>;
 void AddTrain(CLI::App& app, Action& action);
 void AddGenerate(CLI::App& app, Action& action);
 void AddBench(CLI::App& app, Action& action);
+void AddEval(CLI::App& app, Action& action);
 
 }  // namespace ringtrain::cli

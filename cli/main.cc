@@ -10,6 +10,7 @@ int main(int argc, char** argv) {
   ringtrain::cli::Action action;
   ringtrain::cli::AddTrain(app, action);
   ringtrain::cli::AddGenerate(app, action);
+  ringtrain::cli::AddEval(app, action);
   ringtrain::cli::AddBench(app, action);
   try {
     app.parse(argc, argv);

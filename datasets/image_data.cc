@@ -69,7 +69,7 @@ void DrawSyntheticImage(float* img, int label, int channels, int size, uint64_t 
       for (int x = 0; x < size; ++x) {
         double v = 0;
         for (int k = 0; k < 3; ++k) v += amp[k] * std::cos(fx[k] * (x + dx) + fy[k] * (y + dy) + ph[k]);
-        img[(static_cast<int64_t>(c) * size + y) * size + x] = static_cast<float>(contrast * v + 0.6 * rng.Normal());
+        img[(static_cast<int64_t>(c) * size + y) * size + x] = static_cast<float>(contrast * v + 2.5 * rng.Normal());
       }
     }
   }
@@ -120,7 +120,8 @@ Status LoadCifarFile(const std::string& path, std::vector<float>* x, std::vector
 
 }  // namespace
 
-StatusOr<ImageData> ImageData::Load(const Config& c) {
+StatusOr<ImageData> ImageData::Load(const Config& c, const std::vector<float>* mean_in,
+                                     const std::vector<float>* std_in) {
   ImageData d;
   const std::string& source = c.Str("data.source");
   std::vector<float> all_x;
@@ -199,7 +200,7 @@ StatusOr<ImageData> ImageData::Load(const Config& c) {
   d.std.assign(d.channels, 1.f);
   if (c.Bool("data.normalize")) {
     const int64_t hw = static_cast<int64_t>(d.height) * d.width;
-    for (int ch = 0; ch < d.channels; ++ch) {
+    for (int ch = 0; ch < d.channels && !mean_in; ++ch) {
       double s = 0, ss = 0;
       int64_t cnt = 0;
       for (int64_t i = 0; i < d.Count(Split::kTrain); ++i) {
@@ -215,6 +216,13 @@ StatusOr<ImageData> ImageData::Load(const Config& c) {
       d.mean[ch] = static_cast<float>(m);
       d.std[ch] = static_cast<float>(sd);
     }
+    if (mean_in) {
+      if (mean_in->size() != static_cast<size_t>(d.channels) || !std_in || std_in->size() != mean_in->size())
+        return InvalidArgument(d.description + ": has " + std::to_string(d.channels) +
+                               " channels, the model's normalisation has " + std::to_string(mean_in->size()));
+      d.mean = *mean_in;
+      d.std = *std_in;
+    }
     for (auto* v : {&d.train_images, &d.test_images}) {
       const int64_t n = static_cast<int64_t>(v->size()) / (d.channels * hw);
       for (int64_t i = 0; i < n; ++i)
@@ -229,15 +237,29 @@ StatusOr<ImageData> ImageData::Load(const Config& c) {
   return d;
 }
 
-void ImageData::SampleBatch(Split split, uint64_t seed, uint64_t index, int row_begin, int rows, bool augment,
-                            float* images, int32_t* labels) const {
+std::vector<int64_t> EpochPermutation(int64_t n, uint64_t seed, int split, uint64_t epoch) {
+  std::vector<int64_t> p(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) p[i] = i;
+  Rng rng(seed, RngPurpose::kData, 10 + static_cast<uint64_t>(split), epoch);
+  for (int64_t i = n - 1; i > 0; --i) std::swap(p[i], p[static_cast<int64_t>(rng.Below(static_cast<uint64_t>(i + 1)))]);
+  return p;
+}
+
+void ImageData::SampleBatch(Split split, uint64_t seed, uint64_t index, int row_begin, int rows, int global_rows,
+                            bool augment, float* images, int32_t* labels) const {
   const auto& X = split == Split::kTrain ? train_images : test_images;
   const auto& Y = split == Split::kTrain ? train_labels : test_labels;
   const int64_t n = static_cast<int64_t>(Y.size()), sz = ImageSize();
   const int H = height, W = width, pad = augment ? augment_crop_pad : 0;
   for (int r = 0; r < rows; ++r) {
     Rng rng(seed, RngPurpose::kData, split == Split::kTrain ? 2 : 3, index, static_cast<uint64_t>(row_begin + r));
-    const int64_t i = static_cast<int64_t>(rng.Below(static_cast<uint64_t>(n)));
+    const uint64_t pos = index * static_cast<uint64_t>(global_rows) + static_cast<uint64_t>(row_begin + r);
+    const int64_t epoch = static_cast<int64_t>(pos / static_cast<uint64_t>(n));
+    if (split != Split::kTrain || epoch != perm_epoch_) {
+      perm_ = EpochPermutation(n, seed, split == Split::kTrain ? 0 : 1, static_cast<uint64_t>(epoch));
+      perm_epoch_ = split == Split::kTrain ? epoch : -1;
+    }
+    const int64_t i = perm_[static_cast<size_t>(pos % static_cast<uint64_t>(n))];
     labels[r] = Y[i];
     const float* src = X.data() + i * sz;
     float* dst = images + static_cast<int64_t>(r) * sz;

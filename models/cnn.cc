@@ -65,7 +65,7 @@ int Cnn<T>::Conv(int in, int oc, int k, int stride, int pad, bool bias, const st
   n.C = oc;
   n.H = n.conv.OH();
   n.W = n.conv.OW();
-  const float std = std::sqrt(2.0f / static_cast<float>(src.C * k * k));  // Kaiming (ReLU)
+  const float std = std::sqrt(1.0f / (3.0f * static_cast<float>(src.C * k * k)));  // PyTorch default variance
   n.w = arena_.layout.Add(name + ".weight", {oc, src.C, k, k}, true, InitKind::kNormal, std);
   if (bias) n.b = arena_.layout.Add(name + ".bias", {oc}, false, InitKind::kZeros);
   return Add(n);
@@ -106,7 +106,7 @@ int Cnn<T>::Linear(int in, int out, const std::string& name) {
   n.H = n.W = 1;
   const int fan_in = static_cast<int>(src.Size());
   n.w = arena_.layout.Add(name + ".weight", {out, fan_in}, true, InitKind::kNormal,
-                          std::sqrt(2.0f / static_cast<float>(fan_in)));
+                          std::sqrt(1.0f / (3.0f * static_cast<float>(fan_in))));
   n.b = arena_.layout.Add(name + ".bias", {out}, false, InitKind::kZeros);
   return Add(n);
 }

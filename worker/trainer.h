@@ -1,6 +1,7 @@
-// The training loop: one loop for every model, data source and gradient sync engine. It owns the
-// model, data, optimizer state and schedule, runs optimizer steps (with gradient accumulation),
-// evaluates, prints progress, writes metrics (JSONL) and the summary, and saves the model.
+// The training loop: one loop for every task (GPT language modelling, CNN classification), data
+// source and gradient sync engine. It owns the task, optimizer state and schedule, runs optimizer
+// steps (with gradient accumulation), evaluates, prints progress, writes metrics (JSONL) and the
+// summary, and saves the model.
 #pragma once
 
 #include <cstdint>
@@ -11,10 +12,9 @@
 #include <vector>
 
 #include "core/config.h"
-#include "datasets/token_data.h"
-#include "models/gpt.h"
 #include "models/optim.h"
 #include "worker/grad_sync.h"
+#include "worker/task.h"
 
 namespace ringtrain {
 
@@ -24,9 +24,10 @@ struct TrainOptions {
 };
 
 struct TrainSummary {
-  double final_train_loss = 0, final_val_loss = 0, tokens_per_s = 0, wall_s = 0;
+  double final_train_loss = 0, final_val_loss = 0, items_per_s = 0, wall_s = 0;
   int64_t steps = 0;
   std::optional<double> entropy_rate;
+  nlohmann::json final_metrics = nlohmann::json::object();  // classification metrics
 };
 
 class Trainer {
@@ -38,12 +39,12 @@ class Trainer {
   StatusOr<TrainSummary> Run();
   // One optimizer step (all micro-steps); returns the mean training loss of the step.
   StatusOr<double> Step(int64_t step);
-  // Mean validation loss over train.eval_batches fixed batches.
-  double Evaluate();
+  // Validation loss (and metrics) of the task.
+  EvalResult Evaluate() { return task_->Evaluate(); }
 
-  int64_t TokensPerStep() const { return static_cast<int64_t>(batch_) * block_ * accum_; }
-  Gpt<float>& model() { return *model_; }
-  const TokenData& data() const { return data_; }
+  // Tokens (language models) or images (classifiers) per optimizer step.
+  int64_t ItemsPerStep() const { return task_->ItemsPerMicroStep() * accum_; }
+  Task& task() { return *task_; }
   OptimState& optim_state() { return opt_state_; }
 
  private:
@@ -52,16 +53,13 @@ class Trainer {
 
   Config config_;
   TrainOptions opts_;
-  TokenData data_;
-  std::unique_ptr<Gpt<float>> model_;
+  std::unique_ptr<Task> task_;
   OptimConfig oc_;
   LrSchedule sched_;
   OptimState opt_state_;
   std::unique_ptr<GradientSync> sync_;
   std::vector<std::pair<size_t, size_t>> decay_ranges_;
-  int batch_ = 0, block_ = 0, accum_ = 1;
-  uint64_t seed_ = 0;
-  std::vector<int32_t> tokens_, targets_;
+  int accum_ = 1;
   double last_grad_norm_ = 0;
   std::FILE* metrics_ = nullptr;
 };

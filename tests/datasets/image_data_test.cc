@@ -134,12 +134,25 @@ TEST(ImageData, SyntheticAndAugmentationAreDeterministic) {
   EXPECT_EQ(d->Count(Split::kTrain), 50);
   std::vector<float> a(4 * d->ImageSize()), b(4 * d->ImageSize()), e(2 * d->ImageSize());
   std::vector<int32_t> la(4), lb(4), le(2);
-  d->SampleBatch(Split::kTrain, 5, 3, 0, 4, true, a.data(), la.data());
-  d->SampleBatch(Split::kTrain, 5, 3, 0, 4, true, b.data(), lb.data());
-  d->SampleBatch(Split::kTrain, 5, 3, 2, 2, true, e.data(), le.data());
+  d->SampleBatch(Split::kTrain, 5, 3, 0, 4, 4, true, a.data(), la.data());
+  d->SampleBatch(Split::kTrain, 5, 3, 0, 4, 4, true, b.data(), lb.data());
+  d->SampleBatch(Split::kTrain, 5, 3, 2, 2, 4, true, e.data(), le.data());
   EXPECT_EQ(a, b);
   EXPECT_EQ(la, lb);
   for (int64_t i = 0; i < 2 * d->ImageSize(); ++i) EXPECT_EQ(a[2 * d->ImageSize() + i], e[i]);
+  // An epoch (50 images = 5 batches of 10) visits every image exactly once.
+  std::vector<float> img(10 * d->ImageSize());
+  std::vector<int32_t> lab(10);
+  std::vector<int> seen(50, 0);
+  for (int b = 0; b < 5; ++b) {
+    d->SampleBatch(Split::kTrain, 5, static_cast<uint64_t>(b), 0, 10, 10, false, img.data(), lab.data());
+    for (int r = 0; r < 10; ++r)
+      for (int i = 0; i < 50; ++i)
+        if (std::equal(img.begin() + r * d->ImageSize(), img.begin() + (r + 1) * d->ImageSize(),
+                       d->train_images.begin() + i * d->ImageSize()))
+          seen[i]++;
+  }
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(seen[i], 1) << "image " << i;
   // Same class, different samples differ; the class pattern is shared (positive correlation).
   std::vector<float> x(d->ImageSize()), y(d->ImageSize());
   DrawSyntheticImage(x.data(), 3, 1, 16, 1, 1);

@@ -43,4 +43,27 @@ expect_error "prompt outside vocabulary" "character 'Z' at position 4 is not in 
 # A corrupted parameter file is named.
 printf 'X' | dd of=run/model/params.bin bs=1 seek=100 conv=notrunc status=none
 expect_error "corrupt model" "params.bin: CRC mismatch" -- "$RT" generate --model run --prompt "the"
+# Image data: IDX files made here (gzip), then broken in the ways the issue names.
+/usr/bin/python3 - <<'PY'
+import gzip, struct
+def idx(path, dims, payload, magic=b"\x00\x00\x08"):
+    with gzip.open(path, "wb") as f:
+        f.write(magic + bytes([len(dims)]) + b"".join(struct.pack(">I", d) for d in dims) + payload)
+idx("img.gz", [20, 28, 28], bytes(20 * 784))
+idx("lab.gz", [20], bytes(i % 10 for i in range(20)))
+idx("lab19.gz", [19], bytes(i % 10 for i in range(19)))
+idx("magic.gz", [20, 28, 28], bytes(20 * 784), magic=b"\x00\x01\x08")
+idx("trunc.gz", [20, 28, 28], bytes(20 * 784 - 100))
+PY
+mnist=(--set data.source=mnist --set model.type=lenet --set data.train_count=15 --set train.batch_size=4)
+expect_error "truncated IDX" "trunc.gz: 15580 data bytes, header says 15680 (truncated)" -- \
+  "$RT" train --run-dir r "${mnist[@]}" --set data.images=trunc.gz --set data.labels=lab.gz
+expect_error "wrong IDX magic" "magic.gz: bad magic number" -- \
+  "$RT" train --run-dir r "${mnist[@]}" --set data.images=magic.gz --set data.labels=lab.gz
+expect_error "label count mismatch" "has 20 images but lab19.gz has 19 labels" -- \
+  "$RT" train --run-dir r "${mnist[@]}" --set data.images=img.gz --set data.labels=lab19.gz
+"$RT" train --run-dir syn --set model.type=lenet --set data.source=synthetic_images --set train.steps=1 \
+  --set data.synthetic.train_images=20 --set data.synthetic.test_images=10 >syn.log 2>&1 || { cat syn.log; fail "tiny CNN training failed"; }
+expect_error "image size does not match the model" "images are 1x28x28, the model expects 1x16x16" -- \
+  "$RT" eval --model syn --set data.source=mnist --set data.images=img.gz --set data.labels=lab.gz --set data.train_count=15
 echo "all error cases passed"

@@ -1,0 +1,214 @@
+#include "worker/task.h"
+
+#include <algorithm>
+#include <cstring>
+#include <sstream>
+
+#include "datasets/image_data.h"
+#include "datasets/token_data.h"
+#include "models/cnn.h"
+#include "worker/metrics.h"
+
+namespace ringtrain {
+
+namespace {
+
+Status LoadParams(ParamArena<float>& A, const SavedModel& saved, const std::string& what) {
+  if (A.layout.total() != saved.params.size())
+    return DataLoss("model: " + std::to_string(saved.params.size()) + " parameters stored, but the config builds " +
+                    what + " with " + std::to_string(A.layout.total()));
+  std::memcpy(A.params.data(), saved.params.data(), saved.params.size() * sizeof(float));
+  return Status::Ok();
+}
+
+// GPT on a token stream.
+class LmTask final : public Task {
+ public:
+  static StatusOr<std::unique_ptr<Task>> Make(const Config& c, const SavedModel* saved) {
+    auto t = std::unique_ptr<LmTask>(new LmTask());
+    RT_ASSIGN_OR_RETURN(t->data_, TokenData::Load(c));
+    int vocab = t->data_.vocab_size;
+    if (saved) {
+      // The model's vocabulary decides; the data must fit it.
+      const int mv = saved->meta.value("vocab_size", 0);
+      if (vocab > mv)
+        return InvalidArgument("data: " + std::to_string(vocab) + " token ids, the model's vocabulary has " +
+                               std::to_string(mv));
+      vocab = mv;
+    }
+    RT_ASSIGN_OR_RETURN(GptConfig gc, GptConfig::FromConfig(c, vocab));
+    t->model_ = std::make_unique<Gpt<float>>(gc);
+    t->seed_ = static_cast<uint64_t>(c.Int("seed"));
+    t->batch_ = static_cast<int>(c.Int("train.batch_size"));
+    t->block_ = gc.block_size;
+    t->eval_batches_ = static_cast<int>(c.Int("train.eval_batches"));
+    t->model_->InitWeights(t->seed_);
+    if (saved) RT_RETURN_IF_ERROR(LoadParams(t->model_->arena(), *saved, "GPT"));
+    t->model_->PlanActivations(t->batch_, t->block_);
+    t->tokens_.resize(static_cast<size_t>(t->batch_) * t->block_);
+    t->targets_.resize(t->tokens_.size());
+    return std::unique_ptr<Task>(std::move(t));
+  }
+  ParamArena<float>& arena() override { return model_->arena(); }
+  int64_t NumParams() const override { return model_->NumParams(); }
+  int64_t ItemsPerMicroStep() const override { return static_cast<int64_t>(batch_) * block_; }
+  const char* ItemName() const override { return "tok"; }
+  double MicroStep(uint64_t index, float loss_scale, const GradReadyFn& ready) override {
+    data_.SampleBatch(Split::kTrain, seed_, index, 0, batch_, block_, tokens_.data(), targets_.data());
+    const double loss = model_->Forward(tokens_.data(), targets_.data(), batch_, block_, true, seed_, index);
+    model_->Backward(loss_scale, ready);
+    return loss;
+  }
+  EvalResult Evaluate() override {
+    double sum = 0;
+    for (int i = 0; i < eval_batches_; ++i) {
+      data_.SampleBatch(Split::kVal, seed_, static_cast<uint64_t>(i), 0, batch_, block_, tokens_.data(), targets_.data());
+      sum += model_->Forward(tokens_.data(), targets_.data(), batch_, block_, false);
+    }
+    EvalResult r;
+    r.loss = sum / eval_batches_;
+    return r;
+  }
+  std::string Header() const override {
+    const GptConfig& g = model_->config();
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "data: %s; %zu train / %zu val tokens\nmodel: GPT %d layers, %d heads, width %d, context %d, vocab "
+                  "%d: %.2fM parameters\n",
+                  data_.description.c_str(), data_.train.size(), data_.val.size(), g.n_layer, g.n_head, g.n_embd,
+                  g.block_size, g.vocab_size, static_cast<double>(model_->NumParams()) / 1e6);
+    return buf;
+  }
+  std::optional<double> EntropyRate() const override { return data_.entropy_rate; }
+  std::string DataDescription() const override { return data_.description; }
+  nlohmann::json ModelMeta() const override {
+    nlohmann::json m = {{"task", "lm"}, {"vocab_size", model_->config().vocab_size}, {"data", data_.description}};
+    if (data_.vocab) m["vocab_chars"] = std::vector<uint32_t>(data_.vocab->chars().begin(), data_.vocab->chars().end());
+    return m;
+  }
+
+ private:
+  TokenData data_;
+  std::unique_ptr<Gpt<float>> model_;
+  uint64_t seed_ = 0;
+  int batch_ = 0, block_ = 0, eval_batches_ = 1;
+  std::vector<int32_t> tokens_, targets_;
+};
+
+// A CNN (or MLP) classifier on images.
+class ImageTask final : public Task {
+ public:
+  static StatusOr<std::unique_ptr<Task>> Make(const Config& c, const SavedModel* saved) {
+    auto t = std::unique_ptr<ImageTask>(new ImageTask());
+    std::vector<float> mean, sd;
+    if (saved && saved->meta.contains("image")) {
+      mean = saved->meta["image"].value("mean", std::vector<float>{});
+      sd = saved->meta["image"].value("std", std::vector<float>{});
+    }
+    RT_ASSIGN_OR_RETURN(t->data_, ImageData::Load(c, mean.empty() ? nullptr : &mean, sd.empty() ? nullptr : &sd));
+    if (saved && saved->meta.contains("image")) {
+      const auto& im = saved->meta["image"];
+      const int mc = im.value("channels", 0), mh = im.value("height", 0), mw = im.value("width", 0);
+      if (mc != t->data_.channels || mh != t->data_.height || mw != t->data_.width)
+        return InvalidArgument("data: images are " + std::to_string(t->data_.channels) + "x" +
+                               std::to_string(t->data_.height) + "x" + std::to_string(t->data_.width) +
+                               ", the model expects " + std::to_string(mc) + "x" + std::to_string(mh) + "x" +
+                               std::to_string(mw));
+      if (im.value("classes", 0) != t->data_.classes)
+        return InvalidArgument("data: " + std::to_string(t->data_.classes) + " classes, the model has " +
+                               std::to_string(im.value("classes", 0)));
+    }
+    RT_ASSIGN_OR_RETURN(CnnConfig cc, CnnConfig::FromConfig(c, t->data_.channels, t->data_.height, t->data_.width,
+                                                            t->data_.classes));
+    t->model_ = std::make_unique<Cnn<float>>(cc);
+    t->seed_ = static_cast<uint64_t>(c.Int("seed"));
+    t->batch_ = static_cast<int>(c.Int("train.batch_size"));
+    t->model_->InitWeights(t->seed_);
+    if (saved) RT_RETURN_IF_ERROR(LoadParams(t->model_->arena(), *saved, t->model_->Describe()));
+    t->model_->PlanActivations(t->batch_);
+    t->images_.resize(static_cast<size_t>(t->batch_ * t->data_.ImageSize()));
+    t->labels_.resize(static_cast<size_t>(t->batch_));
+    return std::unique_ptr<Task>(std::move(t));
+  }
+  ParamArena<float>& arena() override { return model_->arena(); }
+  int64_t NumParams() const override { return model_->NumParams(); }
+  int64_t ItemsPerMicroStep() const override { return batch_; }
+  const char* ItemName() const override { return "img"; }
+  double MicroStep(uint64_t index, float loss_scale, const GradReadyFn& ready) override {
+    data_.SampleBatch(Split::kTrain, seed_, index, 0, batch_, batch_, true, images_.data(), labels_.data());
+    const double loss = model_->Forward(images_.data(), labels_.data(), batch_, true, seed_, index);
+    model_->Backward(loss_scale, ready);
+    return loss;
+  }
+  // The whole test split, in order, in evaluation mode.
+  EvalResult Evaluate() override {
+    const int K = data_.classes;
+    ClassificationMetrics m(K);
+    double loss_sum = 0;
+    const int64_t n = data_.Count(Split::kVal);
+    for (int64_t b = 0; b < n; b += batch_) {
+      const int rows = static_cast<int>(std::min<int64_t>(batch_, n - b));
+      data_.OrderedBatch(Split::kVal, b, rows, images_.data(), labels_.data());
+      loss_sum += model_->Forward(images_.data(), labels_.data(), rows, false) * rows;
+      const float* logits = model_->logits();
+      for (int r = 0; r < rows; ++r) {
+        const float* l = logits + static_cast<int64_t>(r) * K;
+        m.Add(labels_[r], static_cast<int>(std::max_element(l, l + K) - l));
+      }
+    }
+    m.Finish();
+    EvalResult res;
+    res.loss = loss_sum / static_cast<double>(n);
+    res.metrics = m.ToJson();
+    res.report = m.Table();
+    return res;
+  }
+  std::string Header() const override {
+    char buf[320];
+    std::snprintf(buf, sizeof buf, "data: %s; %lld train / %lld test images\nmodel: %s: %.3fM parameters\n",
+                  data_.description.c_str(), static_cast<long long>(data_.Count(Split::kTrain)),
+                  static_cast<long long>(data_.Count(Split::kVal)), model_->Describe().c_str(),
+                  static_cast<double>(model_->NumParams()) / 1e6);
+    return buf;
+  }
+  std::string DataDescription() const override { return data_.description; }
+  nlohmann::json ModelMeta() const override {
+    return {{"task", "classification"},
+            {"data", data_.description},
+            {"image",
+             {{"channels", data_.channels},
+              {"height", data_.height},
+              {"width", data_.width},
+              {"classes", data_.classes},
+              {"mean", data_.mean},
+              {"std", data_.std}}}};
+  }
+
+ private:
+  ImageData data_;
+  std::unique_ptr<Cnn<float>> model_;
+  uint64_t seed_ = 0;
+  int batch_ = 0;
+  std::vector<float> images_;
+  std::vector<int32_t> labels_;
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Task>> MakeTask(const Config& config, const SavedModel* saved) {
+  const std::string& type = config.Str("model.type");
+  const std::string& source = config.Str("data.source");
+  const bool image_data = source == "mnist" || source == "cifar10" || source == "synthetic_images";
+  if (type == "gpt") {
+    if (image_data)
+      return InvalidArgument("config: model.type gpt needs token data, but data.source is " + source +
+                             " (use model.type mlp, lenet or resnet)");
+    return LmTask::Make(config, saved);
+  }
+  if (!image_data)
+    return InvalidArgument("config: model.type " + type +
+                           " classifies images; set data.source to mnist, cifar10 or synthetic_images");
+  return ImageTask::Make(config, saved);
+}
+
+}  // namespace ringtrain

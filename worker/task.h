@@ -1,0 +1,49 @@
+// What the one training loop trains: a model together with its data. LmTask is GPT on token data
+// (language modelling), ImageTask a CNN on image data (classification). The trainer only sees
+// this interface: micro-steps, evaluation, the parameter arena and saving.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "checkpoint/model_file.h"
+#include "core/arena.h"
+#include "core/config.h"
+#include "models/gpt.h"
+
+namespace ringtrain {
+
+struct EvalResult {
+  double loss = 0;
+  nlohmann::json metrics = nlohmann::json::object();  // classification: accuracy, macro_f1, ...
+  std::string report;                                 // multi-line table for the terminal ("" for LM)
+};
+
+class Task {
+ public:
+  virtual ~Task() = default;
+  virtual ParamArena<float>& arena() = 0;
+  virtual int64_t NumParams() const = 0;
+  virtual int64_t ItemsPerMicroStep() const = 0;  // tokens or images
+  virtual const char* ItemName() const = 0;       // "tok" or "img"
+  // Draws rows [0, batch) of micro-batch `index`, runs forward and backward (loss * loss_scale);
+  // returns the mean loss.
+  virtual double MicroStep(uint64_t index, float loss_scale, const GradReadyFn& ready) = 0;
+  virtual EvalResult Evaluate() = 0;
+  virtual std::string Header() const = 0;  // data and model lines printed at the start
+  virtual std::optional<double> EntropyRate() const { return std::nullopt; }
+  virtual std::string DataDescription() const = 0;
+  // model.json fields that describe the data (vocabulary, image shape, normalisation).
+  virtual nlohmann::json ModelMeta() const = 0;
+};
+
+// Builds the task the config asks for (GPT for model.type gpt, CNN otherwise). With `saved`, the
+// parameters (and data settings such as the vocabulary or normalisation) come from a saved model
+// and must match it.
+StatusOr<std::unique_ptr<Task>> MakeTask(const Config& config, const SavedModel* saved = nullptr);
+
+}  // namespace ringtrain
