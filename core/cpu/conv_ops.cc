@@ -13,26 +13,43 @@ namespace ringtrain::cpu {
 
 namespace {
 
-// col (C*KH*KW, OH*OW) from one image (C,H,W).
+// Output columns ow whose input column ow*stride - pad + kw lies inside [0, W): [lo, hi).
+inline void ValidSpan(int OW, int W, int stride, int pad, int kw, int* lo, int* hi) {
+  // iw = ow*stride - pad + kw >= 0  <=>  ow >= ceil((pad - kw) / stride)
+  const int a = pad - kw;
+  *lo = a <= 0 ? 0 : (a + stride - 1) / stride;
+  // iw <= W - 1  <=>  ow <= floor((W - 1 + pad - kw) / stride)
+  const int b = W - 1 + pad - kw;
+  *hi = b < 0 ? 0 : std::min(OW, b / stride + 1);
+  if (*lo > *hi) *lo = *hi;
+}
+
+// col (C*KH*KW, OH*OW) from one image (C,H,W). The valid span of each output row is computed once,
+// so the inner loop is a plain (vectorisable) copy; padding is filled with zeros around it.
 template <typename T>
 void Im2Col(T* col, const T* img, const ConvShape& s) {
-  const int OH = s.OH(), OW = s.OW();
+  const int OH = s.OH(), OW = s.OW(), st = s.stride;
   for (int c = 0; c < s.C; ++c) {
     for (int kh = 0; kh < s.KH; ++kh) {
       for (int kw = 0; kw < s.KW; ++kw) {
         T* row = col + ((static_cast<int64_t>(c) * s.KH + kh) * s.KW + kw) * OH * OW;
+        int lo, hi;
+        ValidSpan(OW, s.W, st, s.pad, kw, &lo, &hi);
         for (int oh = 0; oh < OH; ++oh) {
-          const int ih = oh * s.stride - s.pad + kh;
+          const int ih = oh * st - s.pad + kh;
           T* dst = row + static_cast<int64_t>(oh) * OW;
           if (ih < 0 || ih >= s.H) {
             std::fill(dst, dst + OW, T(0));
             continue;
           }
-          const T* src = img + (static_cast<int64_t>(c) * s.H + ih) * s.W;
-          for (int ow = 0; ow < OW; ++ow) {
-            const int iw = ow * s.stride - s.pad + kw;
-            dst[ow] = (iw >= 0 && iw < s.W) ? src[iw] : T(0);
+          const T* src = img + (static_cast<int64_t>(c) * s.H + ih) * s.W - s.pad + kw;
+          std::fill(dst, dst + lo, T(0));
+          if (st == 1) {
+            std::copy(src + lo, src + hi, dst + lo);
+          } else {
+            for (int ow = lo; ow < hi; ++ow) dst[ow] = src[ow * st];
           }
+          std::fill(dst + hi, dst + OW, T(0));
         }
       }
     }
@@ -42,19 +59,22 @@ void Im2Col(T* col, const T* img, const ConvShape& s) {
 // img (C,H,W) += col2im(col).
 template <typename T>
 void Col2ImAdd(T* img, const T* col, const ConvShape& s) {
-  const int OH = s.OH(), OW = s.OW();
+  const int OH = s.OH(), OW = s.OW(), st = s.stride;
   for (int c = 0; c < s.C; ++c) {
     for (int kh = 0; kh < s.KH; ++kh) {
       for (int kw = 0; kw < s.KW; ++kw) {
         const T* row = col + ((static_cast<int64_t>(c) * s.KH + kh) * s.KW + kw) * OH * OW;
+        int lo, hi;
+        ValidSpan(OW, s.W, st, s.pad, kw, &lo, &hi);
         for (int oh = 0; oh < OH; ++oh) {
-          const int ih = oh * s.stride - s.pad + kh;
+          const int ih = oh * st - s.pad + kh;
           if (ih < 0 || ih >= s.H) continue;
-          T* dst = img + (static_cast<int64_t>(c) * s.H + ih) * s.W;
+          T* dst = img + (static_cast<int64_t>(c) * s.H + ih) * s.W - s.pad + kw;
           const T* src = row + static_cast<int64_t>(oh) * OW;
-          for (int ow = 0; ow < OW; ++ow) {
-            const int iw = ow * s.stride - s.pad + kw;
-            if (iw >= 0 && iw < s.W) dst[iw] += src[ow];
+          if (st == 1) {
+            for (int ow = lo; ow < hi; ++ow) dst[ow] += src[ow];
+          } else {
+            for (int ow = lo; ow < hi; ++ow) dst[ow * st] += src[ow];
           }
         }
       }

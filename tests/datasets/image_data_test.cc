@@ -112,6 +112,38 @@ TEST(ImageData, CountMismatchAndSizeMismatch) {
       << d2.status().message();
 }
 
+TEST(ImageData, Cifar10BinaryBatches) {
+  const std::string dir = Tmp("cifar");
+  std::filesystem::create_directories(dir);
+  // Record = label byte + 3072 pixel bytes (R plane, G plane, B plane); 3 records per file.
+  auto write = [&](const std::string& name, int first_label) {
+    std::string bytes;
+    for (int r = 0; r < 3; ++r) {
+      bytes += static_cast<char>((first_label + r) % 10);
+      for (int i = 0; i < 3072; ++i) bytes += static_cast<char>((i / 1024) * 100 + r);
+    }
+    WriteRaw(dir + "/" + name, bytes);
+  };
+  for (int i = 1; i <= 5; ++i) write("data_batch_" + std::to_string(i) + ".bin", i);
+  write("test_batch.bin", 7);
+  auto c = Config::Load("", {"data.source=cifar10", "data.path=" + dir, "data.normalize=false"});
+  auto d = ImageData::Load(*c);
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  EXPECT_EQ(d->Count(Split::kTrain), 15);
+  EXPECT_EQ(d->Count(Split::kVal), 3);
+  EXPECT_EQ(d->channels, 3);
+  EXPECT_EQ(d->train_labels[0], 1);
+  EXPECT_EQ(d->test_labels[2], 9);
+  EXPECT_FLOAT_EQ(d->train_images[1024 + 5], 100.0f / 255.0f);  // image 0, green plane
+  std::string broken(3073 * 2 + 100, '\0');
+  WriteRaw(dir + "/test_batch.bin", broken);
+  auto e = ImageData::Load(*c);
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.status().message().find("test_batch.bin: size 6246 is not a multiple of 3073-byte records"),
+            std::string::npos)
+      << e.status().message();
+}
+
 TEST(ImageData, SharedMnistFile) {
   const char* env = std::getenv("RINGTRAIN_DATA");
   const std::string dir = std::string(env ? env : RINGTRAIN_SOURCE_DIR "/../shared/data") + "/mnist";
