@@ -50,6 +50,17 @@ int Cnn<T>::Add(Node n) {
 }
 
 template <typename T>
+typename Cnn<T>::Node Cnn<T>::Follow(int in, Kind kind) const {
+  Node n{};
+  n.kind = kind;
+  n.in = in;
+  n.C = nodes_[in].C;
+  n.H = nodes_[in].H;
+  n.W = nodes_[in].W;
+  return n;
+}
+
+template <typename T>
 int Cnn<T>::Conv(int in, int oc, int k, int stride, int pad, bool bias, const std::string& name) {
   const Node& src = nodes_[in];
   Node n{};
@@ -73,11 +84,7 @@ int Cnn<T>::Conv(int in, int oc, int k, int stride, int pad, bool bias, const st
 
 template <typename T>
 int Cnn<T>::Bn(int in, const std::string& name) {
-  Node n = nodes_[in];
-  n.kind = Kind::kBatchNorm;
-  n.in = in;
-  n.in2 = -1;
-  n.consumers = 0;
+  Node n = Follow(in, Kind::kBatchNorm);
   n.w = arena_.layout.Add(name + ".weight", {n.C}, false, InitKind::kOnes);
   n.b = arena_.layout.Add(name + ".bias", {n.C}, false, InitKind::kZeros);
   n.rm = arena_.layout.Add(name + ".running_mean", {n.C}, false, InitKind::kZeros);
@@ -87,13 +94,7 @@ int Cnn<T>::Bn(int in, const std::string& name) {
 
 template <typename T>
 int Cnn<T>::Relu(int in) {
-  Node n = nodes_[in];
-  n.kind = Kind::kRelu;
-  n.in = in;
-  n.in2 = -1;
-  n.consumers = 0;
-  n.w = n.b = n.rm = n.rv = -1;
-  return Add(n);
+  return Add(Follow(in, Kind::kRelu));
 }
 
 template <typename T>
@@ -120,12 +121,7 @@ Cnn<T>::Cnn(const CnnConfig& cfg) : cfg_(cfg) {
   input.W = cfg.width_px;
   int x = Add(input);
   auto pool = [&](int in, Kind kind, int k, int st) {
-    Node n = nodes_[in];
-    n.kind = kind;
-    n.in = in;
-    n.in2 = -1;
-    n.consumers = 0;
-    n.w = n.b = n.rm = n.rv = -1;
+    Node n = Follow(in, kind);
     n.k = k;
     n.stride = st;
     n.H = (n.H - k) / st + 1;
@@ -133,15 +129,7 @@ Cnn<T>::Cnn(const CnnConfig& cfg) : cfg_(cfg) {
     return Add(n);
   };
   auto head = [&](int in, const std::string& name) {
-    if (cfg.dropout > 0) {
-      Node n = nodes_[in];
-      n.kind = Kind::kDropout;
-      n.in = in;
-      n.in2 = -1;
-      n.consumers = 0;
-      n.w = n.b = n.rm = n.rv = -1;
-      in = Add(n);
-    }
+    if (cfg.dropout > 0) in = Add(Follow(in, Kind::kDropout));
     return Linear(in, cfg.classes, name);
   };
   if (cfg.arch == "mlp") {
@@ -171,12 +159,8 @@ Cnn<T>::Cnn(const CnnConfig& cfg) : cfg_(cfg) {
         y = conv_bn(y, oc, 3, 1, 1, p + ".conv2");
         int sc = x;
         if (st != 1 || oc != ch) sc = conv_bn(x, oc, 1, st, 0, p + ".shortcut");
-        Node add = nodes_[y];
-        add.kind = Kind::kAdd;
-        add.in = y;
+        Node add = Follow(y, Kind::kAdd);
         add.in2 = sc;
-        add.consumers = 0;
-        add.w = add.b = add.rm = add.rv = -1;
         x = Relu(Add(add));
         ch = oc;
       }

@@ -63,6 +63,8 @@ class Cnn {
     uint8_t* keep = nullptr;
   };
   int Add(Node n);
+  // A parameterless node of `kind` reading `in`, with its producer's output shape.
+  Node Follow(int in, Kind kind) const;
   int Conv(int in, int oc, int k, int stride, int pad, bool bias, const std::string& name);
   int Bn(int in, const std::string& name);
   int Relu(int in);

@@ -4,6 +4,7 @@
 // no gradient and are untouched by backward, and grad-ready ranges cover the arena once.
 #include <gtest/gtest.h>
 
+#include <ostream>
 #include <vector>
 
 #include "models/cnn.h"
@@ -17,6 +18,8 @@ struct Case {
   int size, channels;
   float dropout;
 };
+
+void PrintTo(const Case& k, std::ostream* os) { *os << k.arch << "/" << k.loss << "/dropout " << k.dropout; }
 
 class CnnGradcheck : public ::testing::TestWithParam<Case> {};
 
