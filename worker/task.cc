@@ -53,6 +53,9 @@ class LmTask final : public Task {
   int64_t NumParams() const override { return model_->NumParams(); }
   int64_t ItemsPerMicroStep() const override { return static_cast<int64_t>(batch_) * block_; }
   const char* ItemName() const override { return "tok"; }
+  std::string BatchShape() const override {
+    return std::to_string(batch_) + " x " + std::to_string(block_) + " tokens";
+  }
   double MicroStep(uint64_t index, float loss_scale, const GradReadyFn& ready) override {
     data_.SampleBatch(Split::kTrain, seed_, index, 0, batch_, block_, tokens_.data(), targets_.data());
     const double loss = model_->Forward(tokens_.data(), targets_.data(), batch_, block_, true, seed_, index);
@@ -134,6 +137,7 @@ class ImageTask final : public Task {
   int64_t NumParams() const override { return model_->NumParams(); }
   int64_t ItemsPerMicroStep() const override { return batch_; }
   const char* ItemName() const override { return "img"; }
+  std::string BatchShape() const override { return std::to_string(batch_) + " images"; }
   double MicroStep(uint64_t index, float loss_scale, const GradReadyFn& ready) override {
     data_.SampleBatch(Split::kTrain, seed_, index, 0, batch_, batch_, true, images_.data(), labels_.data());
     const double loss = model_->Forward(images_.data(), labels_.data(), batch_, true, seed_, index);

@@ -30,6 +30,7 @@ class Task {
   virtual int64_t NumParams() const = 0;
   virtual int64_t ItemsPerMicroStep() const = 0;  // tokens or images
   virtual const char* ItemName() const = 0;       // "tok" or "img"
+  virtual std::string BatchShape() const = 0;     // e.g. "16 x 128 tokens", "64 images"
   // Draws rows [0, batch) of micro-batch `index`, runs forward and backward (loss * loss_scale);
   // returns the mean loss.
   virtual double MicroStep(uint64_t index, float loss_scale, const GradReadyFn& ready) = 0;

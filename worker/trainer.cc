@@ -85,8 +85,8 @@ StatusOr<TrainSummary> Trainer::Run() {
   const std::optional<double> entropy = task_->EntropyRate();
   if (opts_.print) {
     std::printf("%s", task_->Header().c_str());
-    std::printf("train: %lld steps of %lld %s (batch %lld x accum %d), %s lr %.2e, %d threads\n", (long long)steps,
-                (long long)ItemsPerStep(), task_->ItemName(), (long long)(ItemsPerStep() / accum_), accum_,
+    std::printf("train: %lld steps of %lld %s (%s per micro-step x accum %d), %s lr %.2e, %d threads\n",
+                (long long)steps, (long long)ItemsPerStep(), task_->ItemName(), task_->BatchShape().c_str(), accum_,
                 config_.Str("optim.name").c_str(), oc_.lr, ThreadBudget());
     if (entropy)
       std::printf("synthetic source entropy rate: %.4f nats/token (the floor the loss should approach)\n", *entropy);
@@ -101,7 +101,7 @@ StatusOr<TrainSummary> Trainer::Run() {
   double last_val = std::nan("");
   auto t_last = t0;
   int64_t step_last = 0;
-  double tok_s = 0;
+  double rate = 0;
   for (int64_t step = 0; step < steps; ++step) {
     RT_ASSIGN_OR_RETURN(double loss, Step(step));
     if (!std::isfinite(loss))
@@ -132,7 +132,7 @@ StatusOr<TrainSummary> Trainer::Run() {
     if (done % log_interval == 0 || last) {
       const auto now = Clock::now();
       const double dt = std::chrono::duration<double>(now - t_last).count();
-      tok_s = dt > 0 ? static_cast<double>((done - step_last) * ItemsPerStep()) / dt : 0;
+      rate = dt > 0 ? static_cast<double>((done - step_last) * ItemsPerStep()) / dt : 0;
       t_last = now;
       step_last = done;
       const double elapsed = std::chrono::duration<double>(now - t0).count();
@@ -144,14 +144,14 @@ StatusOr<TrainSummary> Trainer::Run() {
       const double lr = sched_.At(step);
       if (metrics_) {
         nlohmann::json row = {{"step", done}, {"loss", mean}, {"lr", lr}, {"grad_norm", last_grad_norm_},
-                              {std::string(task_->ItemName()) == "tok" ? "tokens_per_s" : "images_per_s", tok_s},
+                              {std::string(task_->ItemName()) == "tok" ? "tokens_per_s" : "images_per_s", rate},
                               {"time_s", elapsed}};
         std::fprintf(metrics_, "%s\n", row.dump().c_str());
         std::fflush(metrics_);
       }
       if (opts_.print) {
         std::printf("%sstep %lld/%lld | loss %.4f | lr %.2e | %.0f %s/s | ETA %s%s", tty ? "\r\x1b[K" : "",
-                    (long long)done, (long long)steps, mean, lr, tok_s, task_->ItemName(), FormatDuration(eta).c_str(),
+                    (long long)done, (long long)steps, mean, lr, rate, task_->ItemName(), FormatDuration(eta).c_str(),
                     tty ? "" : "\n");
         std::fflush(stdout);
       }
