@@ -255,9 +255,12 @@ void ImageData::SampleBatch(Split split, uint64_t seed, uint64_t index, int row_
     Rng rng(seed, RngPurpose::kData, split == Split::kTrain ? 2 : 3, index, static_cast<uint64_t>(row_begin + r));
     const uint64_t pos = index * static_cast<uint64_t>(global_rows) + static_cast<uint64_t>(row_begin + r);
     const int64_t epoch = static_cast<int64_t>(pos / static_cast<uint64_t>(n));
-    if (split != Split::kTrain || epoch != perm_epoch_) {
-      perm_ = EpochPermutation(n, seed, split == Split::kTrain ? 0 : 1, static_cast<uint64_t>(epoch));
-      perm_epoch_ = split == Split::kTrain ? epoch : -1;
+    const int split_id = split == Split::kTrain ? 0 : 1;
+    if (split_id != perm_split_ || epoch != perm_epoch_ || seed != perm_seed_) {
+      perm_ = EpochPermutation(n, seed, split_id, static_cast<uint64_t>(epoch));
+      perm_seed_ = seed;
+      perm_split_ = split_id;
+      perm_epoch_ = epoch;
     }
     const int64_t i = perm_[static_cast<size_t>(pos % static_cast<uint64_t>(n))];
     labels[r] = Y[i];

@@ -29,7 +29,9 @@ struct ImageData {
   std::vector<int32_t> train_labels, test_labels;
   std::vector<float> mean, std;  // per channel, from the training split (applied already)
   std::string description;
-  mutable std::vector<int64_t> perm_;  // cached permutation of perm_epoch_ (training split)
+  mutable std::vector<int64_t> perm_;  // cached permutation of (perm_seed_, perm_split_, perm_epoch_)
+  mutable uint64_t perm_seed_ = 0;
+  mutable int perm_split_ = -1;
   mutable int64_t perm_epoch_ = -1;
   int augment_crop_pad = 0;
   bool augment_hflip = false;
