@@ -62,6 +62,14 @@ Status SaveModel(const std::string& dir, const Config& config, const nlohmann::j
   return WriteFileAtomic(dir + "/model.json", meta.dump(2) + "\n");
 }
 
+Status LoadParams(const SavedModel& saved, ParamArena<float>& arena, const std::string& what) {
+  if (arena.layout.total() != saved.params.size())
+    return DataLoss("model: " + std::to_string(saved.params.size()) + " parameters stored, but the config builds " +
+                    what + " with " + std::to_string(arena.layout.total()));
+  std::memcpy(arena.params.data(), saved.params.data(), saved.params.size() * sizeof(float));
+  return Status::Ok();
+}
+
 StatusOr<SavedModel> LoadModel(const std::string& dir_in) {
   std::string dir = dir_in;
   std::error_code ec;

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/arena.h"
 #include "core/config.h"
 #include "core/status.h"
 #include "datasets/token_data.h"
@@ -27,6 +28,10 @@ Status SaveModel(const std::string& dir, const Config& config, const nlohmann::j
                  size_t n);
 // dir may be a run directory (then DIR/model is used) or the model directory itself.
 StatusOr<SavedModel> LoadModel(const std::string& dir);
+
+// Copies a saved model's parameters into an arena built from its config; a count mismatch is an
+// error naming `what` (the model the config builds).
+Status LoadParams(const SavedModel& saved, ParamArena<float>& arena, const std::string& what);
 
 Status WriteFileAtomic(const std::string& path, const std::string& bytes);
 

@@ -45,8 +45,7 @@ Status BenchTrain(const BenchArgs& a) {
   std::sort(ms.begin(), ms.end());
   const double median = ms[ms.size() / 2];
   const double per_s = static_cast<double>(trainer->ItemsPerStep()) / (mean / 1000.0);
-  const bool lm = std::string(trainer->task().ItemName()) == "tok";
-  const char* unit = lm ? "tokens" : "images";
+  const char* unit = trainer->task().ItemUnit();
   if (a.json) {
     nlohmann::json j = {{std::string(unit) + "_per_s", per_s},
                         {"ms_per_step", mean},

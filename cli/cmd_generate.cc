@@ -36,10 +36,7 @@ Status Generate(const GenerateArgs& a) {
   const int vocab_size = m.meta.value("vocab_size", 0);
   RT_ASSIGN_OR_RETURN(GptConfig gc, GptConfig::FromConfig(config, vocab_size));
   Gpt<float> model(gc);
-  if (model.arena().layout.total() != m.params.size())
-    return DataLoss("model " + a.model + ": parameter count " + std::to_string(m.params.size()) +
-                    " does not match its config (" + std::to_string(model.arena().layout.total()) + ")");
-  std::memcpy(model.arena().params.data(), m.params.data(), m.params.size() * sizeof(float));
+  RT_RETURN_IF_ERROR(LoadParams(m, model.arena(), "GPT"));
 
   std::optional<CharVocab> vocab;
   if (m.meta.contains("vocab_chars")) {

@@ -105,13 +105,17 @@ double SumSquares(const float* g, size_t n) {
   // Fixed 8192-element blocks summed in order: the result does not depend on the thread count.
   const size_t kBlock = 8192;
   const size_t nb = (n + kBlock - 1) / kBlock;
-  std::vector<double> partial(nb);
+  // The caller's buffer, reused across steps (no allocation per step). Workers write through
+  // `out`: naming the thread_local inside the parallel region would give each its own empty copy.
+  static thread_local std::vector<double> partial;
+  partial.assign(nb, 0.0);
+  double* out = partial.data();
 #pragma omp parallel for schedule(static)
   for (size_t b = 0; b < nb; ++b) {
     double s = 0;
     const size_t e = std::min(n, (b + 1) * kBlock);
     for (size_t i = b * kBlock; i < e; ++i) s += static_cast<double>(g[i]) * g[i];
-    partial[b] = s;
+    out[b] = s;
   }
   double total = 0;
   for (double s : partial) total += s;

@@ -13,14 +13,6 @@ namespace ringtrain {
 
 namespace {
 
-Status LoadParams(ParamArena<float>& A, const SavedModel& saved, const std::string& what) {
-  if (A.layout.total() != saved.params.size())
-    return DataLoss("model: " + std::to_string(saved.params.size()) + " parameters stored, but the config builds " +
-                    what + " with " + std::to_string(A.layout.total()));
-  std::memcpy(A.params.data(), saved.params.data(), saved.params.size() * sizeof(float));
-  return Status::Ok();
-}
-
 // GPT on a token stream.
 class LmTask final : public Task {
  public:
@@ -43,7 +35,7 @@ class LmTask final : public Task {
     t->block_ = gc.block_size;
     t->eval_batches_ = static_cast<int>(c.Int("train.eval_batches"));
     t->model_->InitWeights(t->seed_);
-    if (saved) RT_RETURN_IF_ERROR(LoadParams(t->model_->arena(), *saved, "GPT"));
+    if (saved) RT_RETURN_IF_ERROR(LoadParams(*saved, t->model_->arena(), "GPT"));
     t->model_->PlanActivations(t->batch_, t->block_);
     t->tokens_.resize(static_cast<size_t>(t->batch_) * t->block_);
     t->targets_.resize(t->tokens_.size());
@@ -53,6 +45,7 @@ class LmTask final : public Task {
   int64_t NumParams() const override { return model_->NumParams(); }
   int64_t ItemsPerMicroStep() const override { return static_cast<int64_t>(batch_) * block_; }
   const char* ItemName() const override { return "tok"; }
+  const char* ItemUnit() const override { return "tokens"; }
   std::string BatchShape() const override {
     return std::to_string(batch_) + " x " + std::to_string(block_) + " tokens";
   }
@@ -127,7 +120,7 @@ class ImageTask final : public Task {
     t->seed_ = static_cast<uint64_t>(c.Int("seed"));
     t->batch_ = static_cast<int>(c.Int("train.batch_size"));
     t->model_->InitWeights(t->seed_);
-    if (saved) RT_RETURN_IF_ERROR(LoadParams(t->model_->arena(), *saved, t->model_->Describe()));
+    if (saved) RT_RETURN_IF_ERROR(LoadParams(*saved, t->model_->arena(), t->model_->Describe()));
     t->model_->PlanActivations(t->batch_);
     t->images_.resize(static_cast<size_t>(t->batch_ * t->data_.ImageSize()));
     t->labels_.resize(static_cast<size_t>(t->batch_));
@@ -137,6 +130,7 @@ class ImageTask final : public Task {
   int64_t NumParams() const override { return model_->NumParams(); }
   int64_t ItemsPerMicroStep() const override { return batch_; }
   const char* ItemName() const override { return "img"; }
+  const char* ItemUnit() const override { return "images"; }
   std::string BatchShape() const override { return std::to_string(batch_) + " images"; }
   double MicroStep(uint64_t index, float loss_scale, const GradReadyFn& ready) override {
     data_.SampleBatch(Split::kTrain, seed_, index, 0, batch_, batch_, true, images_.data(), labels_.data());

@@ -29,7 +29,8 @@ class Task {
   virtual ParamArena<float>& arena() = 0;
   virtual int64_t NumParams() const = 0;
   virtual int64_t ItemsPerMicroStep() const = 0;  // tokens or images
-  virtual const char* ItemName() const = 0;       // "tok" or "img"
+  virtual const char* ItemName() const = 0;       // "tok" or "img" (progress line)
+  virtual const char* ItemUnit() const = 0;       // "tokens" or "images" (metric keys: <unit>_per_s)
   virtual std::string BatchShape() const = 0;     // e.g. "16 x 128 tokens", "64 images"
   // Draws rows [0, batch) of micro-batch `index`, runs forward and backward (loss * loss_scale);
   // returns the mean loss.

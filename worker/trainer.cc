@@ -144,7 +144,7 @@ StatusOr<TrainSummary> Trainer::Run() {
       const double lr = sched_.At(step);
       if (metrics_) {
         nlohmann::json row = {{"step", done}, {"loss", mean}, {"lr", lr}, {"grad_norm", last_grad_norm_},
-                              {std::string(task_->ItemName()) == "tok" ? "tokens_per_s" : "images_per_s", rate},
+                              {std::string(task_->ItemUnit()) + "_per_s", rate},
                               {"time_s", elapsed}};
         std::fprintf(metrics_, "%s\n", row.dump().c_str());
         std::fflush(metrics_);
@@ -187,11 +187,10 @@ StatusOr<TrainSummary> Trainer::Run() {
 }
 
 Status Trainer::WriteSummary(const TrainSummary& s) {
-  const bool lm = std::string(task_->ItemName()) == "tok";
   nlohmann::json j = {{"final_train_loss", s.final_train_loss},
                       {"final_val_loss", s.final_val_loss},
                       {"steps", s.steps},
-                      {lm ? "tokens_per_s" : "images_per_s", s.items_per_s},
+                      {std::string(task_->ItemUnit()) + "_per_s", s.items_per_s},
                       {"wall_s", s.wall_s},
                       {"num_params", task_->NumParams()},
                       {"data", task_->DataDescription()}};

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/arena.h"
+#include "core/threads.h"
 #include "models/optim.h"
 
 namespace ringtrain {
@@ -135,6 +136,23 @@ TEST(Optim, ClipByGlobalNorm) {
   EXPECT_NEAR(ClipScale(norm, 1.0), 1.0 / (5.0 + 1e-6), 1e-7);
   EXPECT_EQ(ClipScale(norm, 10.0), 1.0f);
   EXPECT_EQ(ClipScale(norm, 0.0), 1.0f);
+}
+
+TEST(Optim, SumSquaresManyBlocksAnyThreadCount) {
+  // 100,003 elements = 13 blocks of 8192: several OpenMP threads write partial sums.
+  std::vector<float> g(100003);
+  double ref = 0;
+  for (size_t i = 0; i < g.size(); ++i) {
+    g[i] = static_cast<float>((i % 7) - 3);  // integer values: every sum is exact in double
+    ref += static_cast<double>(g[i]) * g[i];
+  }
+  SetThreadBudget(1);
+  const double one = SumSquares(g.data(), g.size());
+  SetThreadBudget(2);
+  const double two = SumSquares(g.data(), g.size());
+  SetThreadBudget(0);
+  EXPECT_EQ(one, ref);
+  EXPECT_EQ(two, ref);
 }
 
 TEST(Schedule, WarmupCosine) {
