@@ -6,7 +6,9 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
+#include "core/cpu/conv_direct.h"
 #include "core/cpu/gemm.h"
 
 namespace ringtrain::cpu {
@@ -92,10 +94,17 @@ int64_t PerThreadScratch(const ConvShape& s) {
 
 }  // namespace
 
-int64_t ConvScratchSize(const ConvShape& s) { return static_cast<int64_t>(omp_get_max_threads()) * PerThreadScratch(s); }
+int64_t ConvScratchSize(const ConvShape& s) {
+  const int threads = omp_get_max_threads();
+  const int64_t im2col = static_cast<int64_t>(threads) * PerThreadScratch(s);
+  return DirectConvSupported(s) ? std::max(im2col, DirectConvScratch(s, threads)) : im2col;
+}
 
 template <typename T>
 void Conv2dForward(T* out, const T* in, const T* w, const T* b, const ConvShape& s, T* scratch) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (DirectConvSupported(s)) return DirectConvForward(out, in, w, b, s, scratch);
+  }
   const int64_t ckk = s.ColRows(), ohw = s.ColCols();
   const int64_t in_sz = static_cast<int64_t>(s.C) * s.H * s.W, out_sz = s.OC * ohw;
 #pragma omp parallel
@@ -121,6 +130,9 @@ void Conv2dForward(T* out, const T* in, const T* w, const T* b, const ConvShape&
 
 template <typename T>
 void Conv2dBackward(T* din, T* dw, T* db, const T* dout, const T* in, const T* w, const ConvShape& s, T* scratch) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (DirectConvSupported(s)) return DirectConvBackward(din, dw, db, dout, in, w, s, scratch);
+  }
   const int64_t ckk = s.ColRows(), ohw = s.ColCols();
   const int64_t in_sz = static_cast<int64_t>(s.C) * s.H * s.W, out_sz = s.OC * ohw;
   const int64_t per = PerThreadScratch(s);
@@ -277,6 +289,7 @@ void BatchNormForward(T* out, T* mean, T* rstd, T* running_mean, T* running_var,
       T acc = 0;
       for (int n = 0; n < N; ++n) {
         const T* x = in + (static_cast<int64_t>(n) * C + c) * HW;
+#pragma omp simd reduction(+ : acc)
         for (int i = 0; i < HW; ++i) acc += x[i];
       }
       const int64_t cnt = static_cast<int64_t>(N) * HW;
@@ -284,6 +297,7 @@ void BatchNormForward(T* out, T* mean, T* rstd, T* running_mean, T* running_var,
       T var = 0;
       for (int n = 0; n < N; ++n) {
         const T* x = in + (static_cast<int64_t>(n) * C + c) * HW;
+#pragma omp simd reduction(+ : var)
         for (int i = 0; i < HW; ++i) var += (x[i] - m) * (x[i] - m);
       }
       const T biased = var / static_cast<T>(cnt);
@@ -318,6 +332,7 @@ void BatchNormBackward(T* din, T* dw, T* db, const T* dout, const T* in, const T
     for (int n = 0; n < N; ++n) {
       const T* x = in + (static_cast<int64_t>(n) * C + c) * HW;
       const T* d = dout + (static_cast<int64_t>(n) * C + c) * HW;
+#pragma omp simd reduction(+ : sum_d, sum_dn)
       for (int i = 0; i < HW; ++i) {
         sum_d += d[i];
         sum_dn += d[i] * (x[i] - m) * s;

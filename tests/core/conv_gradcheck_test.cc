@@ -84,7 +84,8 @@ TEST(CnnGradcheck, MaxPool) {
 }
 
 TEST(CnnGradcheck, AvgPoolAndGlobal) {
-  for (auto [k, st] : {std::pair{2, 2}, std::pair{3, 1}, std::pair{6, 1}}) {
+  for (const auto& kst : {std::pair{2, 2}, std::pair{3, 1}, std::pair{6, 1}}) {
+    const int k = kst.first, st = kst.second;  // named ints: lambdas cannot capture bindings in clang 14
     const int N = 2, C = 2, H = 6, W = 6;
     const int OH = (H - k) / st + 1, OW = (W - k) / st + 1;
     auto in = RandomVec(N * C * H * W, 37);
