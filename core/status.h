@@ -18,6 +18,9 @@ enum class StatusCode {
   kDataLoss,         // corrupt or truncated data: exit code 2
   kIoError,          // the OS refused: exit code 1
   kInternal,         // a bug: exit code 1
+  kDeadlineExceeded,  // a peer did not arrive in time: exit code 1
+  kUnavailable,       // a peer died or disconnected: exit code 1
+  kAborted,           // a collective was abandoned (mismatch, or another rank's failure): exit code 1
 };
 
 class [[nodiscard]] Status {
@@ -56,6 +59,9 @@ inline Status NotFound(std::string m) { return Status(StatusCode::kNotFound, std
 inline Status DataLoss(std::string m) { return Status(StatusCode::kDataLoss, std::move(m)); }
 inline Status IoError(std::string m) { return Status(StatusCode::kIoError, std::move(m)); }
 inline Status Internal(std::string m) { return Status(StatusCode::kInternal, std::move(m)); }
+inline Status DeadlineExceeded(std::string m) { return Status(StatusCode::kDeadlineExceeded, std::move(m)); }
+inline Status Unavailable(std::string m) { return Status(StatusCode::kUnavailable, std::move(m)); }
+inline Status Aborted(std::string m) { return Status(StatusCode::kAborted, std::move(m)); }
 
 template <typename T>
 class [[nodiscard]] StatusOr {

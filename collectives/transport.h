@@ -1,0 +1,65 @@
+// The point-to-point interface every collective algorithm runs over, and the frame header that
+// travels with every message. Transports (local/, tcp/, mpi/) move frames; they know nothing of
+// algorithms. The header lets a receiver detect a mismatched collective (another operation, count
+// or sequence number) instead of reducing the wrong bytes.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace ringtrain::coll {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr uint32_t kFrameMagic = 0x4C435452;  // "RTCL"
+constexpr uint8_t kFrameAbort = 1;  // payload: the error text; fails every waiter on the context
+constexpr uint8_t kFrameStuck = 2;  // payload: "seq waiter waited_for" (communicator ranks) after a timeout
+
+struct FrameHeader {
+  uint32_t magic = kFrameMagic;
+  uint32_t context = 0;  // communicator id, equal on all members
+  uint64_t seq = 0;      // collective sequence number within the communicator (from 1)
+  uint8_t op = 0;        // OpKind
+  uint8_t dtype = 0;     // DataType
+  uint8_t reduce = 0;    // ReduceOp (0 when not a reduction)
+  uint8_t flags = 0;     // kFrameAbort
+  int32_t root = -1;     // broadcast/reduce root (-1 otherwise)
+  uint64_t count = 0;    // element count of the collective, as the sender called it
+  uint64_t bytes = 0;    // payload bytes after the header
+};
+static_assert(sizeof(FrameHeader) == 40, "FrameHeader is a wire format");
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
+  // Sends one frame (h.bytes of payload) to peer. Returns once `payload` may be reused. It must
+  // not wait for the peer to post a receive (the receiving side buffers), so a ring in which every
+  // rank sends before it receives cannot deadlock. Thread-safe.
+  virtual Status Send(int peer, const FrameHeader& h, const void* payload) = 0;
+
+  // Receives the next frame from `peer` on `context`: header into *h and payload into buf (at most
+  // cap bytes; a larger payload is an error). Frames with flags are control frames: the transport
+  // keeps them per context instead of queueing them. Fails with
+  //   Aborted          once an abort frame for `context` has arrived from any peer (its text),
+  //   Unavailable      when `peer` is dead (disconnected) and nothing from it is left to read,
+  //   DeadlineExceeded at `deadline`, or once a stuck notice for `context` has arrived.
+  // Thread-safe for distinct (peer, context) pairs.
+  virtual Status Recv(int peer, uint32_t context, FrameHeader* h, void* buf, size_t cap,
+                      Clock::time_point deadline) = 0;
+
+  // Payloads of the stuck notices received so far on `context`.
+  virtual std::vector<std::string> StuckNotices(uint32_t context) = 0;
+
+  // How error messages name a peer: "rank 3", or "rank 3 (10.0.0.2:29500)".
+  virtual std::string PeerName(int peer) const { return "rank " + std::to_string(peer); }
+};
+
+}  // namespace ringtrain::coll

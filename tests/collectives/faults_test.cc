@@ -1,0 +1,235 @@
+// Sub-groups, other element types, and failures: a rank that dies mid-allreduce, a rank that never
+// arrives, and mismatched collectives. Every surviving rank must return an error that names the
+// operation, its sequence number and the missing or mismatched rank, well within the deadline.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/util/run_ranks.h"
+
+namespace ringtrain {
+namespace {
+
+using coll::Communicator;
+using coll::DataType;
+using coll::ReduceOp;
+using testing::RunRanks;
+
+float Input(int64_t i, int r) { return static_cast<float>((i * 7 + r * 13) % 31 - 15); }
+
+// Split 8 ranks into "TP" groups of 2 (color r/2) and "DP" groups (color r%2, reversed key order),
+// then all-reduce, broadcast and allgather in each, checked exactly.
+TEST(CollectiveSplit, SubGroupsBehaveLikeWorlds) {
+  const int n = 8;
+  auto st = RunRanks(n, [&](Communicator& world) -> Status {
+    const int r = world.rank();
+    for (int mode = 0; mode < 2; ++mode) {
+      const int color = mode == 0 ? r / 2 : r % 2;
+      const int key = mode == 0 ? r : -r;  // DP groups ordered by descending world rank
+      RT_ASSIGN_OR_RETURN(auto sub, world.Split(color, key));
+      std::vector<int> group;
+      for (int q = 0; q < n; ++q)
+        if ((mode == 0 ? q / 2 : q % 2) == color) group.push_back(q);
+      if (mode == 1) std::reverse(group.begin(), group.end());
+      if (sub->size() != static_cast<int>(group.size()) || group[sub->rank()] != r)
+        return Internal("split placed rank " + std::to_string(r) + " at " + std::to_string(sub->rank()));
+      for (int64_t count : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{1000003}}) {
+        std::vector<float> x(count);
+        for (int64_t i = 0; i < count; ++i) x[i] = Input(i, r);
+        RT_RETURN_IF_ERROR(sub->AllReduce(x.data(), count, DataType::kF32, ReduceOp::kSum));
+        for (int64_t i = 0; i < count; ++i) {
+          float want = 0;
+          for (int q : group) want += Input(i, q);
+          if (x[i] != want) return Internal("split allreduce wrong at " + std::to_string(i));
+        }
+        for (int64_t i = 0; i < count; ++i) x[i] = Input(i, r);
+        RT_RETURN_IF_ERROR(sub->Broadcast(x.data(), count, DataType::kF32, 0));
+        for (int64_t i = 0; i < count; ++i)
+          if (x[i] != Input(i, group[0])) return Internal("split broadcast wrong at " + std::to_string(i));
+      }
+      // The world still works between sub-group calls (contexts keep traffic apart).
+      int64_t one = 1;
+      RT_RETURN_IF_ERROR(world.AllReduce(&one, 1, DataType::kI64, ReduceOp::kSum));
+      if (one != n) return Internal("world allreduce after split: " + std::to_string(one));
+    }
+    // A negative color takes no part.
+    RT_ASSIGN_OR_RETURN(auto none, world.Split(r == 0 ? -1 : 1, 0));
+    if ((r == 0) != (none == nullptr)) return Internal("negative color should give no communicator");
+    return Status::Ok();
+  });
+  for (int r = 0; r < n; ++r) EXPECT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r].message();
+}
+
+TEST(CollectiveTypes, Int64Bf16Fp16AndDouble) {
+  for (int n : {2, 3, 4}) {
+    auto st = RunRanks(n, [&](Communicator& c) -> Status {
+      const int r = c.rank();
+      std::vector<int64_t> a(1001);
+      for (size_t i = 0; i < a.size(); ++i) a[i] = (int64_t{1} << 40) * (r + 1) + static_cast<int64_t>(i);
+      RT_RETURN_IF_ERROR(c.AllReduce(a.data(), 1001, DataType::kI64, ReduceOp::kSum));
+      for (size_t i = 0; i < a.size(); ++i)
+        if (a[i] != (int64_t{1} << 40) * (n * (n + 1) / 2) + n * static_cast<int64_t>(i))
+          return Internal("i64 sum wrong at " + std::to_string(i));
+      std::vector<double> d(513);
+      for (size_t i = 0; i < d.size(); ++i) d[i] = Input(static_cast<int64_t>(i), r) * 0.5;
+      RT_RETURN_IF_ERROR(c.AllReduce(d.data(), 513, DataType::kF64, ReduceOp::kMax));
+      for (size_t i = 0; i < d.size(); ++i) {
+        double want = -1e9;
+        for (int q = 0; q < n; ++q) want = std::max(want, Input(static_cast<int64_t>(i), q) * 0.5);
+        if (d[i] != want) return Internal("f64 max wrong");
+      }
+      // 16-bit sums accumulate in fp32: n copies of 1 + 2^-8 (exact in bf16) plus 256 from one rank.
+      // In bf16 arithmetic 256 + (1 + 2^-8) would round back to 257 at every step; in fp32 the
+      // sum is 256 + n*(1 + 2^-8), then rounded once.
+      for (DataType t : {DataType::kBF16, DataType::kF16}) {
+        auto enc = [&](float f) { return t == DataType::kBF16 ? coll::FloatToBf16(f) : coll::FloatToFp16(f); };
+        auto dec = [&](uint16_t h) { return t == DataType::kBF16 ? coll::Bf16ToFloat(h) : coll::Fp16ToFloat(h); };
+        std::vector<uint16_t> h(64);
+        for (size_t i = 0; i < h.size(); ++i) h[i] = enc(static_cast<float>(Input(static_cast<int64_t>(i), r)));
+        RT_RETURN_IF_ERROR(c.AllReduce(h.data(), 64, t, ReduceOp::kSum));
+        for (size_t i = 0; i < h.size(); ++i) {
+          float want = 0;
+          for (int q = 0; q < n; ++q) want += Input(static_cast<int64_t>(i), q);
+          if (dec(h[i]) != want) return Internal(std::string(coll::DataTypeName(t)) + " sum wrong");
+        }
+        uint16_t v = enc(r == 0 ? 256.f + 1.f / 64 : 1.f / 64);
+        RT_RETURN_IF_ERROR(c.AllReduce(&v, 1, t, ReduceOp::kSum));
+        const float exact = 256.f + n / 64.f;
+        if (dec(v) != dec(enc(exact)))
+          return Internal(std::string(coll::DataTypeName(t)) + " sum not accumulated in fp32: got " +
+                          std::to_string(dec(v)) + ", want " + std::to_string(dec(enc(exact))));
+      }
+      return Status::Ok();
+    });
+    for (int r = 0; r < n; ++r) EXPECT_TRUE(st[r].ok()) << "n " << n << " rank " << r << ": " << st[r].message();
+  }
+}
+
+TEST(CollectiveTypes, HalfPrecisionConversionsRoundToNearestEven) {
+  EXPECT_EQ(coll::FloatToFp16(1.f), 0x3C00);
+  EXPECT_EQ(coll::FloatToFp16(-2.f), 0xC000);
+  EXPECT_EQ(coll::FloatToFp16(65504.f), 0x7BFF);
+  EXPECT_EQ(coll::FloatToFp16(1e6f), 0x7C00);
+  EXPECT_EQ(coll::FloatToFp16(0x1p-24f), 0x0001);
+  EXPECT_EQ(coll::FloatToFp16(1.f + 0x1p-11f), 0x3C00);  // tie -> even
+  EXPECT_EQ(coll::FloatToFp16(1.f + 3 * 0x1p-11f), 0x3C02);
+  EXPECT_EQ(coll::FloatToBf16(1.f + 0x1p-8f), 0x3F80);   // tie -> even
+  EXPECT_EQ(coll::FloatToBf16(1.f + 3 * 0x1p-8f), 0x3F82);
+  for (uint32_t h = 0; h < 0x7C00; ++h) EXPECT_EQ(coll::FloatToFp16(coll::Fp16ToFloat(h)), h);
+}
+
+bool Contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+// One rank dies (its transport is killed, as a process exit closes its sockets) in the middle of a
+// stream of allreduces. The others must fail promptly, naming allreduce, the sequence number and
+// the dead rank: well before the 30 s deadline.
+TEST(CollectiveFaults, DeadRankIsNamedByEverySurvivor) {
+  const int n = 4, victim = 2, calls_before = 3;
+  auto world = coll::LocalWorld::Create(n);
+  coll::CommOptions opts;
+  opts.deadline_s = 30;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto st = RunRanks(
+      n,
+      [&](Communicator& c) -> Status {
+        std::vector<float> x(1000003, 1.f);
+        for (int k = 0; k < calls_before; ++k) RT_RETURN_IF_ERROR(c.AllReduce(x.data(), 1000003, DataType::kF32, ReduceOp::kSum));
+        if (c.rank() == victim) {
+          world->Kill(victim);
+          return Status::Ok();
+        }
+        return c.AllReduce(x.data(), 1000003, DataType::kF32, ReduceOp::kSum);
+      },
+      opts, world);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(took, 20.0) << "survivors should not wait for the deadline when a peer is known dead";
+  for (int r = 0; r < n; ++r) {
+    if (r == victim) continue;
+    ASSERT_FALSE(st[r].ok()) << "rank " << r;
+    const std::string& m = st[r].message();
+    EXPECT_TRUE(Contains(m, "allreduce #4")) << m;
+    EXPECT_TRUE(Contains(m, "rank 2 died")) << m;
+  }
+}
+
+// A rank that never calls the collective: survivors time out after the (short) deadline and name it,
+// including the ranks whose direct ring neighbour is alive but blocked.
+TEST(CollectiveFaults, MissingRankTimesOutWithItsName) {
+  const int n = 4, missing = 1;
+  coll::CommOptions opts;
+  opts.deadline_s = 0.5;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto st = RunRanks(
+      n,
+      [&](Communicator& c) -> Status {
+        std::vector<float> x(4096, 1.f);
+        RT_RETURN_IF_ERROR(c.AllReduce(x.data(), 4096, DataType::kF32, ReduceOp::kSum));
+        if (c.rank() == missing) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+          return Status::Ok();
+        }
+        return c.AllReduce(x.data(), 4096, DataType::kF32, ReduceOp::kSum);
+      },
+      opts);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(took, 10.0);
+  for (int r = 0; r < n; ++r) {
+    if (r == missing) continue;
+    ASSERT_FALSE(st[r].ok()) << "rank " << r;
+    const std::string& m = st[r].message();
+    EXPECT_TRUE(Contains(m, "allreduce #2")) << m;
+    EXPECT_TRUE(Contains(m, "rank 1 did not arrive within 0.5 s")) << m;
+  }
+}
+
+// Rank 0 calls allreduce of 10 floats while rank 1 calls broadcast; then counts that differ.
+// Both ranks report the mismatch (the detecting rank tells the other).
+TEST(CollectiveFaults, MismatchedCollectiveReportedOnEveryRank) {
+  coll::CommOptions opts;
+  opts.deadline_s = 20;
+  auto st = RunRanks(
+      2,
+      [&](Communicator& c) -> Status {
+        std::vector<float> x(10, 1.f);
+        if (c.rank() == 0) return c.AllReduce(x.data(), 10, DataType::kF32, ReduceOp::kSum);
+        return c.Broadcast(x.data(), 10, DataType::kF32, 0);
+      },
+      opts);
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_FALSE(st[r].ok()) << "rank " << r;
+    EXPECT_TRUE(Contains(st[r].message(), "mismatched collective")) << st[r].message();
+    EXPECT_TRUE(Contains(st[r].message(), "allreduce #1")) << st[r].message();
+    EXPECT_TRUE(Contains(st[r].message(), "broadcast #1")) << st[r].message();
+  }
+  st = RunRanks(
+      3,
+      [&](Communicator& c) -> Status {
+        std::vector<float> x(12, 1.f);
+        return c.AllReduce(x.data(), c.rank() == 2 ? 12 : 10, DataType::kF32, ReduceOp::kSum);
+      },
+      opts);
+  for (int r = 0; r < 3; ++r) {
+    ASSERT_FALSE(st[r].ok()) << "rank " << r;
+    EXPECT_TRUE(Contains(st[r].message(), "mismatched collective")) << st[r].message();
+    EXPECT_TRUE(Contains(st[r].message(), "12 x f32")) << st[r].message();
+  }
+}
+
+TEST(CollectiveArgs, BadRootAndNegativeCount) {
+  auto st = RunRanks(2, [&](Communicator& c) -> Status {
+    float x = 0;
+    Status a = c.Broadcast(&x, 1, DataType::kF32, 2);
+    Status b = c.AllReduce(&x, -1, DataType::kF32, ReduceOp::kSum);
+    if (a.ok() || !Contains(a.message(), "root 2")) return Internal("bad root accepted: " + a.message());
+    if (b.ok() || !Contains(b.message(), "negative")) return Internal("negative count accepted: " + b.message());
+    return Status::Ok();
+  });
+  for (int r = 0; r < 2; ++r) EXPECT_TRUE(st[r].ok()) << st[r].message();
+}
+
+}  // namespace
+}  // namespace ringtrain
