@@ -77,6 +77,7 @@ void AddBench(CLI::App& app, Action& action) {
   train->add_option("--warmup", args->warmup, "untimed warm-up steps (default 3)");
   train->add_flag("--json", args->json, "print one JSON object");
   train->callback([&action, args]() { action = [args]() { return BenchTrain(*args); }; });
+  AddBenchAllreduce(bench, action);
 }
 
 }  // namespace ringtrain::cli

@@ -17,5 +17,7 @@ void AddTrain(CLI::App& app, Action& action);
 void AddGenerate(CLI::App& app, Action& action);
 void AddBench(CLI::App& app, Action& action);
 void AddEval(CLI::App& app, Action& action);
+// `bench allreduce`, registered under the bench command by AddBench.
+void AddBenchAllreduce(CLI::App* bench, Action& action);
 
 }  // namespace ringtrain::cli

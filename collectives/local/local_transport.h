@@ -4,14 +4,10 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
-#include <deque>
-#include <map>
 #include <memory>
-#include <mutex>
-#include <string>
 #include <vector>
 
+#include "collectives/mailbox.h"
 #include "collectives/transport.h"
 
 namespace ringtrain::coll {
@@ -22,26 +18,15 @@ class LocalWorld : public std::enable_shared_from_this<LocalWorld> {
   int size() const { return size_; }
   // The transport of rank r; all of them share this world.
   std::shared_ptr<Transport> Rank(int r);
-  // Rank r is dead from now on: frames to it fail, waits on it fail with Unavailable.
+  // Rank r is dead from now on: frames to it fail, receives from it fail with Unavailable.
   void Kill(int r);
   bool IsDead(int r) const { return dead_[r].load(); }
 
  private:
   friend class LocalTransport;
-  struct Frame {
-    FrameHeader h;
-    std::vector<uint8_t> payload;
-  };
-  struct Inbox {
-    std::mutex mu;
-    std::condition_variable cv;
-    std::map<std::pair<int, uint32_t>, std::deque<Frame>> frames;  // (src, context)
-    std::map<uint32_t, std::string> aborts;                         // context -> first abort text
-    std::map<uint32_t, std::vector<std::string>> stuck;             // context -> stuck notices
-  };
   explicit LocalWorld(int size);
   int size_;
-  std::vector<std::unique_ptr<Inbox>> inbox_;
+  std::vector<std::unique_ptr<Mailbox>> inbox_;
   std::unique_ptr<std::atomic<bool>[]> dead_;
 };
 

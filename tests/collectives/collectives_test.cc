@@ -1,5 +1,5 @@
 // Every Communicator operation x world size 1..8 x algorithm, each over the element counts
-// 0, 1, 7, world_size-1, 1000003 and 16M, on the in-process transport. Inputs are small integers
+// 0, 1, 7, world_size-1, 1000003 and 16M, on the in-process transport and on TCP over loopback. Inputs are small integers
 // stored as floats, so every sum is exact and results are compared bitwise against references
 // computed here from the input formula. Sub-groups from Split get the same treatment.
 #include <gtest/gtest.h>
@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/collectives/check_ops.h"
 #include "tests/util/run_ranks.h"
 
 namespace ringtrain {
@@ -16,147 +17,11 @@ namespace {
 
 using coll::Algorithm;
 using coll::Communicator;
-using coll::DataType;
-using coll::ReduceOp;
+using testing::Case;
+using testing::Counts;
+using testing::OpLabel;
+using testing::RunAndCheck;
 using testing::RunRanks;
-
-enum class Op { kSum, kAvg, kMax, kMin, kAsyncSum, kReduceScatter, kAllGather, kBroadcast, kReduce, kBarrier, kSendRecv };
-const char* OpLabel(Op op) {
-  switch (op) {
-    case Op::kSum: return "AllReduceSum";
-    case Op::kAvg: return "AllReduceAvg";
-    case Op::kMax: return "AllReduceMax";
-    case Op::kMin: return "AllReduceMin";
-    case Op::kAsyncSum: return "IAllReduceSum";
-    case Op::kReduceScatter: return "ReduceScatter";
-    case Op::kAllGather: return "AllGather";
-    case Op::kBroadcast: return "Broadcast";
-    case Op::kReduce: return "Reduce";
-    case Op::kBarrier: return "Barrier";
-    case Op::kSendRecv: return "SendRecv";
-  }
-  return "?";
-}
-bool IsAllReduce(Op op) { return op <= Op::kAsyncSum; }
-
-// Rank r's input element i: an integer in [-15, 15].
-float Input(int64_t i, int r) { return static_cast<float>((i * 7 + r * 13) % 31 - 15); }
-
-std::vector<int64_t> Counts(int n) { return {0, 1, 7, n - 1, 1000003, 16 << 20}; }
-
-// Runs op on every rank of comm and checks rank comm.rank()'s result for `count`.
-Status RunAndCheck(Communicator& comm, Op op, int64_t count) {
-  const int n = comm.size(), r = comm.rank();
-  auto fail = [&](int64_t i, double got, double want) {
-    std::ostringstream os;
-    os << OpLabel(op) << " count " << count << " rank " << r << "/" << n << ": element " << i << " = " << got
-       << ", want " << want;
-    return Internal(os.str());
-  };
-  if (IsAllReduce(op)) {
-    std::vector<float> x(count);
-    const float scale = op == Op::kAvg ? static_cast<float>(n) : 1.f;  // so the average is an integer
-    for (int64_t i = 0; i < count; ++i) x[i] = Input(i, r) * scale;
-    if (op == Op::kAsyncSum) {
-      coll::Work w = comm.IAllReduce(x.data(), count, DataType::kF32, ReduceOp::kSum);
-      RT_RETURN_IF_ERROR(w.Wait());
-    } else {
-      const ReduceOp ro = op == Op::kAvg ? ReduceOp::kAvg : op == Op::kMax ? ReduceOp::kMax
-                          : op == Op::kMin ? ReduceOp::kMin : ReduceOp::kSum;
-      RT_RETURN_IF_ERROR(comm.AllReduce(x.data(), count, DataType::kF32, ro));
-    }
-    for (int64_t i = 0; i < count; ++i) {
-      float want = op == Op::kMax ? -1e9f : op == Op::kMin ? 1e9f : 0.f;
-      for (int q = 0; q < n; ++q) {
-        const float v = Input(i, q);
-        want = op == Op::kMax ? std::max(want, v) : op == Op::kMin ? std::min(want, v) : want + v;
-      }
-      if (x[i] != want) return fail(i, x[i], want);
-    }
-    return Status::Ok();
-  }
-  const int64_t per = (count + n - 1) / n;  // per-rank block for reduce_scatter / allgather
-  switch (op) {
-    case Op::kReduceScatter: {
-      std::vector<float> in(per * n), out(per, NAN);
-      for (int64_t i = 0; i < per * n; ++i) in[i] = Input(i, r);
-      RT_RETURN_IF_ERROR(comm.ReduceScatter(in.data(), out.data(), per, DataType::kF32, ReduceOp::kSum));
-      for (int64_t i = 0; i < per; ++i) {
-        float want = 0;
-        for (int q = 0; q < n; ++q) want += Input(r * per + i, q);
-        if (out[i] != want) return fail(i, out[i], want);
-      }
-      return Status::Ok();
-    }
-    case Op::kAllGather: {
-      std::vector<float> in(per), out(per * n, NAN);
-      for (int64_t i = 0; i < per; ++i) in[i] = Input(i, r);
-      RT_RETURN_IF_ERROR(comm.AllGather(in.data(), out.data(), per, DataType::kF32));
-      for (int64_t i = 0; i < per * n; ++i)
-        if (out[i] != Input(i % std::max<int64_t>(per, 1), static_cast<int>(i / std::max<int64_t>(per, 1))))
-          return fail(i, out[i], Input(i % per, static_cast<int>(i / per)));
-      return Status::Ok();
-    }
-    case Op::kBroadcast: {
-      const int root = n - 1;
-      std::vector<float> x(count);
-      for (int64_t i = 0; i < count; ++i) x[i] = Input(i, r);
-      RT_RETURN_IF_ERROR(comm.Broadcast(x.data(), count, DataType::kF32, root));
-      for (int64_t i = 0; i < count; ++i)
-        if (x[i] != Input(i, root)) return fail(i, x[i], Input(i, root));
-      return Status::Ok();
-    }
-    case Op::kReduce: {
-      const int root = n / 2;
-      std::vector<float> x(count);
-      for (int64_t i = 0; i < count; ++i) x[i] = Input(i, r);
-      RT_RETURN_IF_ERROR(comm.Reduce(x.data(), count, DataType::kF32, ReduceOp::kSum, root));
-      for (int64_t i = 0; i < count; ++i) {
-        float want = Input(i, r);  // unchanged off the root
-        if (r == root) {
-          want = 0;
-          for (int q = 0; q < n; ++q) want += Input(i, q);
-        }
-        if (x[i] != want) return fail(i, x[i], want);
-      }
-      return Status::Ok();
-    }
-    case Op::kBarrier: return comm.Barrier();
-    case Op::kSendRecv: {
-      // Shift around the ring: send to r+1, receive from r-1.
-      std::vector<float> out(count), in(count, NAN);
-      for (int64_t i = 0; i < count; ++i) out[i] = Input(i, r);
-      const int from = (r + n - 1) % n;
-      RT_RETURN_IF_ERROR(comm.Send(out.data(), count, DataType::kF32, (r + 1) % n));
-      RT_RETURN_IF_ERROR(comm.Recv(in.data(), count, DataType::kF32, from));
-      for (int64_t i = 0; i < count; ++i)
-        if (in[i] != Input(i, from)) return fail(i, in[i], Input(i, from));
-      return Status::Ok();
-    }
-    default: return Internal("unhandled op");
-  }
-}
-
-struct Case {
-  Op op;
-  int n;
-  Algorithm algo;
-};
-
-std::vector<Case> AllCases() {
-  std::vector<Case> cases;
-  for (int n = 1; n <= 8; ++n) {
-    for (Op op : {Op::kSum, Op::kAvg, Op::kMax, Op::kMin, Op::kAsyncSum}) {
-      for (Algorithm a : {Algorithm::kRing, Algorithm::kHalvingDoubling, Algorithm::kTree, Algorithm::kAuto}) {
-        if (a == Algorithm::kHalvingDoubling && (n & (n - 1)) != 0) continue;  // power-of-two sizes only
-        cases.push_back({op, n, a});
-      }
-    }
-    for (Op op : {Op::kReduceScatter, Op::kAllGather, Op::kBroadcast, Op::kReduce, Op::kBarrier, Op::kSendRecv})
-      cases.push_back({op, n, Algorithm::kAuto});
-  }
-  return cases;
-}
 
 class Collective : public ::testing::TestWithParam<Case> {};
 
@@ -168,16 +33,20 @@ TEST_P(Collective, ExactOnEveryRankForEveryCount) {
   for (int64_t count : Counts(c.n)) {
     if (count < 0) continue;
     SCOPED_TRACE("count " + std::to_string(count));
-    auto st = RunRanks(c.n, [&](Communicator& comm) { return RunAndCheck(comm, c.op, count); }, opts);
+    auto fn = [&](Communicator& comm) { return RunAndCheck(comm, c.op, count); };
+    auto st = c.tcp ? testing::RunTcpRanks(c.n, fn, opts) : RunRanks(c.n, fn, opts);
     for (int r = 0; r < c.n; ++r) ASSERT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r].message();
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(All, Collective, ::testing::ValuesIn(AllCases()), [](const auto& info) {
+std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
   std::ostringstream os;
   os << OpLabel(info.param.op) << "_n" << info.param.n << "_" << coll::AlgorithmName(info.param.algo);
   return os.str();
-});
+}
+
+INSTANTIATE_TEST_SUITE_P(Local, Collective, ::testing::ValuesIn(testing::AllCases(false)), CaseName);
+INSTANTIATE_TEST_SUITE_P(Tcp, Collective, ::testing::ValuesIn(testing::AllCases(true)), CaseName);
 
 }  // namespace
 }  // namespace ringtrain

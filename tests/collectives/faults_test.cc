@@ -233,3 +233,100 @@ TEST(CollectiveArgs, BadRootAndNegativeCount) {
 
 }  // namespace
 }  // namespace ringtrain
+
+namespace ringtrain {
+namespace {
+
+// The TCP version of the dead-rank test: rank 2 closes all its connections (what the kernel does
+// when its process dies) before the fourth allreduce; the others name it promptly.
+TEST(CollectiveFaultsTcp, DeadRankIsNamedByEverySurvivor) {
+  const int n = 4, victim = 2;
+  const int port = testing::FreePort();
+  std::vector<Status> st(n);
+  std::vector<std::thread> threads;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int r = 0; r < n; ++r) {
+    threads.emplace_back([&, r] {
+      coll::TcpOptions o;
+      o.rank = r;
+      o.size = n;
+      o.master_port = port;
+      o.bind = "127.0.0.1";
+      o.connect_timeout_s = 60;
+      auto t = coll::TcpTransport::Create(o);
+      if (!t.ok()) {
+        st[r] = t.status();
+        return;
+      }
+      coll::CommOptions co;
+      co.deadline_s = 30;
+      Communicator c(*t, co);
+      std::vector<float> x(1000003, 1.f);
+      for (int k = 0; k < 3; ++k) {
+        st[r] = c.AllReduce(x.data(), 1000003, DataType::kF32, ReduceOp::kSum);
+        if (!st[r].ok()) return;
+      }
+      if (r == victim) {
+        (*t)->Close();
+        return;
+      }
+      st[r] = c.AllReduce(x.data(), 1000003, DataType::kF32, ReduceOp::kSum);
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(took, 20.0);
+  EXPECT_TRUE(st[victim].ok()) << st[victim].message();
+  for (int r = 0; r < n; ++r) {
+    if (r == victim) continue;
+    ASSERT_FALSE(st[r].ok()) << "rank " << r;
+    EXPECT_TRUE(Contains(st[r].message(), "allreduce #4")) << st[r].message();
+    EXPECT_TRUE(Contains(st[r].message(), "rank 2 (127.0.0.1:")) << st[r].message();
+    EXPECT_TRUE(Contains(st[r].message(), "died")) << st[r].message();
+  }
+}
+
+TEST(CollectiveFaultsTcp, MismatchReportedOnEveryRank) {
+  coll::CommOptions opts;
+  opts.deadline_s = 20;
+  auto st = testing::RunTcpRanks(
+      2,
+      [&](Communicator& c) -> Status {
+        std::vector<float> x(10, 1.f);
+        if (c.rank() == 0) return c.AllReduce(x.data(), 10, DataType::kF32, ReduceOp::kSum);
+        return c.Broadcast(x.data(), 10, DataType::kF32, 0);
+      },
+      opts);
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_FALSE(st[r].ok()) << "rank " << r;
+    EXPECT_TRUE(Contains(st[r].message(), "mismatched collective")) << st[r].message();
+  }
+}
+
+TEST(CollectiveTcp, BadBindAddressIsOneClearError) {
+  coll::TcpOptions o;
+  o.rank = 0;
+  o.size = 2;
+  o.master_port = testing::FreePort();
+  o.bind = "no-such-interface0";
+  o.connect_timeout_s = 2;
+  auto t = coll::TcpTransport::Create(o);
+  ASSERT_FALSE(t.ok());
+  EXPECT_TRUE(Contains(t.status().message(), "no-such-interface0")) << t.status().message();
+}
+
+TEST(CollectiveTcp, MissingRankAtSetUpTimesOutNamingIt) {
+  coll::TcpOptions o;
+  o.rank = 0;
+  o.size = 2;
+  o.master_port = testing::FreePort();
+  o.bind = "127.0.0.1";
+  o.connect_timeout_s = 0.5;
+  auto t = coll::TcpTransport::Create(o);
+  ASSERT_FALSE(t.ok());
+  EXPECT_TRUE(Contains(t.status().message(), "1")) << t.status().message();
+  EXPECT_EQ(t.status().code(), StatusCode::kDeadlineExceeded) << t.status().message();
+}
+
+}  // namespace
+}  // namespace ringtrain

@@ -9,6 +9,7 @@
 
 #include "collectives/communicator.h"
 #include "collectives/local/local_transport.h"
+#include "collectives/tcp/tcp_transport.h"
 
 namespace ringtrain::testing {
 
@@ -22,6 +23,45 @@ inline std::vector<Status> RunRanks(int n, const std::function<Status(coll::Comm
     threads.emplace_back([&, r] {
       coll::Communicator comm(world->Rank(r), opts);
       out[r] = fn(comm);
+    });
+  }
+  for (auto& t : threads) t.join();
+  return out;
+}
+
+// A free TCP port on loopback (bound, read and released: another process could take it in
+// between, which is unlikely enough for tests).
+inline int FreePort() {
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::acceptor a(io, boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), 0));
+  return a.local_endpoint().port();
+}
+
+// Like RunRanks, over real TCP connections on loopback (one TcpTransport per thread, rendezvous
+// at 127.0.0.1:<free port>). A rank whose transport cannot be built returns that error.
+inline std::vector<Status> RunTcpRanks(int n, const std::function<Status(coll::Communicator&)>& fn,
+                                       coll::CommOptions opts = {}) {
+  const int port = FreePort();
+  std::vector<Status> out(n);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r) {
+    threads.emplace_back([&, r] {
+      coll::TcpOptions o;
+      o.rank = r;
+      o.size = n;
+      o.master_addr = "127.0.0.1";
+      o.master_port = port;
+      o.bind = "127.0.0.1";
+      o.connect_timeout_s = 60;
+      auto t = coll::TcpTransport::Create(o);
+      if (!t.ok()) {
+        out[r] = t.status();
+        return;
+      }
+      coll::Communicator comm(*t, opts);
+      out[r] = fn(comm);
+      // Leave together: a rank that tears down its sockets early would look dead to the others.
+      if (out[r].ok()) out[r] = comm.Barrier();
     });
   }
   for (auto& t : threads) t.join();
