@@ -165,11 +165,10 @@ Status TcpTransport::Connect(const TcpOptions& o) {
 
 void TcpTransport::Close() {
   closing_ = true;
-  for (auto& p : peers_) {
-    if (!p->sock) continue;
-    boost::system::error_code ec;
-    p->sock->shutdown(tcp::socket::shutdown_both, ec);
-  }
+  // The raw shutdown(2), not Asio's: the reader thread is inside a read on the same socket object,
+  // and only the kernel call is safe to make concurrently with it.
+  for (auto& p : peers_)
+    if (p->sock) ::shutdown(p->sock->native_handle(), SHUT_RDWR);
 }
 
 TcpTransport::~TcpTransport() {

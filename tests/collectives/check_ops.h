@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <ostream>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -141,6 +142,11 @@ struct Case {
   Algorithm algo;
   bool tcp;
 };
+
+// gtest prints parameters with this (found by argument-dependent lookup), not as raw bytes.
+inline void PrintTo(const Case& c, std::ostream* os) {
+  *os << OpLabel(c.op) << " n=" << c.n << " " << coll::AlgorithmName(c.algo) << (c.tcp ? " tcp" : " local");
+}
 
 inline std::vector<Case> AllCases(bool tcp) {
   std::vector<Case> cases;

@@ -3,12 +3,14 @@
 // operation, its sequence number and the missing or mismatched rank, well within the deadline.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "tests/collectives/check_ops.h"
 #include "tests/util/run_ranks.h"
 
 namespace ringtrain {
@@ -21,11 +23,14 @@ using testing::RunRanks;
 
 float Input(int64_t i, int r) { return static_cast<float>((i * 7 + r * 13) % 31 - 15); }
 
-// Split 8 ranks into "TP" groups of 2 (color r/2) and "DP" groups (color r%2, reversed key order),
-// then all-reduce, broadcast and allgather in each, checked exactly.
-TEST(CollectiveSplit, SubGroupsBehaveLikeWorlds) {
+// Split 8 ranks into "TP" groups of 2 (color r/2) and "DP" groups (color r%2, reversed key order).
+// Each sub-group runs every operation of check_ops.h exactly, like a world of its size, on the
+// in-process transport and on TCP.
+class CollectiveSplit : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CollectiveSplit, SubGroupsBehaveLikeWorlds) {
   const int n = 8;
-  auto st = RunRanks(n, [&](Communicator& world) -> Status {
+  auto fn = [&](Communicator& world) -> Status {
     const int r = world.rank();
     for (int mode = 0; mode < 2; ++mode) {
       const int color = mode == 0 ? r / 2 : r % 2;
@@ -37,19 +42,14 @@ TEST(CollectiveSplit, SubGroupsBehaveLikeWorlds) {
       if (mode == 1) std::reverse(group.begin(), group.end());
       if (sub->size() != static_cast<int>(group.size()) || group[sub->rank()] != r)
         return Internal("split placed rank " + std::to_string(r) + " at " + std::to_string(sub->rank()));
-      for (int64_t count : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{1000003}}) {
-        std::vector<float> x(count);
-        for (int64_t i = 0; i < count; ++i) x[i] = Input(i, r);
-        RT_RETURN_IF_ERROR(sub->AllReduce(x.data(), count, DataType::kF32, ReduceOp::kSum));
-        for (int64_t i = 0; i < count; ++i) {
-          float want = 0;
-          for (int q : group) want += Input(i, q);
-          if (x[i] != want) return Internal("split allreduce wrong at " + std::to_string(i));
+      for (testing::Op op : {testing::Op::kSum, testing::Op::kAvg, testing::Op::kMax, testing::Op::kMin,
+                             testing::Op::kAsyncSum, testing::Op::kReduceScatter, testing::Op::kAllGather,
+                             testing::Op::kBroadcast, testing::Op::kReduce, testing::Op::kBarrier,
+                             testing::Op::kSendRecv}) {
+        for (int64_t count : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{sub->size() - 1}, int64_t{1000003}}) {
+          Status s = testing::RunAndCheck(*sub, op, count);
+          if (!s.ok()) return s.WithContext(std::string(mode == 0 ? "TP" : "DP") + " group " + std::to_string(color));
         }
-        for (int64_t i = 0; i < count; ++i) x[i] = Input(i, r);
-        RT_RETURN_IF_ERROR(sub->Broadcast(x.data(), count, DataType::kF32, 0));
-        for (int64_t i = 0; i < count; ++i)
-          if (x[i] != Input(i, group[0])) return Internal("split broadcast wrong at " + std::to_string(i));
       }
       // The world still works between sub-group calls (contexts keep traffic apart).
       int64_t one = 1;
@@ -60,9 +60,13 @@ TEST(CollectiveSplit, SubGroupsBehaveLikeWorlds) {
     RT_ASSIGN_OR_RETURN(auto none, world.Split(r == 0 ? -1 : 1, 0));
     if ((r == 0) != (none == nullptr)) return Internal("negative color should give no communicator");
     return Status::Ok();
-  });
+  };
+  auto st = GetParam() ? testing::RunTcpRanks(n, fn) : RunRanks(n, fn);
   for (int r = 0; r < n; ++r) EXPECT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r].message();
 }
+
+INSTANTIATE_TEST_SUITE_P(Transports, CollectiveSplit, ::testing::Values(false, true),
+                         [](const auto& info) { return std::string(info.param ? "Tcp" : "Local"); });
 
 TEST(CollectiveTypes, Int64Bf16Fp16AndDouble) {
   for (int n : {2, 3, 4}) {
