@@ -7,6 +7,12 @@
 
 namespace ringtrain::coll {
 
+namespace {
+// How long a rank that finds a peer gone waits for that peer's abort frame (sent just before it
+// quit, possibly still unread behind the connection's end) before blaming the peer itself.
+constexpr auto kRootCauseWait = std::chrono::milliseconds(200);
+}  // namespace
+
 Link::Link(Transport* t, const std::vector<int>& members, int me, const FrameHeader& proto, double deadline_s,
            std::string comm_name)
     : t_(t),
@@ -46,6 +52,11 @@ Status Link::Send(int to, const void* data, size_t bytes) {
   FrameHeader h = proto_;
   h.bytes = bytes;
   Status s = t_->Send(members_[to], h, data);
+  if (!s.ok()) {
+    // A peer that quit after another rank's failure: report that root cause if it reached us.
+    Status root = t_->PendingAbort(proto_.context, Clock::now() + kRootCauseWait);
+    if (!root.ok()) return Fail(root, /*propagate=*/false);
+  }
   if (!s.ok())
     return Fail(Status(s.code(), Describe() + ": rank " + std::to_string(me_) + " could not send to " +
                                      t_->PeerName(members_[to]) + ": " + s.message()));
@@ -86,6 +97,10 @@ Status Link::Recv(int from, void* data, size_t bytes) {
   Status s = t_->Recv(members_[from], proto_.context, &h, data, bytes, deadline_);
   if (s.code() == StatusCode::kDeadlineExceeded) return DiagnoseTimeout(from);
   if (s.code() == StatusCode::kAborted) return Fail(s, /*propagate=*/false);
+  if (s.code() == StatusCode::kUnavailable) {
+    Status root = t_->PendingAbort(proto_.context, Clock::now() + kRootCauseWait);
+    if (!root.ok()) return Fail(root, /*propagate=*/false);
+  }
   if (s.code() == StatusCode::kUnavailable)
     return Fail(Unavailable(Describe() + ": " + s.message() + " (detected by rank " + std::to_string(me_) + ")"));
   const bool same = h.magic == proto_.magic && h.seq == proto_.seq && h.op == proto_.op && h.dtype == proto_.dtype &&

@@ -51,6 +51,13 @@ Status Mailbox::Take(int peer, uint32_t context, FrameHeader* h, void* buf, size
   }
 }
 
+Status Mailbox::PendingAbort(uint32_t context, Clock::time_point until) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_until(lock, until, [&] { return aborts_.count(context) > 0; });
+  auto it = aborts_.find(context);
+  return it == aborts_.end() ? Status::Ok() : Aborted(it->second);
+}
+
 std::vector<std::string> Mailbox::StuckNotices(uint32_t context) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = stuck_.find(context);

@@ -26,6 +26,7 @@ class Mailbox {
   Status Take(int peer, uint32_t context, FrameHeader* h, void* buf, size_t cap, Clock::time_point deadline,
               const std::function<std::string(int)>& name);
   std::vector<std::string> StuckNotices(uint32_t context);
+  Status PendingAbort(uint32_t context, Clock::time_point until);
 
  private:
   struct Frame {

@@ -55,6 +55,11 @@ class Transport {
   virtual Status Recv(int peer, uint32_t context, FrameHeader* h, void* buf, size_t cap,
                       Clock::time_point deadline) = 0;
 
+  // Aborted(text) once an abort frame for `context` has arrived (waiting for one until `until`),
+  // else OK. Lets a rank whose own failure is a consequence (a peer that quit after an error, its
+  // abort frame still in flight) report the root cause instead.
+  virtual Status PendingAbort(uint32_t context, Clock::time_point until) = 0;
+
   // Payloads of the stuck notices received so far on `context`.
   virtual std::vector<std::string> StuckNotices(uint32_t context) = 0;
 

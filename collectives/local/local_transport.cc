@@ -26,6 +26,9 @@ class LocalTransport : public Transport {
   }
 
   std::vector<std::string> StuckNotices(uint32_t context) override { return w_->inbox_[rank_]->StuckNotices(context); }
+  Status PendingAbort(uint32_t context, Clock::time_point until) override {
+    return w_->inbox_[rank_]->PendingAbort(context, until);
+  }
 
  private:
   std::shared_ptr<LocalWorld> w_;

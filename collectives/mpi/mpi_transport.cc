@@ -193,6 +193,19 @@ Status MpiTransport::Recv(int peer, uint32_t context, FrameHeader* h, void* buf,
   return Status::Ok();
 }
 
+Status MpiTransport::PendingAbort(uint32_t context, Clock::time_point until) {
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      PollControl();
+      auto it = aborts_.find(context);
+      if (it != aborts_.end()) return Aborted(it->second);
+    }
+    if (Clock::now() >= until) return Status::Ok();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 std::vector<std::string> MpiTransport::StuckNotices(uint32_t context) {
   std::lock_guard<std::mutex> lock(mu_);
   PollControl();
@@ -214,6 +227,7 @@ void MpiTransport::ReapSends() {}
 Status MpiTransport::Send(int, const FrameHeader&, const void*) { return MpiInit(); }
 Status MpiTransport::Recv(int, uint32_t, FrameHeader*, void*, size_t, Clock::time_point) { return MpiInit(); }
 std::vector<std::string> MpiTransport::StuckNotices(uint32_t) { return {}; }
+Status MpiTransport::PendingAbort(uint32_t, Clock::time_point) { return Status::Ok(); }
 
 #endif
 

@@ -36,6 +36,7 @@ class MpiTransport : public Transport {
   Status Recv(int peer, uint32_t context, FrameHeader* h, void* buf, size_t cap,
               Clock::time_point deadline) override;
   std::vector<std::string> StuckNotices(uint32_t context) override;
+  Status PendingAbort(uint32_t context, Clock::time_point until) override;
 
  private:
   MpiTransport() = default;

@@ -1,5 +1,7 @@
 #include "collectives/tcp/rendezvous.h"
 
+#include <sys/socket.h>
+
 #include <sstream>
 
 namespace ringtrain::coll {
@@ -38,12 +40,11 @@ RendezvousServer::~RendezvousServer() {
   if (acceptor_thread_.joinable()) acceptor_thread_.join();
   boost::system::error_code ec;
   acceptor_->close(ec);
+  // Wake the serving threads with shutdown(2) (safe while they sit in recv on the socket); the
+  // sockets are closed only after the threads are gone.
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& c : clients_) {
-      c->shutdown(tcp::socket::shutdown_both, ec);
-      c->close(ec);
-    }
+    for (auto& c : clients_) ::shutdown(c->native_handle(), SHUT_RDWR);
   }
   for (auto& t : threads_) t.join();
 }

@@ -43,6 +43,7 @@ class TcpTransport : public Transport {
   Status Recv(int peer, uint32_t context, FrameHeader* h, void* buf, size_t cap,
               Clock::time_point deadline) override;
   std::vector<std::string> StuckNotices(uint32_t context) override { return box_.StuckNotices(context); }
+  Status PendingAbort(uint32_t context, Clock::time_point until) override { return box_.PendingAbort(context, until); }
   std::string PeerName(int peer) const override;
   // Shuts every connection down, as the death of this process would (tests use it).
   void Close();
