@@ -1,7 +1,7 @@
 // Ring reduce-scatter / all-gather / all-reduce. With n ranks the buffer is cut into n blocks; in
 // each of n-1 steps every rank sends one block to rank+1 and receives one from rank-1. Messages are
-// cut into segments of at most segment_bytes: a rank reduces segment k while segment k+1 is already
-// in flight (sends never wait for the receiver).
+// cut into segments of at most segment_bytes; a step sends all its segments first (sends never wait
+// for the receiver), so a rank reduces segment k while segment k+1 is already in flight.
 #include <algorithm>
 #include <cstring>
 
@@ -36,15 +36,13 @@ Status RingReduceScatter(Link& l, uint8_t* data, int64_t count, DataType t, Redu
     const int sb = Mod(r - step - 1, n), rb = Mod(r - step - 2, n);
     const int64_t s0 = BlockBegin(count, n, sb), s1 = BlockBegin(count, n, sb + 1);
     const int64_t r0 = BlockBegin(count, n, rb), r1 = BlockBegin(count, n, rb + 1);
-    const int64_t nseg = std::max((s1 - s0 + seg - 1) / seg, (r1 - r0 + seg - 1) / seg);
-    for (int64_t k = 0; k < nseg; ++k) {
-      const int64_t a = std::min(s1, s0 + k * seg), b = std::min(s1, a + seg);
-      if (b > a) RT_RETURN_IF_ERROR(l.Send(next, data + a * es, (b - a) * es));
-      const int64_t c = std::min(r1, r0 + k * seg), d = std::min(r1, c + seg);
-      if (d > c) {
-        RT_RETURN_IF_ERROR(l.Recv(prev, tmp, (d - c) * es));
-        ReduceInto(data + c * es, tmp, d - c, t, op);
-      }
+    // The whole outgoing block is final, so all its segments go out first; incoming segments
+    // are then reduced one by one while the later ones are still arriving.
+    for (int64_t a = s0; a < s1; a += seg) RT_RETURN_IF_ERROR(l.Send(next, data + a * es, std::min(seg, s1 - a) * es));
+    for (int64_t c = r0; c < r1; c += seg) {
+      const int64_t d = std::min(r1, c + seg);
+      RT_RETURN_IF_ERROR(l.Recv(prev, tmp, (d - c) * es));
+      ReduceInto(data + c * es, tmp, d - c, t, op);
     }
   }
   return Status::Ok();
@@ -60,13 +58,9 @@ Status RingAllGather(Link& l, uint8_t* data, int64_t count, size_t es, size_t se
     const int sb = Mod(r - step, n), rb = Mod(r - step - 1, n);
     const int64_t s0 = BlockBegin(count, n, sb), s1 = BlockBegin(count, n, sb + 1);
     const int64_t r0 = BlockBegin(count, n, rb), r1 = BlockBegin(count, n, rb + 1);
-    const int64_t nseg = std::max((s1 - s0 + seg - 1) / seg, (r1 - r0 + seg - 1) / seg);
-    for (int64_t k = 0; k < nseg; ++k) {
-      const int64_t a = std::min(s1, s0 + k * seg), b = std::min(s1, a + seg);
-      if (b > a) RT_RETURN_IF_ERROR(l.Send(next, data + a * es, (b - a) * es));
-      const int64_t c = std::min(r1, r0 + k * seg), d = std::min(r1, c + seg);
-      if (d > c) RT_RETURN_IF_ERROR(l.Recv(prev, data + c * es, (d - c) * es));
-    }
+    for (int64_t a = s0; a < s1; a += seg) RT_RETURN_IF_ERROR(l.Send(next, data + a * es, std::min(seg, s1 - a) * es));
+    for (int64_t c = r0; c < r1; c += seg)
+      RT_RETURN_IF_ERROR(l.Recv(prev, data + c * es, (std::min(r1, c + seg) - c) * es));
   }
   return Status::Ok();
 }
