@@ -11,6 +11,7 @@ packages=(
   libgtest-dev libgmock-dev zlib1g-dev libssl-dev libsqlite3-dev
   libprotobuf-dev protobuf-compiler libboost-dev libboost-system-dev
   openmpi-bin libopenmpi-dev
+  iproute2  # network namespaces for the TCP transport test
   python3  # the end-to-end test scripts read JSON with /usr/bin/python3
 )
 
