@@ -70,7 +70,7 @@ Status Link::DiagnoseTimeout(int from) {
   h.bytes = mine.size();
   for (int m = 0; m < size(); ++m)
     if (m != me_) (void)t_->Send(members_[m], h, mine.data());
-  const double grace = std::clamp(0.2 * deadline_s_, 0.05, 2.0);
+  const double grace = std::clamp(0.2 * deadline_s_, 0.25, 2.0);
   std::this_thread::sleep_for(std::chrono::duration<double>(grace));
   std::set<int> waiting = {me_}, waited = {from};
   for (const std::string& text : t_->StuckNotices(proto_.context)) {

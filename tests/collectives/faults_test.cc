@@ -165,7 +165,7 @@ TEST(CollectiveFaults, DeadRankIsNamedByEverySurvivor) {
 TEST(CollectiveFaults, MissingRankTimesOutWithItsName) {
   const int n = 4, missing = 1;
   coll::CommOptions opts;
-  opts.deadline_s = 0.5;
+  opts.deadline_s = 1;
   const auto t0 = std::chrono::steady_clock::now();
   auto st = RunRanks(
       n,
@@ -173,7 +173,7 @@ TEST(CollectiveFaults, MissingRankTimesOutWithItsName) {
         std::vector<float> x(4096, 1.f);
         RT_RETURN_IF_ERROR(c.AllReduce(x.data(), 4096, DataType::kF32, ReduceOp::kSum));
         if (c.rank() == missing) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+          std::this_thread::sleep_for(std::chrono::milliseconds(3000));
           return Status::Ok();
         }
         return c.AllReduce(x.data(), 4096, DataType::kF32, ReduceOp::kSum);
@@ -186,7 +186,7 @@ TEST(CollectiveFaults, MissingRankTimesOutWithItsName) {
     ASSERT_FALSE(st[r].ok()) << "rank " << r;
     const std::string& m = st[r].message();
     EXPECT_TRUE(Contains(m, "allreduce #2")) << m;
-    EXPECT_TRUE(Contains(m, "rank 1 did not arrive within 0.5 s")) << m;
+    EXPECT_TRUE(Contains(m, ": rank 1 did not arrive within 1 s")) << m;
   }
 }
 
