@@ -5,7 +5,6 @@
 #include <tuple>
 
 #include "collectives/algorithms/algorithms.h"
-#include "collectives/link.h"
 
 namespace ringtrain::coll {
 
@@ -109,11 +108,22 @@ Status Communicator::CheckCount(int64_t count, const char* what) const {
   return Status::Ok();
 }
 
-Status Communicator::CheckRoot(int root, const char* what) const {
-  if (root < 0 || root >= size())
-    return InvalidArgument(std::string(what) + ": root " + std::to_string(root) + " outside a communicator of " +
+Status Communicator::CheckRank(int r, const char* what, const char* role) const {
+  if (r < 0 || r >= size())
+    return InvalidArgument(std::string(what) + ": " + role + " " + std::to_string(r) + " outside a communicator of " +
                            std::to_string(size()) + " ranks");
   return Status::Ok();
+}
+
+Status Communicator::RunAllReduce(Link& l, Algorithm algo, uint8_t* buf, int64_t count, DataType at, ReduceOp op,
+                                  uint8_t* tmp) {
+  switch (algo) {
+    case Algorithm::kHalvingDoubling: return HalvingDoublingAllReduce(l, buf, count, at, op, tmp);
+    case Algorithm::kTree:
+      RT_RETURN_IF_ERROR(BinomialReduce(l, buf, count, at, op, 0, tmp));
+      return BinomialBroadcast(l, buf, static_cast<size_t>(count) * DataTypeSize(at), 0);
+    default: return RingAllReduce(l, buf, count, at, op, tmp, opts_.segment_bytes);
+  }
 }
 
 Algorithm Communicator::ChooseAllReduce(size_t bytes) const {
@@ -190,14 +200,7 @@ Status Communicator::DoAllReduce(void* data, int64_t count, DataType t, ReduceOp
     Widen(reinterpret_cast<float*>(buf), data, count, t);
   }
   Link l(t_.get(), members_, rank_, proto, opts_.deadline_s, name_);
-  switch (algo) {
-    case Algorithm::kHalvingDoubling: RT_RETURN_IF_ERROR(HalvingDoublingAllReduce(l, buf, count, at, op, tmp)); break;
-    case Algorithm::kTree:
-      RT_RETURN_IF_ERROR(BinomialReduce(l, buf, count, at, op, 0, tmp));
-      RT_RETURN_IF_ERROR(BinomialBroadcast(l, buf, bytes, 0));
-      break;
-    default: RT_RETURN_IF_ERROR(RingAllReduce(l, buf, count, at, op, tmp, opts_.segment_bytes)); break;
-  }
+  RT_RETURN_IF_ERROR(RunAllReduce(l, algo, buf, count, at, op, tmp));
   if (op == ReduceOp::kAvg) Average(buf, count, at, size());
   if (wide) Narrow(data, reinterpret_cast<float*>(buf), count, t);
   return Status::Ok();
@@ -259,7 +262,7 @@ Status Communicator::Broadcast(void* data, int64_t count, DataType t, int root) 
 
 Status Communicator::DoBroadcast(void* data, int64_t count, DataType t, int root) {
   RT_RETURN_IF_ERROR(CheckCount(count, "broadcast"));
-  RT_RETURN_IF_ERROR(CheckRoot(root, "broadcast"));
+  RT_RETURN_IF_ERROR(CheckRank(root, "broadcast", "root"));
   const FrameHeader proto = Proto(OpKind::kBroadcast, t, 0, root, count);
   if (size() == 1) return Status::Ok();
   Link l(t_.get(), members_, rank_, proto, opts_.deadline_s, name_);
@@ -269,7 +272,7 @@ Status Communicator::DoBroadcast(void* data, int64_t count, DataType t, int root
 Status Communicator::Reduce(void* data, int64_t count, DataType t, ReduceOp op, int root) {
   DrainAsync();
   RT_RETURN_IF_ERROR(CheckCount(count, "reduce"));
-  RT_RETURN_IF_ERROR(CheckRoot(root, "reduce"));
+  RT_RETURN_IF_ERROR(CheckRank(root, "reduce", "root"));
   const FrameHeader proto = Proto(OpKind::kReduce, t, static_cast<uint8_t>(op), root, count);
   const bool wide = Is16Bit(t);
   const DataType at = wide ? DataType::kF32 : t;
@@ -303,41 +306,34 @@ Status Communicator::Barrier() {
   if (size() == 1) return Status::Ok();
   int64_t one = 1, tmp = 0;
   Link l(t_.get(), members_, rank_, proto, opts_.deadline_s, name_);
-  // Every rank's contribution reaches every rank, so nobody leaves before everybody arrived.
-  if (IsPow2(size()))
-    return HalvingDoublingAllReduce(l, reinterpret_cast<uint8_t*>(&one), 1, DataType::kI64, ReduceOp::kSum,
-                                    reinterpret_cast<uint8_t*>(&tmp));
-  RT_RETURN_IF_ERROR(BinomialReduce(l, reinterpret_cast<uint8_t*>(&one), 1, DataType::kI64, ReduceOp::kSum, 0,
-                                    reinterpret_cast<uint8_t*>(&tmp)));
-  return BinomialBroadcast(l, reinterpret_cast<uint8_t*>(&one), sizeof(one), 0);
+  // An all-reduce of one element: every rank's contribution reaches every rank, so nobody leaves
+  // before everybody arrived. Small-message selection (latency-bound algorithms) unless forced.
+  return RunAllReduce(l, ChooseAllReduce(sizeof(one)), reinterpret_cast<uint8_t*>(&one), 1, DataType::kI64,
+                      ReduceOp::kSum, reinterpret_cast<uint8_t*>(&tmp));
 }
 
 Status Communicator::Send(const void* data, int64_t count, DataType t, int peer) {
-  DrainAsync();
-  RT_RETURN_IF_ERROR(CheckCount(count, "send"));
-  RT_RETURN_IF_ERROR(CheckRoot(peer, "send"));
-  FrameHeader h;
-  h.context = context_ | kP2pChannel;
-  h.seq = ++p2p_sent_[peer];
-  h.op = static_cast<uint8_t>(OpKind::kSendRecv);
-  h.dtype = static_cast<uint8_t>(t);
-  h.count = static_cast<uint64_t>(count);
-  Link l(t_.get(), members_, rank_, h, opts_.deadline_s, name_);
-  return l.Send(peer, data, static_cast<size_t>(count) * DataTypeSize(t));
+  return PointToPoint(true, const_cast<void*>(data), count, t, peer);  // only read when sending
 }
 
 Status Communicator::Recv(void* data, int64_t count, DataType t, int peer) {
+  return PointToPoint(false, data, count, t, peer);
+}
+
+Status Communicator::PointToPoint(bool send, void* data, int64_t count, DataType t, int peer) {
   DrainAsync();
-  RT_RETURN_IF_ERROR(CheckCount(count, "recv"));
-  RT_RETURN_IF_ERROR(CheckRoot(peer, "recv"));
+  const char* what = send ? "send" : "recv";
+  RT_RETURN_IF_ERROR(CheckCount(count, what));
+  RT_RETURN_IF_ERROR(CheckRank(peer, what, "peer"));
   FrameHeader h;
   h.context = context_ | kP2pChannel;
-  h.seq = ++p2p_recv_[peer];
+  h.seq = ++(send ? p2p_sent_ : p2p_recv_)[peer];
   h.op = static_cast<uint8_t>(OpKind::kSendRecv);
   h.dtype = static_cast<uint8_t>(t);
   h.count = static_cast<uint64_t>(count);
   Link l(t_.get(), members_, rank_, h, opts_.deadline_s, name_);
-  return l.Recv(peer, data, static_cast<size_t>(count) * DataTypeSize(t));
+  const size_t bytes = static_cast<size_t>(count) * DataTypeSize(t);
+  return send ? l.Send(peer, data, bytes) : l.Recv(peer, data, bytes);
 }
 
 StatusOr<std::unique_ptr<Communicator>> Communicator::Split(int color, int key) {

@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "collectives/link.h"
 #include "collectives/transport.h"
 #include "collectives/types.h"
 
@@ -102,7 +103,12 @@ class Communicator {
   FrameHeader Proto(OpKind op, DataType t, uint8_t reduce, int root, int64_t count);
   uint8_t* Scratch(size_t bytes);
   Status CheckCount(int64_t count, const char* what) const;
-  Status CheckRoot(int root, const char* what) const;
+  // role: "root" or "peer", for the message.
+  Status CheckRank(int r, const char* what, const char* role) const;
+  // Runs all-reduce algorithm `algo` on buf (count elements of at) with scratch tmp.
+  Status RunAllReduce(Link& l, Algorithm algo, uint8_t* buf, int64_t count, DataType at, ReduceOp op, uint8_t* tmp);
+  // Point-to-point transfer on the communicator's p2p channel; seq is this pair's counter.
+  Status PointToPoint(bool send, void* data, int64_t count, DataType t, int peer);
   void DrainAsync();
   Work Submit(std::function<Status()> fn);
   void WorkerLoop();

@@ -14,14 +14,14 @@ constexpr auto kRootCauseWait = std::chrono::milliseconds(200);
 }  // namespace
 
 Link::Link(Transport* t, const std::vector<int>& members, int me, const FrameHeader& proto, double deadline_s,
-           std::string comm_name)
+           const std::string& comm_name)
     : t_(t),
       members_(members),
       me_(me),
       proto_(proto),
       deadline_s_(deadline_s),
       deadline_(Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(deadline_s))),
-      comm_name_(std::move(comm_name)) {}
+      comm_name_(comm_name) {}
 
 std::string Link::Summary(const FrameHeader& h) const {
   std::ostringstream os;

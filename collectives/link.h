@@ -18,8 +18,9 @@ namespace ringtrain::coll {
 class Link {
  public:
   // members: transport rank of each communicator rank; me: this rank's communicator rank.
+  // members and comm_name are the communicator's and must outlive the Link (one call).
   Link(Transport* t, const std::vector<int>& members, int me, const FrameHeader& proto, double deadline_s,
-       std::string comm_name);
+       const std::string& comm_name);
 
   int rank() const { return me_; }
   int size() const { return static_cast<int>(members_.size()); }
@@ -50,7 +51,7 @@ class Link {
   FrameHeader proto_;
   double deadline_s_;
   Clock::time_point deadline_;
-  std::string comm_name_;
+  const std::string& comm_name_;
   bool failed_ = false;
 };
 

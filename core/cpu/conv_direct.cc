@@ -18,13 +18,27 @@ namespace {
 
 int64_t Round16(int64_t n) { return (n + 15) / 16 * 16; }
 
-// Per-thread floats: padded input, padded output gradient, weight- and bias-gradient partials.
-int64_t PerThread(const ConvShape& s) {
-  const int q = 2 - s.pad;  // padding of the transposed convolution
-  return Round16(static_cast<int64_t>(s.C) * (s.H + 2 * s.pad) * (s.W + 2 * s.pad)) +
-         Round16(static_cast<int64_t>(s.OC) * (s.OH() + 2 * q) * (s.OW() + 2 * q)) +
-         Round16(static_cast<int64_t>(s.OC) * s.C * 9) + Round16(s.OC) +
-         Round16(static_cast<int64_t>(s.OC) * s.OH() * s.OW());
+// Offsets (floats) of one thread's scratch: padded input, padded output gradient (for the
+// transposed convolution, padding 2 - pad), weight- and bias-gradient partials, and the transposed
+// output gradient. The one definition of the layout, for sizing and for carving.
+struct ThreadLayout {
+  int64_t xpad, dpad, dw, db, dT, size;
+};
+ThreadLayout Layout(const ConvShape& s) {
+  const int q = 2 - s.pad;
+  ThreadLayout l{};
+  int64_t at = 0;
+  auto take = [&](int64_t* field, int64_t n) {
+    *field = at;
+    at += Round16(n);
+  };
+  take(&l.xpad, static_cast<int64_t>(s.C) * (s.H + 2 * s.pad) * (s.W + 2 * s.pad));
+  take(&l.dpad, static_cast<int64_t>(s.OC) * (s.OH() + 2 * q) * (s.OW() + 2 * q));
+  take(&l.dw, static_cast<int64_t>(s.OC) * s.C * 9);
+  take(&l.db, s.OC);
+  take(&l.dT, static_cast<int64_t>(s.OC) * s.OH() * s.OW());
+  l.size = at;
+  return l;
 }
 
 }  // namespace
@@ -35,7 +49,7 @@ bool DirectConvSupported(const ConvShape& s) {
 }
 
 int64_t DirectConvScratch(const ConvShape& s, int threads) {
-  return Round16(static_cast<int64_t>(s.OC) * s.C * 9) + static_cast<int64_t>(threads) * PerThread(s);
+  return Round16(static_cast<int64_t>(s.OC) * s.C * 9) + static_cast<int64_t>(threads) * Layout(s).size;
 }
 
 #if RT_DIRECT_CONV
@@ -304,11 +318,11 @@ void DirectConvForward(float* out, const float* in, const float* w, const float*
                        float* scratch) {
   const int OH = s.OH(), OW = s.OW();
   const int64_t in_sz = static_cast<int64_t>(s.C) * s.H * s.W, out_sz = static_cast<int64_t>(s.OC) * OH * OW;
-  const int64_t per = PerThread(s);
+  const ThreadLayout lay = Layout(s);
   float* per_base = scratch + Round16(static_cast<int64_t>(s.OC) * s.C * 9);
 #pragma omp parallel
   {
-    float* xpad = per_base + omp_get_thread_num() * per;
+    float* xpad = per_base + omp_get_thread_num() * lay.size + lay.xpad;
 #pragma omp for schedule(static)
     for (int n = 0; n < s.N; ++n) {
       // A padded image with pad p has OH + 2 rows when the kernel is 3x3, stride 1.
@@ -321,10 +335,9 @@ void DirectConvForward(float* out, const float* in, const float* w, const float*
 void DirectConvBackward(float* din, float* dw, float* db, const float* dout, const float* in, const float* w,
                         const ConvShape& s, float* scratch) {
   const int OH = s.OH(), OW = s.OW(), q = 2 - s.pad;
-  const int Hp = s.H + 2 * s.pad, Wp = s.W + 2 * s.pad;
   const int64_t in_sz = static_cast<int64_t>(s.C) * s.H * s.W, out_cs = static_cast<int64_t>(OH) * OW,
                 out_sz = s.OC * out_cs, wsz = static_cast<int64_t>(s.OC) * s.C * 9;
-  const int64_t per = PerThread(s);
+  const ThreadLayout lay = Layout(s);
   // The input gradient is a 3x3 convolution of the output gradient (padded by 2 - pad) with the
   // weights transposed to (C, OC) and flipped in both spatial directions.
   float* wt = scratch;
@@ -338,11 +351,9 @@ void DirectConvBackward(float* din, float* dw, float* db, const float* dout, con
     const int tid = omp_get_thread_num();
 #pragma omp single
     nthreads = omp_get_num_threads();
-    float* xpad = per_base + tid * per;
-    float* dpad = xpad + Round16(static_cast<int64_t>(s.C) * Hp * Wp);
-    float* dwp = dpad + Round16(static_cast<int64_t>(s.OC) * (OH + 2 * q) * (OW + 2 * q));
-    float* dbp = dwp + Round16(wsz);
-    float* dT = dbp + Round16(s.OC);
+    float* mine = per_base + tid * lay.size;
+    float *xpad = mine + lay.xpad, *dpad = mine + lay.dpad, *dwp = mine + lay.dw, *dbp = mine + lay.db,
+          *dT = mine + lay.dT;
     std::fill(dwp, dwp + wsz, 0.f);
     std::fill(dbp, dbp + s.OC, 0.f);
 #pragma omp for schedule(static)
@@ -366,12 +377,12 @@ void DirectConvBackward(float* din, float* dw, float* db, const float* dout, con
   }
   // Partial sums (transposed) reduced in thread order (deterministic for a given thread count).
   for (int t = 0; t < nthreads; ++t) {
-    const float* dwp = per_base + t * per + Round16(static_cast<int64_t>(s.C) * Hp * Wp) +
-                       Round16(static_cast<int64_t>(s.OC) * (OH + 2 * q) * (OW + 2 * q));
-    for (int oc = 0; oc < s.OC; ++oc)  // dwp is (C*9, OC)
+    const float* dwp = per_base + t * lay.size + lay.dw;  // (C*9, OC)
+    const float* dbp = per_base + t * lay.size + lay.db;
+    for (int oc = 0; oc < s.OC; ++oc)
       for (int64_t k = 0; k < 9LL * s.C; ++k) dw[oc * 9LL * s.C + k] += dwp[k * s.OC + oc];
     if (db)
-      for (int oc = 0; oc < s.OC; ++oc) db[oc] += dwp[Round16(wsz) + oc];
+      for (int oc = 0; oc < s.OC; ++oc) db[oc] += dbp[oc];
   }
 }
 

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
+#include <initializer_list>
 #include <cmath>
 #include <string>
 #include <thread>
@@ -128,36 +130,40 @@ TEST(CollectiveTypes, HalfPrecisionConversionsRoundToNearestEven) {
 
 bool Contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
+// Every rank but `skip` failed, and each message contains every one of `parts`.
+void ExpectSurvivorsReport(const std::vector<Status>& st, int skip, std::initializer_list<const char*> parts) {
+  for (int r = 0; r < static_cast<int>(st.size()); ++r) {
+    if (r == skip) continue;
+    ASSERT_FALSE(st[r].ok()) << "rank " << r;
+    for (const char* part : parts) EXPECT_TRUE(Contains(st[r].message(), part)) << st[r].message();
+  }
+}
+
+// Three allreduces of 1000003 floats; then the victim dies (die()) and the others start a fourth.
+Status AllReduceThenDie(Communicator& c, int victim, const std::function<void()>& die) {
+  std::vector<float> x(1000003, 1.f);
+  for (int k = 0; k < 3; ++k) RT_RETURN_IF_ERROR(c.AllReduce(x.data(), 1000003, DataType::kF32, ReduceOp::kSum));
+  if (c.rank() == victim) {
+    die();
+    return Status::Ok();
+  }
+  return c.AllReduce(x.data(), 1000003, DataType::kF32, ReduceOp::kSum);
+}
+
 // One rank dies (its transport is killed, as a process exit closes its sockets) in the middle of a
 // stream of allreduces. The others must fail promptly, naming allreduce, the sequence number and
 // the dead rank: well before the 30 s deadline.
 TEST(CollectiveFaults, DeadRankIsNamedByEverySurvivor) {
-  const int n = 4, victim = 2, calls_before = 3;
+  const int n = 4, victim = 2;
   auto world = coll::LocalWorld::Create(n);
   coll::CommOptions opts;
   opts.deadline_s = 30;
   const auto t0 = std::chrono::steady_clock::now();
   auto st = RunRanks(
-      n,
-      [&](Communicator& c) -> Status {
-        std::vector<float> x(1000003, 1.f);
-        for (int k = 0; k < calls_before; ++k) RT_RETURN_IF_ERROR(c.AllReduce(x.data(), 1000003, DataType::kF32, ReduceOp::kSum));
-        if (c.rank() == victim) {
-          world->Kill(victim);
-          return Status::Ok();
-        }
-        return c.AllReduce(x.data(), 1000003, DataType::kF32, ReduceOp::kSum);
-      },
-      opts, world);
+      n, [&](Communicator& c) { return AllReduceThenDie(c, victim, [&] { world->Kill(victim); }); }, opts, world);
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_LT(took, 20.0) << "survivors should not wait for the deadline when a peer is known dead";
-  for (int r = 0; r < n; ++r) {
-    if (r == victim) continue;
-    ASSERT_FALSE(st[r].ok()) << "rank " << r;
-    const std::string& m = st[r].message();
-    EXPECT_TRUE(Contains(m, "allreduce #4")) << m;
-    EXPECT_TRUE(Contains(m, "rank 2 died")) << m;
-  }
+  ExpectSurvivorsReport(st, victim, {"allreduce #4", "rank 2 died"});
 }
 
 // A rank that never calls the collective: survivors time out after the (short) deadline and name it,
@@ -181,13 +187,7 @@ TEST(CollectiveFaults, MissingRankTimesOutWithItsName) {
       opts);
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_LT(took, 10.0);
-  for (int r = 0; r < n; ++r) {
-    if (r == missing) continue;
-    ASSERT_FALSE(st[r].ok()) << "rank " << r;
-    const std::string& m = st[r].message();
-    EXPECT_TRUE(Contains(m, "allreduce #2")) << m;
-    EXPECT_TRUE(Contains(m, ": rank 1 did not arrive within 1 s")) << m;
-  }
+  ExpectSurvivorsReport(st, missing, {"allreduce #2", ": rank 1 did not arrive within 1 s"});
 }
 
 // Rank 0 calls allreduce of 10 floats while rank 1 calls broadcast; then counts that differ.
@@ -245,49 +245,16 @@ namespace {
 // when its process dies) before the fourth allreduce; the others name it promptly.
 TEST(CollectiveFaultsTcp, DeadRankIsNamedByEverySurvivor) {
   const int n = 4, victim = 2;
-  const int port = testing::FreePort();
-  std::vector<Status> st(n);
-  std::vector<std::thread> threads;
+  coll::CommOptions opts;
+  opts.deadline_s = 30;
   const auto t0 = std::chrono::steady_clock::now();
-  for (int r = 0; r < n; ++r) {
-    threads.emplace_back([&, r] {
-      coll::TcpOptions o;
-      o.rank = r;
-      o.size = n;
-      o.master_port = port;
-      o.bind = "127.0.0.1";
-      o.connect_timeout_s = 60;
-      auto t = coll::TcpTransport::Create(o);
-      if (!t.ok()) {
-        st[r] = t.status();
-        return;
-      }
-      coll::CommOptions co;
-      co.deadline_s = 30;
-      Communicator c(*t, co);
-      std::vector<float> x(1000003, 1.f);
-      for (int k = 0; k < 3; ++k) {
-        st[r] = c.AllReduce(x.data(), 1000003, DataType::kF32, ReduceOp::kSum);
-        if (!st[r].ok()) return;
-      }
-      if (r == victim) {
-        (*t)->Close();
-        return;
-      }
-      st[r] = c.AllReduce(x.data(), 1000003, DataType::kF32, ReduceOp::kSum);
-    });
-  }
-  for (auto& t : threads) t.join();
+  auto st = testing::RunTcpRanksWith(
+      n, [&](Communicator& c, coll::TcpTransport& t) { return AllReduceThenDie(c, victim, [&] { t.Close(); }); },
+      opts, /*leave_together=*/false);
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_LT(took, 20.0);
   EXPECT_TRUE(st[victim].ok()) << st[victim].message();
-  for (int r = 0; r < n; ++r) {
-    if (r == victim) continue;
-    ASSERT_FALSE(st[r].ok()) << "rank " << r;
-    EXPECT_TRUE(Contains(st[r].message(), "allreduce #4")) << st[r].message();
-    EXPECT_TRUE(Contains(st[r].message(), "rank 2 (127.0.0.1:")) << st[r].message();
-    EXPECT_TRUE(Contains(st[r].message(), "died")) << st[r].message();
-  }
+  ExpectSurvivorsReport(st, victim, {"allreduce #4", "rank 2 (127.0.0.1:", "died"});
 }
 
 TEST(CollectiveFaultsTcp, MismatchReportedOnEveryRank) {

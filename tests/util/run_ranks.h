@@ -38,9 +38,13 @@ inline int FreePort() {
 }
 
 // Like RunRanks, over real TCP connections on loopback (one TcpTransport per thread, rendezvous
-// at 127.0.0.1:<free port>). A rank whose transport cannot be built returns that error.
-inline std::vector<Status> RunTcpRanks(int n, const std::function<Status(coll::Communicator&)>& fn,
-                                       coll::CommOptions opts = {}) {
+// at 127.0.0.1:<free port>); fn also gets the rank's transport (to Close() it, as a dying process
+// would). A rank whose transport cannot be built returns that error. With leave_together, ranks
+// that succeeded meet in a barrier before tearing down their sockets, which would otherwise look
+// like deaths to ranks still finishing.
+inline std::vector<Status> RunTcpRanksWith(
+    int n, const std::function<Status(coll::Communicator&, coll::TcpTransport&)>& fn, coll::CommOptions opts = {},
+    bool leave_together = true) {
   const int port = FreePort();
   std::vector<Status> out(n);
   std::vector<std::thread> threads;
@@ -59,13 +63,17 @@ inline std::vector<Status> RunTcpRanks(int n, const std::function<Status(coll::C
         return;
       }
       coll::Communicator comm(*t, opts);
-      out[r] = fn(comm);
-      // Leave together: a rank that tears down its sockets early would look dead to the others.
-      if (out[r].ok()) out[r] = comm.Barrier();
+      out[r] = fn(comm, **t);
+      if (leave_together && out[r].ok()) out[r] = comm.Barrier();
     });
   }
   for (auto& t : threads) t.join();
   return out;
+}
+
+inline std::vector<Status> RunTcpRanks(int n, const std::function<Status(coll::Communicator&)>& fn,
+                                       coll::CommOptions opts = {}) {
+  return RunTcpRanksWith(n, [&](coll::Communicator& c, coll::TcpTransport&) { return fn(c); }, opts);
 }
 
 }  // namespace ringtrain::testing
