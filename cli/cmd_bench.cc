@@ -1,5 +1,8 @@
 // `ringtrain bench train --config F [--steps N] [--warmup W] [--json] [--set key=value ...]`:
-// times optimizer steps after warm-up and prints tokens/s and ms/step. Figures, not pass/fail.
+// times optimizer steps after warm-up and prints tokens/s and ms/step. Under a launcher (mpirun,
+// srun, ringtrain launch) it times the data-parallel job: aggregate throughput over all ranks and
+// the share of each step spent waiting for communication that backward did not hide. Figures,
+// not pass/fail.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -28,24 +31,39 @@ Status BenchTrain(const BenchArgs& a) {
   if (a.steps < 1) return InvalidArgument("--steps must be >= 1");
   if (a.warmup < 0) return InvalidArgument("--warmup must be >= 0");
   RT_ASSIGN_OR_RETURN(Config config, Config::Load(a.config, a.sets));
+  RT_ASSIGN_OR_RETURN(Distributed dist, SetUpDistributed(config));
   TrainOptions opts;
   opts.print = false;
+  opts.comm = dist.comm.get();
+  opts.local_size = dist.launch.local_size;
   RT_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(config, opts));
   for (int i = 0; i < a.warmup; ++i) RT_RETURN_IF_ERROR(trainer->Step(i).status());
   std::vector<double> ms;
-  double loss = 0;
+  double loss = 0, exposed_ms = 0;
   for (int i = 0; i < a.steps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     RT_ASSIGN_OR_RETURN(loss, trainer->Step(a.warmup + i));
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    exposed_ms += trainer->last_exposed_comm_s() * 1000.0;
   }
   double total = 0;
   for (double m : ms) total += m;
+  const int world = trainer->world_size();
+  // The job is as fast as its slowest rank; exposed communication is averaged over ranks.
+  double sums[2] = {total, exposed_ms};
+  if (world > 1) {
+    RT_RETURN_IF_ERROR(dist.comm->AllReduce(&sums[0], 1, coll::DataType::kF64, coll::ReduceOp::kMax));
+    RT_RETURN_IF_ERROR(dist.comm->AllReduce(&sums[1], 1, coll::DataType::kF64, coll::ReduceOp::kAvg));
+  }
+  total = sums[0];
+  exposed_ms = sums[1];
   const double mean = total / static_cast<double>(ms.size());
   std::sort(ms.begin(), ms.end());
   const double median = ms[ms.size() / 2];
   const double per_s = static_cast<double>(trainer->ItemsPerStep()) / (mean / 1000.0);
+  const double exposed_share = exposed_ms / total;
   const char* unit = trainer->task().ItemUnit();
+  if (dist.launch.rank != 0) return Status::Ok();
   if (a.json) {
     nlohmann::json j = {{std::string(unit) + "_per_s", per_s},
                         {"ms_per_step", mean},
@@ -54,13 +72,22 @@ Status BenchTrain(const BenchArgs& a) {
                         {std::string(unit) + "_per_step", trainer->ItemsPerStep()},
                         {"threads", ThreadBudget()},
                         {"num_params", trainer->task().NumParams()},
+                        {"ranks", world},
+                        {"transport", world > 1 ? dist.comm->transport_kind() : "none"},
+                        {"sync", trainer->sync().name()},
+                        {"exposed_comm_ms_per_step", exposed_ms / static_cast<double>(a.steps)},
+                        {"exposed_comm_share", exposed_share},
                         {"final_loss", loss}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("bench train: %s, %lld params, %d threads\n", a.config.empty() ? "default config" : a.config.c_str(),
                 (long long)trainer->task().NumParams(), ThreadBudget());
-    std::printf("  %d steps after %d warm-up: %.1f ms/step (median %.1f), %.0f %s/s\n", a.steps, a.warmup, mean,
-                median, per_s, unit);
+    std::printf("  %d steps after %d warm-up: %.1f ms/step (median %.1f), %.0f %s/s%s\n", a.steps, a.warmup, mean,
+                median, per_s, unit, world > 1 ? " over all ranks" : "");
+    if (world > 1)
+      std::printf("  %d ranks (%s, sync %s): exposed communication %.2f ms/step = %.1f%% of the step\n", world,
+                  dist.comm->transport_kind(), trainer->sync().name(), exposed_ms / static_cast<double>(a.steps),
+                  100.0 * exposed_share);
   }
   return Status::Ok();
 }

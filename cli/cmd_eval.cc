@@ -30,7 +30,7 @@ Status Eval(const EvalArgs& a) {
   }
   SetThreadBudget(static_cast<int>(config.Int("threads")));
   RT_ASSIGN_OR_RETURN(std::unique_ptr<Task> task, MakeTask(config, &saved));
-  EvalResult r = task->Evaluate();
+  RT_ASSIGN_OR_RETURN(EvalResult r, task->Evaluate());
   if (a.json) {
     nlohmann::json j = r.metrics;
     j["loss"] = r.loss;

@@ -58,8 +58,14 @@ void AddTrain(CLI::App& app, Action& action) {
         return Status::Ok();
       }
       RT_ASSIGN_OR_RETURN(Config config, Config::Load(args->config, args->sets));
+      RT_ASSIGN_OR_RETURN(Distributed dist, SetUpDistributed(config));
       TrainOptions opts;
-      opts.run_dir = args->run_dir.empty() ? DefaultRunDir(config.Str("name")) : args->run_dir;
+      opts.comm = dist.comm.get();
+      opts.local_size = dist.launch.local_size;
+      // Rank 0 prints and writes the run directory; the other ranks only train.
+      const bool lead = dist.launch.rank == 0;
+      opts.print = lead;
+      if (lead) opts.run_dir = args->run_dir.empty() ? DefaultRunDir(config.Str("name")) : args->run_dir;
       RT_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(config, opts));
       RT_ASSIGN_OR_RETURN(TrainSummary s, trainer->Run());
       (void)s;

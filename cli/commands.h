@@ -5,7 +5,12 @@
 #include <CLI/CLI.hpp>
 
 #include <functional>
+#include <memory>
+#include <string>
 
+#include "cluster/launch_context.h"
+#include "collectives/communicator.h"
+#include "core/config.h"
 #include "core/status.h"
 
 namespace ringtrain::cli {
@@ -19,5 +24,17 @@ void AddBench(CLI::App& app, Action& action);
 void AddEval(CLI::App& app, Action& action);
 // `bench allreduce`, registered under the bench command by AddBench.
 void AddBenchAllreduce(CLI::App* bench, Action& action);
+void AddLaunch(CLI::App& app, Action& action);
+
+// The data-parallel world of a train or bench run: the launch context and, when the job has more
+// than one process (or the config names a transport), the world communicator built from the dist.*
+// config keys. Sets ErrorTag() so error lines name this rank.
+struct Distributed {
+  LaunchContext launch;
+  std::unique_ptr<coll::Communicator> comm;  // null: one process
+};
+StatusOr<Distributed> SetUpDistributed(const Config& config);
+// Prefix of the error line main() prints ("" for one process, "rank 1 of 4: " in a job).
+std::string& ErrorTag();
 
 }  // namespace ringtrain::cli

@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   ringtrain::cli::AddGenerate(app, action);
   ringtrain::cli::AddEval(app, action);
   ringtrain::cli::AddBench(app, action);
+  ringtrain::cli::AddLaunch(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -28,7 +29,7 @@ int main(int argc, char** argv) {
   ringtrain::Status s = action();
   if (!s.ok()) {
     std::fflush(stdout);
-    std::fprintf(stderr, "ringtrain: error: %s\n", s.message().c_str());
+    std::fprintf(stderr, "ringtrain: error: %s%s\n", ringtrain::cli::ErrorTag().c_str(), s.message().c_str());
     return s.ExitCode();
   }
   return 0;

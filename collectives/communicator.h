@@ -64,6 +64,7 @@ class Communicator {
   int rank() const { return rank_; }
   int size() const { return static_cast<int>(members_.size()); }
   const std::string& name() const { return name_; }
+  const char* transport_kind() const { return t_->kind(); }
   const CommOptions& options() const { return opts_; }
   void set_deadline(double seconds) { opts_.deadline_s = seconds; }
   void set_algorithm(Algorithm a) { opts_.algorithm = a; }

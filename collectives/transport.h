@@ -39,6 +39,8 @@ class Transport {
   virtual ~Transport() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
+  // "mpi", "tcp" or "local" (for progress lines and benchmarks).
+  virtual const char* kind() const = 0;
 
   // Sends one frame (h.bytes of payload) to peer. Returns once `payload` may be reused. It must
   // not wait for the peer to post a receive (the receiving side buffers), so a ring in which every

@@ -76,6 +76,17 @@ const std::vector<ConfigKey>& ConfigSchema() {
       {"schedule.decay_steps", T::kInt, "0", 0, 1e12, {}, "cosine: step where the floor is reached (0: train.steps)"},
       {"schedule.step_size", T::kInt, "1000", 1, 1e12, {}, "step decay: steps between decays"},
       {"schedule.gamma", T::kFloat, "0.1", 0, 1, {}, "step / exponential decay factor"},
+      // Data parallelism (the process count comes from the launcher: mpirun, srun, ringtrain launch)
+      {"dist.transport", T::kString, "auto", -1e300, 1e300, {"auto", "mpi", "tcp"},
+       "collective transport: auto is mpi under mpirun (when built with MPI), tcp otherwise"},
+      {"dist.bind", T::kString, "", -1e300, 1e300, {}, "tcp: local address or interface for data connections (empty: any)"},
+      {"dist.deadline_s", T::kFloat, "300", 0.001, 1e9, {}, "seconds a collective waits for its peers before failing"},
+      {"dist.algorithm", T::kString, "auto", -1e300, 1e300, {"auto", "ring", "halving_doubling", "tree"},
+       "all-reduce algorithm (auto: by message size and world size)"},
+      {"dist.bucket_mb", T::kFloat, "25", 0.0001, 1e6, {}, "gradient all-reduce bucket size in MB (2^20 bytes)"},
+      {"dist.overlap", T::kBool, "true", -1e300, 1e300, {}, "start bucket all-reduces during backward (false: one all-reduce after it)"},
+      {"dist.zero1", T::kBool, "false", -1e300, 1e300, {},
+       "ZeRO-1: reduce-scatter gradients, each rank updates its shard of parameters and optimizer state, all-gather parameters"},
       // Generation (used by `generate` defaults)
       {"sample.temperature", T::kFloat, "1.0", 1e-6, 100, {}, "sampling temperature"},
       {"sample.top_k", T::kInt, "0", 0, 16777216, {}, "top-k sampling (0: off)"},

@@ -36,10 +36,19 @@ class [[nodiscard]] Status {
   // Prefixes context: Status("x").WithContext("reading f") -> "reading f: x".
   Status WithContext(const std::string& context) const {
     if (ok()) return *this;
-    return Status(code_, context + ": " + message_);
+    Status s(code_, context + ": " + message_);
+    s.exit_code_ = exit_code_;
+    return s;
+  }
+  // An explicit process exit code (a launcher passing on its failed rank's status).
+  Status WithExitCode(int code) const {
+    Status s = *this;
+    s.exit_code_ = code;
+    return s;
   }
   // Exit code for the CLI: 2 for the user's mistakes, 1 for everything else.
   int ExitCode() const {
+    if (exit_code_ > 0 && !ok()) return exit_code_;
     switch (code_) {
       case StatusCode::kOk: return 0;
       case StatusCode::kInvalidArgument:
@@ -52,6 +61,7 @@ class [[nodiscard]] Status {
  private:
   StatusCode code_ = StatusCode::kOk;
   std::string message_;
+  int exit_code_ = 0;
 };
 
 inline Status InvalidArgument(std::string m) { return Status(StatusCode::kInvalidArgument, std::move(m)); }

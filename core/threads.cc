@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <thread>
 
@@ -18,12 +19,12 @@ int HardwareThreads() {
   return n == 0 ? 1 : static_cast<int>(n);
 }
 
-void SetThreadBudget(int n) {
+void SetThreadBudget(int n, int local_ranks) {
   if (n <= 0) {
     const char* env = std::getenv("RINGTRAIN_THREADS");
     if (env && std::atoi(env) > 0) n = std::atoi(env);
   }
-  if (n <= 0) n = HardwareThreads();
+  if (n <= 0) n = std::max(1, HardwareThreads() / std::max(1, local_ranks));
   g_budget = n;
   omp_set_num_threads(n);
   openblas_set_num_threads(n);

@@ -5,8 +5,9 @@
 
 namespace ringtrain {
 
-// Sets the budget for BLAS and OpenMP. n <= 0 means: RINGTRAIN_THREADS if set, else all cores.
-void SetThreadBudget(int n);
+// Sets the budget for BLAS and OpenMP. n <= 0 means: RINGTRAIN_THREADS if set, else the cores
+// split evenly between the `local_ranks` processes of this job on this node (at least 1 each).
+void SetThreadBudget(int n, int local_ranks = 1);
 int ThreadBudget();
 int HardwareThreads();
 

@@ -244,7 +244,8 @@ void Cnn<T>::PlanActivations(int N) {
 }
 
 template <typename T>
-double Cnn<T>::Forward(const T* images, const int32_t* labels, int N, bool train, uint64_t seed, uint64_t key) {
+double Cnn<T>::Forward(const T* images, const int32_t* labels, int N, bool train, uint64_t seed, uint64_t key,
+                       int64_t row_begin) {
   PlanActivations(N);
   curN_ = N;
   cur_train_ = train;
@@ -273,7 +274,7 @@ double Cnn<T>::Forward(const T* images, const int32_t* labels, int N, bool train
       case Kind::kAdd: cpu::ResidualForward(n.out, in.out, nodes_[n.in2].out, sz); break;
       case Kind::kDropout:
         if (train) {
-          cpu::DropoutMask(n.keep, cfg_.dropout, sz, seed, key * 4096 + i);
+          cpu::DropoutMaskRows(n.keep, cfg_.dropout, N, n.Size(), row_begin, seed, key * 4096 + i);
           cpu::DropoutApply(n.out, in.out, n.keep, static_cast<T>(cfg_.dropout), sz);
         } else {
           std::memcpy(n.out, in.out, sizeof(T) * static_cast<size_t>(sz));

@@ -41,7 +41,9 @@ class Cnn {
   int64_t NumParams() const;  // trainable parameters
   void PlanActivations(int N);
   // images (N,C,H,W), labels (N) (may be null: logits only). Returns the mean loss.
-  double Forward(const T* images, const int32_t* labels, int N, bool train, uint64_t seed = 0, uint64_t key = 0);
+  // row_begin: index of this batch's first image in the global batch (dropout masks per global row).
+  double Forward(const T* images, const int32_t* labels, int N, bool train, uint64_t seed = 0, uint64_t key = 0,
+                 int64_t row_begin = 0);
   void Backward(T loss_scale, const GradReadyFn& on_ready = nullptr);
   const T* logits() const;  // (N, classes) of the last Forward
   std::string Describe() const;

@@ -125,7 +125,7 @@ void Gpt<T>::PlanActivations(int B, int Tn) {
 
 template <typename T>
 double Gpt<T>::Forward(const int32_t* tokens, const int32_t* targets, int B, int Tn, bool train, uint64_t seed,
-                       uint64_t dropout_key) {
+                       uint64_t dropout_key, int64_t row_begin) {
   PlanActivations(B, Tn);
   const int N = B * Tn, C = cfg_.n_embd, V = cfg_.vocab_size, NH = cfg_.n_head;
   const int64_t NC = static_cast<int64_t>(N) * C;
@@ -137,7 +137,9 @@ double Gpt<T>::Forward(const int32_t* tokens, const int32_t* targets, int B, int
   cur_dropout_ = drop;
   tokens_.assign(tokens, tokens + N);
   // Mask sites: 0 embedding, then 3 per block.
-  auto mask = [&](uint8_t* keep, int64_t n, uint64_t site) { cpu::DropoutMask(keep, cfg_.dropout, n, seed, dropout_key * 4096 + site); };
+  auto mask = [&](uint8_t* keep, int64_t n, uint64_t site) {
+    cpu::DropoutMaskRows(keep, cfg_.dropout, B, n / B, row_begin, seed, dropout_key * 4096 + site);
+  };
 
   cpu::EmbeddingForward(encoded_, tokens, arena_.param(wte_), arena_.param(wpe_), B, Tn, C);
   if (drop) {

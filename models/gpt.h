@@ -50,8 +50,10 @@ class Gpt {
 
   // tokens, targets (B,Tn); targets may be null (no loss). train enables dropout, whose masks are
   // drawn from (seed, dropout_key, site). Returns the mean loss over targets >= 0 (0 without targets).
+  // row_begin: index of this batch's first row in the global batch (data parallelism), so dropout
+  // masks depend on global rows only.
   double Forward(const int32_t* tokens, const int32_t* targets, int B, int Tn, bool train, uint64_t seed = 0,
-                 uint64_t dropout_key = 0);
+                 uint64_t dropout_key = 0, int64_t row_begin = 0);
   // Backward of (loss_scale * mean loss) of the last Forward with targets; parameter gradients
   // accumulate into arena().grads.
   void Backward(T loss_scale, const GradReadyFn& on_ready = nullptr);

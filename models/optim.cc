@@ -24,7 +24,8 @@ StatusOr<OptimConfig> OptimConfig::FromConfig(const Config& c) {
   return o;
 }
 
-void OptimState::Allocate(const OptimConfig& oc, size_t n) {
+void OptimState::Allocate(const OptimConfig& oc, size_t n, size_t first) {
+  base = first;
   const bool need_m = oc.kind != OptimKind::kSgd || oc.momentum > 0;
   const bool need_v = oc.kind != OptimKind::kSgd;
   if (need_m && m.size() != n) m.Resize(n);
@@ -35,7 +36,7 @@ namespace {
 
 // One contiguous segment with a fixed decay flag.
 void UpdateSegment(const OptimConfig& oc, double lr, int64_t t, float gs, bool decay, float* p, const float* g,
-                   float* m, float* v, size_t b, size_t e) {
+                   float* m, float* v, size_t base, size_t b, size_t e) {
   const float l1 = decay ? static_cast<float>(oc.l1) : 0.f;
   const float l2 = decay ? static_cast<float>(oc.l2) : 0.f;
   const float wd = decay ? static_cast<float>(oc.weight_decay) : 0.f;
@@ -48,8 +49,9 @@ void UpdateSegment(const OptimConfig& oc, double lr, int64_t t, float gs, bool d
       for (size_t i = b; i < e; ++i) {
         float gi = g[i] * gs + coupled * p[i] + (l1 != 0.f ? l1 * ((p[i] > 0.f) - (p[i] < 0.f)) : 0.f);
         if (m) {
-          m[i] = mu * m[i] + gi;
-          gi = oc.nesterov ? gi + mu * m[i] : m[i];
+          float& mi = m[i - base];
+          mi = mu * mi + gi;
+          gi = oc.nesterov ? gi + mu * mi : mi;
         }
         p[i] -= flr * gi;
       }
@@ -71,10 +73,12 @@ void UpdateSegment(const OptimConfig& oc, double lr, int64_t t, float gs, bool d
 #pragma omp parallel for schedule(static)
       for (size_t i = b; i < e; ++i) {
         const float gi = g[i] * gs + coupled * p[i] + (l1 != 0.f ? l1 * ((p[i] > 0.f) - (p[i] < 0.f)) : 0.f);
-        m[i] = b1 * m[i] + omb1 * gi;
-        v[i] = b2 * v[i] + omb2 * gi * gi;
-        const float denom = std::sqrt(v[i]) * inv_sqrt_bc2 + eps;
-        p[i] = p[i] * decay_mul - step_size * m[i] / denom;
+        float& mi = m[i - base];
+        float& vi = v[i - base];
+        mi = b1 * mi + omb1 * gi;
+        vi = b2 * vi + omb2 * gi * gi;
+        const float denom = std::sqrt(vi) * inv_sqrt_bc2 + eps;
+        p[i] = p[i] * decay_mul - step_size * mi / denom;
       }
       break;
     }
@@ -86,6 +90,7 @@ void UpdateSegment(const OptimConfig& oc, double lr, int64_t t, float gs, bool d
 void OptimizerUpdate(const OptimConfig& oc, double lr, int64_t t, float grad_scale, float* params,
                      const float* grads, OptimState& st, size_t begin, size_t end,
                      const std::vector<std::pair<size_t, size_t>>& decay_ranges) {
+  RT_CHECK(begin >= st.base && (st.m.size() == 0 || end <= st.base + st.m.size()));
   float* m = st.m.size() ? st.m.data() : nullptr;
   float* v = st.v.size() ? st.v.data() : nullptr;
   size_t pos = begin;
@@ -93,12 +98,12 @@ void OptimizerUpdate(const OptimConfig& oc, double lr, int64_t t, float grad_sca
     if (de <= pos) continue;
     if (db >= end) break;
     const size_t s = std::max(db, pos);
-    if (s > pos) UpdateSegment(oc, lr, t, grad_scale, false, params, grads, m, v, pos, s);
+    if (s > pos) UpdateSegment(oc, lr, t, grad_scale, false, params, grads, m, v, st.base, pos, s);
     const size_t e2 = std::min(de, end);
-    UpdateSegment(oc, lr, t, grad_scale, true, params, grads, m, v, s, e2);
+    UpdateSegment(oc, lr, t, grad_scale, true, params, grads, m, v, st.base, s, e2);
     pos = e2;
   }
-  if (pos < end) UpdateSegment(oc, lr, t, grad_scale, false, params, grads, m, v, pos, end);
+  if (pos < end) UpdateSegment(oc, lr, t, grad_scale, false, params, grads, m, v, st.base, pos, end);
 }
 
 double SumSquares(const float* g, size_t n) {

@@ -27,14 +27,17 @@ struct OptimConfig {
   static StatusOr<OptimConfig> FromConfig(const Config& c);
 };
 
-// Optimizer state over [0, n) of the arena layout. Buffers are allocated on first use.
+// Optimizer state for arena elements [base, base + n): the whole arena, or one ZeRO-1 shard
+// (m[i - base] belongs to element i). Buffers are allocated on first use.
 struct OptimState {
   AlignedBuffer<float> m, v;
+  size_t base = 0;
   int64_t step = 0;  // number of updates applied
-  void Allocate(const OptimConfig& oc, size_t n);
+  void Allocate(const OptimConfig& oc, size_t n, size_t first = 0);
 };
 
-// Applies update number `t` (1-based) with learning rate `lr` to params[begin, end).
+// Applies update number `t` (1-based) with learning rate `lr` to params[begin, end), which must lie
+// inside the state's range.
 // grad_scale multiplies every gradient first (clipping). decay_ranges: sorted, disjoint element
 // ranges of the whole arena that receive weight decay / L1 / L2.
 void OptimizerUpdate(const OptimConfig& oc, double lr, int64_t t, float grad_scale, float* params,

@@ -16,8 +16,9 @@ namespace {
 // GPT on a token stream.
 class LmTask final : public Task {
  public:
-  static StatusOr<std::unique_ptr<Task>> Make(const Config& c, const SavedModel* saved) {
+  static StatusOr<std::unique_ptr<Task>> Make(const Config& c, const SavedModel* saved, const TaskShard& shard) {
     auto t = std::unique_ptr<LmTask>(new LmTask());
+    t->shard_ = shard;
     RT_ASSIGN_OR_RETURN(t->data_, TokenData::Load(c));
     int vocab = t->data_.vocab_size;
     if (saved) {
@@ -50,19 +51,27 @@ class LmTask final : public Task {
     return std::to_string(batch_) + " x " + std::to_string(block_) + " tokens";
   }
   double MicroStep(uint64_t index, float loss_scale, const GradReadyFn& ready) override {
-    data_.SampleBatch(Split::kTrain, seed_, index, 0, batch_, block_, tokens_.data(), targets_.data());
-    const double loss = model_->Forward(tokens_.data(), targets_.data(), batch_, block_, true, seed_, index);
+    const int row0 = shard_.rank * batch_;
+    data_.SampleBatch(Split::kTrain, seed_, index, row0, batch_, block_, tokens_.data(), targets_.data());
+    const double loss = model_->Forward(tokens_.data(), targets_.data(), batch_, block_, true, seed_, index, row0);
     model_->Backward(loss_scale, ready);
     return loss;
   }
-  EvalResult Evaluate() override {
+  // Every rank takes its rows of each of the eval_batches global batches; equal row counts make the
+  // average of the ranks' means the global mean.
+  StatusOr<EvalResult> Evaluate() override {
     double sum = 0;
     for (int i = 0; i < eval_batches_; ++i) {
-      data_.SampleBatch(Split::kVal, seed_, static_cast<uint64_t>(i), 0, batch_, block_, tokens_.data(), targets_.data());
+      data_.SampleBatch(Split::kVal, seed_, static_cast<uint64_t>(i), shard_.rank * batch_, batch_, block_,
+                        tokens_.data(), targets_.data());
       sum += model_->Forward(tokens_.data(), targets_.data(), batch_, block_, false);
     }
+    double mean = sum / eval_batches_;
+    if (shard_.comm)
+      RT_RETURN_IF_ERROR(shard_.comm->AllReduce(&mean, 1, coll::DataType::kF64, coll::ReduceOp::kAvg)
+                             .WithContext("averaging the validation loss"));
     EvalResult r;
-    r.loss = sum / eval_batches_;
+    r.loss = mean;
     return r;
   }
   std::string Header() const override {
@@ -85,6 +94,7 @@ class LmTask final : public Task {
 
  private:
   TokenData data_;
+  TaskShard shard_;
   std::unique_ptr<Gpt<float>> model_;
   uint64_t seed_ = 0;
   int batch_ = 0, block_ = 0, eval_batches_ = 1;
@@ -94,8 +104,9 @@ class LmTask final : public Task {
 // A CNN (or MLP) classifier on images.
 class ImageTask final : public Task {
  public:
-  static StatusOr<std::unique_ptr<Task>> Make(const Config& c, const SavedModel* saved) {
+  static StatusOr<std::unique_ptr<Task>> Make(const Config& c, const SavedModel* saved, const TaskShard& shard) {
     auto t = std::unique_ptr<ImageTask>(new ImageTask());
+    t->shard_ = shard;
     std::vector<float> mean, sd;
     if (saved && saved->meta.contains("image")) {
       mean = saved->meta["image"].value("mean", std::vector<float>{});
@@ -133,25 +144,44 @@ class ImageTask final : public Task {
   const char* ItemUnit() const override { return "images"; }
   std::string BatchShape() const override { return std::to_string(batch_) + " images"; }
   double MicroStep(uint64_t index, float loss_scale, const GradReadyFn& ready) override {
-    data_.SampleBatch(Split::kTrain, seed_, index, 0, batch_, batch_, true, images_.data(), labels_.data());
-    const double loss = model_->Forward(images_.data(), labels_.data(), batch_, true, seed_, index);
+    const int row0 = shard_.rank * batch_;
+    data_.SampleBatch(Split::kTrain, seed_, index, row0, batch_, shard_.size * batch_, true, images_.data(),
+                      labels_.data());
+    const double loss = model_->Forward(images_.data(), labels_.data(), batch_, true, seed_, index, row0);
     model_->Backward(loss_scale, ready);
     return loss;
   }
-  // The whole test split, in order, in evaluation mode.
-  EvalResult Evaluate() override {
+  // The whole test split, in order, in evaluation mode; each rank takes a contiguous part and the
+  // loss sum and confusion matrix are summed over the group.
+  StatusOr<EvalResult> Evaluate() override {
     const int K = data_.classes;
     ClassificationMetrics m(K);
     double loss_sum = 0;
     const int64_t n = data_.Count(Split::kVal);
-    for (int64_t b = 0; b < n; b += batch_) {
-      const int rows = static_cast<int>(std::min<int64_t>(batch_, n - b));
+    const int64_t first = n * shard_.rank / shard_.size, last = n * (shard_.rank + 1) / shard_.size;
+    for (int64_t b = first; b < last; b += batch_) {
+      const int rows = static_cast<int>(std::min<int64_t>(batch_, last - b));
       data_.OrderedBatch(Split::kVal, b, rows, images_.data(), labels_.data());
       loss_sum += model_->Forward(images_.data(), labels_.data(), rows, false) * rows;
       const float* logits = model_->logits();
       for (int r = 0; r < rows; ++r) {
         const float* l = logits + static_cast<int64_t>(r) * K;
         m.Add(labels_[r], static_cast<int>(std::max_element(l, l + K) - l));
+      }
+    }
+    if (shard_.comm) {
+      // Counts are exact in float64 (below 2^53).
+      std::vector<double> v(m.confusion.begin(), m.confusion.end());
+      v.push_back(loss_sum);
+      RT_RETURN_IF_ERROR(shard_.comm->AllReduce(v.data(), static_cast<int64_t>(v.size()), coll::DataType::kF64,
+                                                coll::ReduceOp::kSum)
+                             .WithContext("summing the evaluation over ranks"));
+      loss_sum = v.back();
+      m.total = m.correct = 0;
+      for (int i = 0; i < K * K; ++i) {
+        m.confusion[static_cast<size_t>(i)] = static_cast<int64_t>(v[static_cast<size_t>(i)]);
+        m.total += m.confusion[static_cast<size_t>(i)];
+        if (i / K == i % K) m.correct += m.confusion[static_cast<size_t>(i)];
       }
     }
     m.Finish();
@@ -184,6 +214,7 @@ class ImageTask final : public Task {
 
  private:
   ImageData data_;
+  TaskShard shard_;
   std::unique_ptr<Cnn<float>> model_;
   uint64_t seed_ = 0;
   int batch_ = 0;
@@ -193,7 +224,7 @@ class ImageTask final : public Task {
 
 }  // namespace
 
-StatusOr<std::unique_ptr<Task>> MakeTask(const Config& config, const SavedModel* saved) {
+StatusOr<std::unique_ptr<Task>> MakeTask(const Config& config, const SavedModel* saved, const TaskShard& shard) {
   const std::string& type = config.Str("model.type");
   const std::string& source = config.Str("data.source");
   const bool image_data = source == "mnist" || source == "cifar10" || source == "synthetic_images";
@@ -201,12 +232,12 @@ StatusOr<std::unique_ptr<Task>> MakeTask(const Config& config, const SavedModel*
     if (image_data)
       return InvalidArgument("config: model.type gpt needs token data, but data.source is " + source +
                              " (use model.type mlp, lenet or resnet)");
-    return LmTask::Make(config, saved);
+    return LmTask::Make(config, saved, shard);
   }
   if (!image_data)
     return InvalidArgument("config: model.type " + type +
                            " classifies images; set data.source to mnist, cifar10 or synthetic_images");
-  return ImageTask::Make(config, saved);
+  return ImageTask::Make(config, saved, shard);
 }
 
 }  // namespace ringtrain

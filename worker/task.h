@@ -13,6 +13,7 @@
 #include "checkpoint/model_file.h"
 #include "core/arena.h"
 #include "core/config.h"
+#include "collectives/communicator.h"
 #include "models/gpt.h"
 
 namespace ringtrain {
@@ -21,6 +22,14 @@ struct EvalResult {
   double loss = 0;
   nlohmann::json metrics = nlohmann::json::object();  // classification: accuracy, macro_f1, ...
   std::string report;                                 // multi-line table for the terminal ("" for LM)
+};
+
+// This process's part of a data-parallel job: it holds rows [rank*b, (rank+1)*b) of every global
+// batch of size*b rows, and evaluation is split across the group and reduced over comm.
+struct TaskShard {
+  int rank = 0;
+  int size = 1;
+  coll::Communicator* comm = nullptr;  // not owned; null for one process
 };
 
 class Task {
@@ -32,10 +41,12 @@ class Task {
   virtual const char* ItemName() const = 0;       // "tok" or "img" (progress line)
   virtual const char* ItemUnit() const = 0;       // "tokens" or "images" (metric keys: <unit>_per_s)
   virtual std::string BatchShape() const = 0;     // e.g. "16 x 128 tokens", "64 images"
-  // Draws rows [0, batch) of micro-batch `index`, runs forward and backward (loss * loss_scale);
-  // returns the mean loss.
+  // Draws this rank's rows of global micro-batch `index`, runs forward and backward
+  // (loss * loss_scale); returns the mean loss over those rows.
   virtual double MicroStep(uint64_t index, float loss_scale, const GradReadyFn& ready) = 0;
-  virtual EvalResult Evaluate() = 0;
+  // Validation over the whole group (each rank evaluates its part; the result is reduced, so every
+  // rank gets the same figures, equal to one process's up to rounding). Collective.
+  virtual StatusOr<EvalResult> Evaluate() = 0;
   virtual std::string Header() const = 0;  // data and model lines printed at the start
   virtual std::optional<double> EntropyRate() const { return std::nullopt; }
   virtual std::string DataDescription() const = 0;
@@ -46,6 +57,7 @@ class Task {
 // Builds the task the config asks for (GPT for model.type gpt, CNN otherwise). With `saved`, the
 // parameters (and data settings such as the vocabulary or normalisation) come from a saved model
 // and must match it.
-StatusOr<std::unique_ptr<Task>> MakeTask(const Config& config, const SavedModel* saved = nullptr);
+StatusOr<std::unique_ptr<Task>> MakeTask(const Config& config, const SavedModel* saved = nullptr,
+                                         const TaskShard& shard = {});
 
 }  // namespace ringtrain

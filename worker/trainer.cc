@@ -29,14 +29,31 @@ std::string FormatDuration(double s) {
 
 StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const TrainOptions& opts) {
   std::unique_ptr<Trainer> t(new Trainer(config, opts));
-  SetThreadBudget(static_cast<int>(config.Int("threads")));
+  SetThreadBudget(static_cast<int>(config.Int("threads")), opts.local_size);
   RT_ASSIGN_OR_RETURN(t->oc_, OptimConfig::FromConfig(config));
   RT_ASSIGN_OR_RETURN(t->sched_, LrSchedule::FromConfig(config));
-  RT_ASSIGN_OR_RETURN(t->task_, MakeTask(config));
+  coll::Communicator* comm = opts.comm && opts.comm->size() > 1 ? opts.comm : nullptr;
+  t->world_ = comm ? comm->size() : 1;
+  TaskShard shard;
+  if (comm) shard = {comm->rank(), comm->size(), comm};
+  RT_ASSIGN_OR_RETURN(t->task_, MakeTask(config, nullptr, shard));
   t->accum_ = static_cast<int>(config.Int("train.grad_accum"));
-  t->opt_state_.Allocate(t->oc_, t->task_->arena().layout.total());
-  t->decay_ranges_ = t->task_->arena().layout.DecayRanges();
-  t->sync_ = std::make_unique<NoSync>();
+  ParamArena<float>& A = t->task_->arena();
+  t->decay_ranges_ = A.layout.DecayRanges();
+  if (comm) {
+    // Every rank starts from rank 0's parameters.
+    RT_RETURN_IF_ERROR(comm->Broadcast(A.params.data(), static_cast<int64_t>(A.layout.total()), coll::DataType::kF32, 0)
+                           .WithContext("broadcasting the initial parameters from rank 0"));
+  }
+  AllReduceSyncOptions so;
+  so.bucket_bytes = static_cast<size_t>(config.Float("dist.bucket_mb") * (1 << 20));
+  so.overlap = config.Bool("dist.overlap");
+  so.zero1 = config.Bool("dist.zero1");
+  t->sync_ = MakeGradientSync(comm, A, so);
+  for (const auto& [b, e] : t->sync_->Owned()) {
+    t->opt_states_.emplace_back();
+    t->opt_states_.back().Allocate(t->oc_, e - b, b);
+  }
   return t;
 }
 
@@ -44,20 +61,36 @@ StatusOr<double> Trainer::Step(int64_t step) {
   ParamArena<float>& A = task_->arena();
   A.grads.Zero();
   double loss = 0;
-  const size_t total = A.layout.total();
   for (int micro = 0; micro < accum_; ++micro) {
     const uint64_t index = static_cast<uint64_t>(step) * accum_ + micro;
     GradReadyFn ready;
-    if (micro == accum_ - 1) ready = [&](size_t b, size_t e) { sync_->OnGradReady(A.grads.data(), b, e); };
+    // One sync per optimizer step: buckets start during the last micro-step's backward.
+    if (micro == accum_ - 1) ready = [this](size_t b, size_t e) { sync_->OnGradReady(b, e); };
     loss += task_->MicroStep(index, 1.0f / static_cast<float>(accum_), ready);
   }
-  RT_RETURN_IF_ERROR(sync_->Finish(A.grads.data(), total).WithContext("gradient sync at step " + std::to_string(step)));
-  last_grad_norm_ = std::sqrt(SumSquares(A.grads.data(), total));
+  loss /= accum_;
+  const std::string where = "gradient sync at step " + std::to_string(step + 1);
+  const auto t0 = Clock::now();
+  RT_RETURN_IF_ERROR(sync_->Finish().WithContext(where));
+  double exposed = std::chrono::duration<double>(Clock::now() - t0).count();
+  RT_ASSIGN_OR_RETURN(const double sq, sync_->GradSumSquares());
+  last_grad_norm_ = std::sqrt(sq);
   const float scale = ClipScale(last_grad_norm_, oc_.grad_clip);
-  OptimizerUpdate(oc_, sched_.At(step), step + 1, scale, A.params.data(), A.grads.data(), opt_state_, 0, total,
-                  decay_ranges_);
-  opt_state_.step = step + 1;
-  return loss / accum_;
+  const Ranges& owned = sync_->Owned();
+  for (size_t i = 0; i < owned.size(); ++i)
+    OptimizerUpdate(oc_, sched_.At(step), step + 1, scale, A.params.data(), A.grads.data(), opt_states_[i],
+                    owned[i].first, owned[i].second, decay_ranges_);
+  opt_step_ = step + 1;
+  const auto t1 = Clock::now();
+  RT_RETURN_IF_ERROR(sync_->AfterUpdate().WithContext(where));
+  if (world_ > 1) {
+    // Every rank reports (and checks for divergence on) the same, global loss.
+    RT_RETURN_IF_ERROR(opts_.comm->AllReduce(&loss, 1, coll::DataType::kF64, coll::ReduceOp::kAvg)
+                           .WithContext("averaging the loss at step " + std::to_string(step + 1)));
+  }
+  exposed += std::chrono::duration<double>(Clock::now() - t1).count();
+  last_exposed_s_ = exposed;
+  return loss;
 }
 
 StatusOr<TrainSummary> Trainer::Run() {
@@ -85,9 +118,14 @@ StatusOr<TrainSummary> Trainer::Run() {
   const std::optional<double> entropy = task_->EntropyRate();
   if (opts_.print) {
     std::printf("%s", task_->Header().c_str());
-    std::printf("train: %lld steps of %lld %s (%s per micro-step x accum %d), %s lr %.2e, %d threads\n",
+    std::printf("train: %lld steps of %lld %s (%s per micro-step x accum %d%s), %s lr %.2e, %d threads%s\n",
                 (long long)steps, (long long)ItemsPerStep(), task_->ItemName(), task_->BatchShape().c_str(), accum_,
-                config_.Str("optim.name").c_str(), oc_.lr, ThreadBudget());
+                world_ > 1 ? (" x " + std::to_string(world_) + " ranks").c_str() : "", config_.Str("optim.name").c_str(),
+                oc_.lr, ThreadBudget(), world_ > 1 ? " per rank" : "");
+    if (world_ > 1)
+      std::printf("data parallel: %d ranks, gradient sync %s (%s, bucket %.3g MB, %s)\n", world_, sync_->name(),
+                  opts_.comm->transport_kind(), config_.Float("dist.bucket_mb"),
+                  config_.Bool("dist.overlap") ? "overlapped with backward" : "after backward");
     if (entropy)
       std::printf("synthetic source entropy rate: %.4f nats/token (the floor the loss should approach)\n", *entropy);
     std::fflush(stdout);
@@ -112,7 +150,7 @@ StatusOr<TrainSummary> Trainer::Run() {
     const int64_t done = step + 1;
     const bool last = done == steps;
     if (done % eval_interval == 0 || last) {
-      EvalResult ev = task_->Evaluate();
+      RT_ASSIGN_OR_RETURN(EvalResult ev, task_->Evaluate());
       last_val = ev.loss;
       sum.final_metrics = ev.metrics;
       if (metrics_) {
@@ -161,7 +199,7 @@ StatusOr<TrainSummary> Trainer::Run() {
   sum.wall_s = std::chrono::duration<double>(Clock::now() - t0).count();
   sum.steps = steps;
   if (steps == 0) {
-    EvalResult ev = task_->Evaluate();
+    RT_ASSIGN_OR_RETURN(EvalResult ev, task_->Evaluate());
     sum.final_val_loss = ev.loss;
     sum.final_metrics = ev.metrics;
   } else {

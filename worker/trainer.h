@@ -19,8 +19,12 @@
 namespace ringtrain {
 
 struct TrainOptions {
-  std::string run_dir;     // empty: no files written (benchmarks)
+  std::string run_dir;     // empty: no files written (benchmarks, ranks other than 0)
   bool print = true;       // progress and summary lines on stdout
+  // Data parallelism: the group this process trains with (not owned; null or size 1: alone) and
+  // the number of ranks on this node (threads = 0 splits the cores between them).
+  coll::Communicator* comm = nullptr;
+  int local_size = 1;
 };
 
 struct TrainSummary {
@@ -39,13 +43,16 @@ class Trainer {
   StatusOr<TrainSummary> Run();
   // One optimizer step (all micro-steps); returns the mean training loss of the step.
   StatusOr<double> Step(int64_t step);
-  // Validation loss (and metrics) of the task.
-  EvalResult Evaluate() { return task_->Evaluate(); }
+  // Validation loss (and metrics) of the task, over the whole group.
+  StatusOr<EvalResult> Evaluate() { return task_->Evaluate(); }
 
-  // Tokens (language models) or images (classifiers) per optimizer step.
-  int64_t ItemsPerStep() const { return task_->ItemsPerMicroStep() * accum_; }
+  // Tokens (language models) or images (classifiers) per optimizer step, over all ranks.
+  int64_t ItemsPerStep() const { return task_->ItemsPerMicroStep() * accum_ * world_; }
+  int world_size() const { return world_; }
   Task& task() { return *task_; }
-  OptimState& optim_state() { return opt_state_; }
+  GradientSync& sync() { return *sync_; }
+  // Seconds of the last step spent waiting for communication that backward did not hide.
+  double last_exposed_comm_s() const { return last_exposed_s_; }
 
  private:
   Trainer(const Config& c, const TrainOptions& o) : config_(c), opts_(o) {}
@@ -56,8 +63,11 @@ class Trainer {
   std::unique_ptr<Task> task_;
   OptimConfig oc_;
   LrSchedule sched_;
-  OptimState opt_state_;
+  std::vector<OptimState> opt_states_;  // one per owned range of the sync engine
+  int64_t opt_step_ = 0;
   std::unique_ptr<GradientSync> sync_;
+  int world_ = 1;
+  double last_exposed_s_ = 0;
   std::vector<std::pair<size_t, size_t>> decay_ranges_;
   int accum_ = 1;
   double last_grad_norm_ = 0;

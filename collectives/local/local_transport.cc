@@ -9,6 +9,7 @@ class LocalTransport : public Transport {
   LocalTransport(std::shared_ptr<LocalWorld> w, int rank) : w_(std::move(w)), rank_(rank) {}
   int rank() const override { return rank_; }
   int size() const override { return w_->size_; }
+  const char* kind() const override { return "local"; }
 
   Status Send(int peer, const FrameHeader& h, const void* payload) override {
     if (peer < 0 || peer >= w_->size_) return Internal("send to rank " + std::to_string(peer) + " outside the world");

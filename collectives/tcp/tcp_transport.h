@@ -39,6 +39,7 @@ class TcpTransport : public Transport {
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
+  const char* kind() const override { return "tcp"; }
   Status Send(int peer, const FrameHeader& h, const void* payload) override;
   Status Recv(int peer, uint32_t context, FrameHeader* h, void* buf, size_t cap,
               Clock::time_point deadline) override;

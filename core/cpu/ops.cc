@@ -328,6 +328,21 @@ void DropoutMask(uint8_t* keep, float p, int64_t n, uint64_t seed, uint64_t key)
   }
 }
 
+void DropoutMaskRows(uint8_t* keep, float p, int64_t rows, int64_t row_len, int64_t row_begin, uint64_t seed,
+                     uint64_t key) {
+  const uint64_t threshold = static_cast<uint64_t>(static_cast<double>(p) * 18446744073709551616.0);
+  const int64_t kBlock = 4096;
+  const int64_t per_row = (row_len + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static)
+  for (int64_t job = 0; job < rows * per_row; ++job) {
+    const int64_t r = job / per_row, blk = job % per_row;
+    Rng rng(seed, RngPurpose::kDropout, key, static_cast<uint64_t>(row_begin + r), static_cast<uint64_t>(blk));
+    uint8_t* k = keep + r * row_len;
+    const int64_t end = std::min(row_len, (blk + 1) * kBlock);
+    for (int64_t i = blk * kBlock; i < end; ++i) k[i] = rng.Next() >= threshold ? 1 : 0;
+  }
+}
+
 template <typename T>
 double SoftmaxCrossEntropy(T* losses, T* dlogits, const T* logits, const int32_t* targets, int N, int V,
                            T grad_scale) {

@@ -60,6 +60,11 @@ template <typename T>
 void DropoutApply(T* out, const T* in, const uint8_t* keep, T p, int64_t n);
 // keep[i] = 1 with probability 1-p, from a counter-based stream keyed by (seed, key, i).
 void DropoutMask(uint8_t* keep, float p, int64_t n, uint64_t seed, uint64_t key);
+// The mask of `rows` rows of row_len elements that are rows [row_begin, row_begin + rows) of a
+// larger batch: each global row has its own streams, so a data-parallel rank holding a slice of the
+// batch draws exactly the mask that one process holding the whole batch draws for those rows.
+void DropoutMaskRows(uint8_t* keep, float p, int64_t rows, int64_t row_len, int64_t row_begin, uint64_t seed,
+                     uint64_t key);
 
 // Fused softmax + cross-entropy over logits (N,V). losses (N) get -log p[target]. If dlogits is
 // non-null it receives (softmax - onehot) * grad_scale (may alias logits). target < 0 is ignored

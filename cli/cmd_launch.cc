@@ -1,0 +1,283 @@
+// `ringtrain launch --nproc N [--master-port P] [--grace S] -- train ...`: the local launcher. Starts
+// N processes of this binary with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and
+// MASTER_PORT set (so they use the TCP transport), prefixes every line they print with their rank,
+// forwards SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 to them, and when one fails stops the
+// others (SIGTERM, then SIGKILL after the grace period) and exits with the failed rank's status.
+// Each rank runs in its own process group, which is killed at the end, and dies with the launcher
+// (PR_SET_PDEATHSIG), so no process outlives the job.
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+
+namespace ringtrain::cli {
+
+namespace {
+
+struct LaunchArgs {
+  int nproc = 0;
+  int master_port = 0;
+  std::string master_addr = "127.0.0.1";
+  double grace_s = 10;
+  std::vector<std::string> command;
+};
+
+std::atomic<int> g_signal{0};
+void OnSignal(int sig) { g_signal.store(sig); }
+
+// A free TCP port on the loopback interface (the kernel picks; the rendezvous binds it next).
+StatusOr<int> FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return IoError(std::string("socket: ") + std::strerror(errno));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    const std::string e = std::strerror(errno);
+    ::close(fd);
+    return IoError("finding a free port: " + e);
+  }
+  ::close(fd);
+  return static_cast<int>(ntohs(a.sin_port));
+}
+
+// One output stream of one rank: bytes are cut into lines, each printed with the rank prefix.
+struct Stream {
+  int fd = -1;
+  int rank = 0;
+  std::FILE* out = nullptr;
+  std::string pending;
+
+  void Emit(const std::string& line) {
+    std::fprintf(out, "[rank %d] %s\n", rank, line.c_str());
+    std::fflush(out);
+  }
+  // Returns false at end of stream.
+  bool Read() {
+    char buf[4096];
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) return true;
+    if (n <= 0) {
+      if (!pending.empty()) Emit(pending);
+      pending.clear();
+      ::close(fd);
+      fd = -1;
+      return false;
+    }
+    pending.append(buf, static_cast<size_t>(n));
+    size_t start = 0;
+    for (size_t i = 0; i < pending.size(); ++i) {
+      if (pending[i] == '\n' || pending[i] == '\r') {
+        if (i > start) Emit(pending.substr(start, i - start));
+        start = i + 1;
+      }
+    }
+    pending.erase(0, start);
+    return true;
+  }
+};
+
+struct Child {
+  pid_t pid = -1;
+  bool running = false;
+  int status = 0;
+};
+
+std::string Describe(int status) {
+  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) {
+    const int sig = WTERMSIG(status);
+    return "was killed by signal " + std::to_string(sig) + " (" + strsignal(sig) + ")";
+  }
+  return "stopped";
+}
+
+int ExitCodeOf(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 1;
+}
+
+Status Launch(const LaunchArgs& a) {
+  if (a.nproc < 1) return InvalidArgument("--nproc must be at least 1");
+  if (a.command.empty()) return InvalidArgument("nothing to launch: give the command after --, e.g. launch --nproc 2 -- train");
+  if (a.grace_s < 0) return InvalidArgument("--grace must be >= 0");
+  int port = a.master_port;
+  if (port == 0) {
+    RT_ASSIGN_OR_RETURN(port, FreePort());
+  } else if (port < 1 || port > 65535) {
+    return InvalidArgument("--master-port " + std::to_string(port) + " is not a TCP port");
+  }
+  // A ringtrain subcommand runs this binary; a path (containing '/') runs that program.
+  std::string exe = a.command[0].find('/') != std::string::npos ? a.command[0] : "/proc/self/exe";
+  std::vector<std::string> argv_s;
+  argv_s.push_back(exe == "/proc/self/exe" ? "ringtrain" : a.command[0]);
+  for (size_t i = exe == "/proc/self/exe" ? 0 : 1; i < a.command.size(); ++i) argv_s.push_back(a.command[i]);
+  if (exe == "/proc/self/exe") {
+    char self[4096];
+    const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return IoError("cannot find this program's path (/proc/self/exe)");
+    self[n] = '\0';
+    exe = self;
+  }
+
+  struct sigaction sa{};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  const int forwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2};
+  for (int s : forwarded) sigaction(s, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  std::vector<Child> kids(static_cast<size_t>(a.nproc));
+  std::vector<Stream> streams;
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t launcher = ::getpid();
+  for (int r = 0; r < a.nproc; ++r) {
+    int out[2], err[2];
+    if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0)
+      return IoError(std::string("pipe: ") + std::strerror(errno));
+    const pid_t pid = ::fork();
+    if (pid < 0) return IoError(std::string("fork: ") + std::strerror(errno));
+    if (pid == 0) {
+      ::setpgid(0, 0);
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != launcher) _exit(127);  // the launcher died before the prctl
+      for (int s : forwarded) signal(s, SIG_DFL);
+      signal(SIGPIPE, SIG_DFL);
+      ::dup2(out[1], STDOUT_FILENO);
+      ::dup2(err[1], STDERR_FILENO);
+      // Open MPI's variables would take precedence over RANK/WORLD_SIZE; these ranks are ours.
+      for (const char* v : {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+                            "OMPI_COMM_WORLD_LOCAL_SIZE"})
+        ::unsetenv(v);
+      ::setenv("RANK", std::to_string(r).c_str(), 1);
+      ::setenv("WORLD_SIZE", std::to_string(a.nproc).c_str(), 1);
+      ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
+      ::setenv("LOCAL_WORLD_SIZE", std::to_string(a.nproc).c_str(), 1);
+      ::setenv("MASTER_ADDR", a.master_addr.c_str(), 1);
+      ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+      std::vector<char*> argv;
+      for (const std::string& s : argv_s) argv.push_back(const_cast<char*>(s.c_str()));
+      argv.push_back(nullptr);
+      ::execv(exe.c_str(), argv.data());
+      std::fprintf(stderr, "ringtrain launch: cannot run %s: %s\n", exe.c_str(), std::strerror(errno));
+      _exit(127);
+    }
+    ::setpgid(pid, pid);  // also here, so the group exists before the parent signals it
+    ::close(out[1]);
+    ::close(err[1]);
+    kids[static_cast<size_t>(r)] = {pid, true, 0};
+    streams.push_back({out[0], r, stdout, {}});
+    streams.push_back({err[0], r, stderr, {}});
+  }
+
+  using Clock = std::chrono::steady_clock;
+  int failed_rank = -1, failed_status = 0, signalled = 0;
+  Clock::time_point stop_at{}, kill_at{};
+  bool stopping = false, killed = false;
+  auto stop_all = [&](int sig) {
+    for (const Child& k : kids)
+      if (k.running) ::kill(-k.pid, sig);
+  };
+  size_t open_streams = streams.size();
+  int running = a.nproc;
+  while (running > 0 || open_streams > 0) {
+    std::vector<pollfd> fds;
+    std::vector<size_t> idx;
+    for (size_t i = 0; i < streams.size(); ++i)
+      if (streams[i].fd >= 0) {
+        fds.push_back({streams[i].fd, POLLIN, 0});
+        idx.push_back(i);
+      }
+    const int n = fds.empty() ? (::usleep(50000), 0) : ::poll(fds.data(), fds.size(), 50);
+    for (size_t i = 0; n > 0 && i < fds.size(); ++i)
+      if (fds[i].revents & (POLLIN | POLLHUP | POLLERR))
+        if (!streams[idx[i]].Read()) --open_streams;
+    if (const int sig = g_signal.exchange(0)) {
+      signalled = sig;
+      stop_all(sig);  // forwarded: the ranks decide what a signal means (stop, save, ...)
+      if (!stopping && (sig == SIGINT || sig == SIGTERM || sig == SIGHUP)) {
+        stopping = true;
+        kill_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(a.grace_s));
+      }
+    }
+    for (size_t r = 0; r < kids.size(); ++r) {
+      Child& k = kids[r];
+      if (!k.running) continue;
+      int st = 0;
+      const pid_t p = ::waitpid(k.pid, &st, WNOHANG);
+      if (p != k.pid) continue;
+      k.running = false;
+      k.status = st;
+      --running;
+      const bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;
+      if (!ok && failed_rank < 0 && !stopping) {
+        failed_rank = static_cast<int>(r);
+        failed_status = st;
+        std::fflush(stdout);
+        std::fprintf(stderr, "ringtrain launch: rank %d %s; stopping the other %d rank(s)\n", failed_rank,
+                     Describe(st).c_str(), running);
+        std::fflush(stderr);
+        stop_all(SIGTERM);
+        stopping = true;
+        stop_at = Clock::now();
+        kill_at = stop_at + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(a.grace_s));
+      }
+    }
+    if (stopping && !killed && running > 0 && Clock::now() >= kill_at) {
+      std::fprintf(stderr, "ringtrain launch: %d rank(s) still running after %.0f s; killing them\n", running, a.grace_s);
+      stop_all(SIGKILL);
+      killed = true;
+    }
+    // Output still open after every rank exited belongs to a leftover grandchild: kill it.
+    if (running == 0 && open_streams > 0) {
+      for (const Child& k : kids) ::kill(-k.pid, SIGKILL);
+    }
+  }
+  for (const Child& k : kids) ::kill(-k.pid, SIGKILL);  // anything a rank left in its group
+  if (failed_rank >= 0)
+    return Status(StatusCode::kAborted, "rank " + std::to_string(failed_rank) + " of " + std::to_string(a.nproc) +
+                                            " " + Describe(failed_status))
+        .WithExitCode(ExitCodeOf(failed_status));
+  for (size_t r = 0; r < kids.size(); ++r) {
+    const int st = kids[r].status;
+    if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+      return Status(StatusCode::kAborted, "rank " + std::to_string(r) + " " + Describe(st) +
+                                              (signalled ? std::string(" after signal ") + strsignal(signalled) : ""))
+          .WithExitCode(ExitCodeOf(st));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+void AddLaunch(CLI::App& app, Action& action) {
+  auto args = std::make_shared<LaunchArgs>();
+  CLI::App* cmd = app.add_subcommand("launch", "start N local ranks of a command (TCP transport): launch --nproc N -- train ...");
+  cmd->add_option("--nproc", args->nproc, "number of processes")->required();
+  cmd->add_option("--master-port", args->master_port, "rendezvous port (default: a free one)");
+  cmd->add_option("--master-addr", args->master_addr, "rendezvous address (default 127.0.0.1)");
+  cmd->add_option("--grace", args->grace_s, "seconds the other ranks get to stop after a failure (default 10)");
+  cmd->add_option("command", args->command, "the ringtrain subcommand and its arguments, after --")->required();
+  cmd->callback([&action, args]() { action = [args]() { return Launch(*args); }; });
+}
+
+}  // namespace ringtrain::cli
