@@ -189,6 +189,13 @@ Status Launch(const LaunchArgs& a) {
     streams.push_back({err[0], r, stderr, {}});
   }
 
+  {
+    std::string pids;
+    for (const Child& k : kids) pids += (pids.empty() ? "" : " ") + std::to_string(k.pid);
+    std::fprintf(stderr, "ringtrain launch: %d ranks started (pids %s), rendezvous %s:%d\n", a.nproc, pids.c_str(),
+                 a.master_addr.c_str(), port);
+    std::fflush(stderr);
+  }
   using Clock = std::chrono::steady_clock;
   int failed_rank = -1, failed_status = 0, signalled = 0;
   Clock::time_point stop_at{}, kill_at{};

@@ -12,6 +12,7 @@ packages=(
   libprotobuf-dev protobuf-compiler libboost-dev libboost-system-dev
   openmpi-bin libopenmpi-dev
   iproute2  # network namespaces for the TCP transport test
+  munge slurmctld slurmd slurm-client  # the real-Slurm end-to-end test (daemons on localhost)
   python3  # the end-to-end test scripts read JSON with /usr/bin/python3
 )
 

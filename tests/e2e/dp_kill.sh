@@ -1,0 +1,83 @@
+#!/bin/bash
+# Killing one rank of a running data-parallel job (SIGKILL to rank 1 of 3) makes the job exit
+# non-zero well within the collective deadline, with a message naming rank 1, and leaves no process
+# behind: first under `ringtrain launch`, then under mpirun. Also: SIGINT to the launcher stops
+# every rank.
+source "$(dirname "$0")/lib.sh"
+args=(--set train.steps=1000000 --set train.log_interval=5 --set train.eval_interval=1000000
+      --set dist.deadline_s=60)
+jobs_pids=()
+cleanup() {
+  for p in "${jobs_pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  # Ranks are found by the run directory in their command line.
+  pkill -9 -f "$WORK/run" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# The pid of the ringtrain process of rank $2 whose command line contains $1, by its environment.
+rank_pid() {
+  for p in $(pgrep -f -- "$1"); do
+    if tr '\0' '\n' < /proc/$p/environ 2>/dev/null | grep -qxE "(RANK|OMPI_COMM_WORLD_RANK)=$2"; then
+      [ "$(readlink /proc/$p/exe 2>/dev/null)" = "$RT" ] && { echo $p; return; }
+    fi
+  done
+}
+wait_progress() {  # wait_progress LOG
+  for _ in $(seq 300); do grep -q "step 10/" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  cat "$1"; fail "the job did not reach step 10"
+}
+no_leftovers() {  # no_leftovers RUNDIR
+  for _ in $(seq 50); do pgrep -f -- "$1" >/dev/null || return 0; sleep 0.1; done
+  ps -ef | grep -- "$1" | grep -v grep; fail "processes of $1 are still running"
+}
+
+# --- ringtrain launch ---------------------------------------------------------------------------
+"$RT" launch --nproc 3 -- train "${args[@]}" --run-dir "$WORK/run-launch" > launch.log 2>&1 &
+launcher=$!
+jobs_pids+=($launcher)
+wait_progress launch.log
+victim=$(rank_pid "$WORK/run-launch" 1)
+[ -n "$victim" ] || fail "rank 1 of the launch job not found"
+kill -9 "$victim"
+start=$(date +%s)
+set +e; wait $launcher; rc=$?; set -e
+took=$(( $(date +%s) - start ))
+cat launch.log | tail -n 6
+[ $rc -ne 0 ] || fail "launch exited 0 after rank 1 was killed"
+grep -q "ringtrain launch: rank 1 was killed by signal 9" launch.log || fail "launch did not name rank 1"
+[ $took -lt 30 ] || fail "launch took ${took}s to exit (deadline 60s)"
+no_leftovers "$WORK/run-launch"
+echo "launch: exit $rc after ${took}s, naming rank 1; no process left"
+
+# --- SIGINT to the launcher stops every rank ----------------------------------------------------
+"$RT" launch --nproc 2 -- train "${args[@]}" --run-dir "$WORK/run-sigint" > sigint.log 2>&1 &
+launcher=$!
+jobs_pids+=($launcher)
+wait_progress sigint.log
+kill -INT $launcher
+set +e; wait $launcher; rc=$?; set -e
+[ $rc -ne 0 ] || { cat sigint.log; fail "launch exited 0 after SIGINT"; }
+no_leftovers "$WORK/run-sigint"
+echo "launch: SIGINT forwarded, exit $rc, no process left"
+
+# --- mpirun -------------------------------------------------------------------------------------
+if ! command -v mpirun >/dev/null; then echo "mpirun not installed: the mpirun leg is not run"; exit 0; fi
+OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe -np 3 -x RINGTRAIN_THREADS \
+  "$RT" train "${args[@]}" --run-dir "$WORK/run-mpi" > mpi.log 2>&1 &
+mpi=$!
+jobs_pids+=($mpi)
+wait_progress mpi.log
+victim=$(rank_pid "$WORK/run-mpi" 1)
+[ -n "$victim" ] || fail "rank 1 of the mpirun job not found"
+kill -9 "$victim"
+start=$(date +%s)
+set +e; wait $mpi; rc=$?; set -e
+took=$(( $(date +%s) - start ))
+tail -n 12 mpi.log
+[ $rc -ne 0 ] || fail "mpirun exited 0 after rank 1 was killed"
+grep -qE "rank 1 (with PID [0-9]+ )?on node .* (exited on signal 9|killed)|rank 1[^0-9].*(died|disconnected|killed)" mpi.log ||
+  fail "mpirun's output does not name rank 1"
+[ $took -lt 30 ] || fail "mpirun took ${took}s to exit (deadline 60s)"
+no_leftovers "$WORK/run-mpi"
+echo "mpirun: exit $rc after ${took}s, naming rank 1; no process left"

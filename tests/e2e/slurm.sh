@@ -1,0 +1,99 @@
+#!/bin/bash
+# A real Slurm on localhost: starts munged, slurmctld and slurmd (Debian's munge and slurm-wlm)
+# with a generated key and config in a scratch directory, submits examples/slurm/train.sbatch
+# (2 tasks through srun, TCP rendezvous at the node list's first host), waits for it, checks its
+# output, and compares its final losses with `ringtrain launch --nproc 2` running the same
+# training: they must agree bitwise. The daemons are stopped at the end, also on failure. Skips
+# (exit 77) only when the daemons are not installed or cannot start here.
+source "$(dirname "$0")/lib.sh"
+for d in munged slurmctld slurmd sbatch sinfo srun; do
+  command -v $d >/dev/null || skip "$d not installed (scripts/install-deps.sh installs munge and slurm-wlm)"
+done
+daemon_pids=()
+cleanup() {
+  for p in "${daemon_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in "${daemon_pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  # Job steps the daemons started (slurmstepd and the ranks) must not outlive the test.
+  pkill -9 -f "slurmstepd.*$WORK" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+S=$WORK/slurm
+mkdir -p $S/munge $S/state $S/spool $S/log
+# munged wants its socket's directories searchable by everyone (mktemp -d makes 0700).
+chmod 755 "$WORK" $S $S/munge
+head -c 1024 /dev/urandom > $S/munge/munge.key
+chmod 600 $S/munge/munge.key
+munged -F --key-file=$S/munge/munge.key --socket=$S/munge/sock --pid-file=$S/munge/pid \
+  --log-file=$S/munge/log --seed-file=$S/munge/seed > $S/log/munged.out 2>&1 &
+daemon_pids+=($!)
+for _ in $(seq 50); do [ -S $S/munge/sock ] && break; sleep 0.1; done
+[ -S $S/munge/sock ] || { cat $S/munge/log $S/log/munged.out 2>/dev/null; skip "munged did not start"; }
+
+host=$(hostname -s)
+cat > $S/slurm.conf <<CONF
+ClusterName=ringtrain-test
+SlurmctldHost=$host(127.0.0.1)
+SlurmctldPort=$(free_port)
+SlurmdPort=$(free_port)
+SlurmUser=$(id -un)
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket=$S/munge/sock
+CredType=cred/munge
+StateSaveLocation=$S/state
+SlurmdSpoolDir=$S/spool
+SlurmctldPidFile=$S/slurmctld.pid
+SlurmdPidFile=$S/slurmd.pid
+SlurmctldLogFile=$S/log/slurmctld.log
+SlurmdLogFile=$S/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SchedulerType=sched/builtin
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+ReturnToService=2
+NodeName=$host NodeAddr=127.0.0.1 CPUs=2 RealMemory=1000 State=UNKNOWN
+PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+CONF
+export SLURM_CONF=$S/slurm.conf
+[ "$(id -u)" -eq 0 ] || skip "slurmd must run as root to start jobs (running as $(id -un))"
+slurmctld -D -f $SLURM_CONF > $S/log/slurmctld.out 2>&1 &
+daemon_pids+=($!)
+slurmd -D -f $SLURM_CONF > $S/log/slurmd.out 2>&1 &
+daemon_pids+=($!)
+up=0
+for _ in $(seq 100); do
+  if sinfo -h -o %t 2>/dev/null | grep -qE '^(idle|mix|alloc)'; then up=1; break; fi
+  sleep 0.2
+done
+if [ $up -ne 1 ]; then
+  tail -n 20 $S/log/*.log $S/log/*.out 2>/dev/null
+  skip "slurmctld/slurmd did not bring the node up within 20 s"
+fi
+echo "slurm up: $(sinfo -h -o '%P %D %t %N')"
+
+args=(--set train.steps=30 --set train.eval_interval=15 --set train.log_interval=10 --set dist.deadline_s=60)
+export RINGTRAIN=$RT
+timeout 300 sbatch --wait --chdir "$WORK" --output "$WORK/job-%j.out" "$REPO/examples/slurm/train.sbatch" \
+  "${args[@]}" --run-dir "$WORK/slurm-run" > sbatch.log 2>&1 || { cat sbatch.log job-*.out; tail -n 20 $S/log/*.log; fail "sbatch job failed"; }
+cat job-*.out
+grep -q "2 tasks on $host" job-*.out || fail "the job did not run 2 tasks on $host"
+grep -q "^done: 30 steps" job-*.out || fail "no summary line in the job output"
+[ "$(grep -c '^done: ' job-*.out)" -eq 1 ] || fail "more than one rank printed a summary"
+[ -f "$WORK/slurm-run/summary.json" ] || fail "no summary.json from the Slurm run"
+
+"$RT" launch --nproc 2 -- train "${args[@]}" --run-dir "$WORK/launch" > launch.log 2>&1 || { cat launch.log; fail "launch failed"; }
+/usr/bin/python3 - "$WORK/slurm-run/summary.json" "$WORK/launch/summary.json" <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+for k in ("final_train_loss", "final_val_loss"):
+    print(f"{k}: sbatch {a[k]!r}  launch {b[k]!r}")
+    if a[k] != b[k]: sys.exit(f"FAIL: {k} differs between the Slurm job and ringtrain launch")
+PY
+echo "slurm: sbatch/srun training matches ringtrain launch bitwise"
