@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-command demo: install dependencies, build ringtrain, train the built-in default model
-# (a small GPT on a synthetic Markov source) into runs/demo, then sample from it.
+# (a small GPT on a synthetic Markov source) data-parallel on 2 local processes (`ringtrain
+# launch`, TCP on loopback) into runs/demo, then sample from it.
 # Usage: scripts/demo.sh [extra `ringtrain train` options, e.g. --set train.steps=200]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -13,7 +14,7 @@ fi
 cmake --build build --target ringtrain -j2
 
 rm -rf runs/demo
-build/cli/ringtrain train --run-dir runs/demo "$@"
+build/cli/ringtrain launch --nproc 2 -- train --run-dir runs/demo "$@"
 
 echo
 echo "demo: run summary: $(pwd)/runs/demo/summary.json"
