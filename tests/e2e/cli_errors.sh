@@ -33,6 +33,19 @@ expect_error "heads do not divide width" "model.n_head = 5 must divide model.n_e
   "$RT" train --run-dir r --set model.n_head=5 --set model.n_embd=64
 expect_error "missing model" "no such file" -- "$RT" generate --model /nonexistent/run --prompt hi
 expect_error "unknown option" "--bogus" -- "$RT" train --bogus
+expect_error "launch: zero processes" "--nproc must be at least 1" -- "$RT" launch --nproc 0 -- train
+expect_error "partial Slurm environment" "SLURM_NTASKS is not" -- env SLURM_STEP_ID=0 SLURM_PROCID=0 "$RT" train --run-dir r
+expect_error "partial torchrun environment" "RANK and WORLD_SIZE must both be set" -- env RANK=1 "$RT" train --run-dir r
+expect_error "bad Slurm node list" "node[3-1]" -- env SLURM_STEP_ID=0 SLURM_PROCID=0 SLURM_NTASKS=2 \
+  'SLURM_JOB_NODELIST=node[3-1]' "$RT" train --run-dir r
+expect_error "bad dist key" "dist.zero1: expected" -- "$RT" train --run-dir r --set dist.zero1=maybe
+# A config error on every launched rank: the launcher names the rank and passes its status on.
+rc=0
+"$RT" launch --nproc 2 -- train --run-dir r --set model.n_layr=2 >out.txt 2>err.txt || rc=$?
+[[ $rc == 2 ]] || { cat out.txt err.txt; fail "launch with a bad config: exit $rc, expected the ranks' 2"; }
+grep -q "\[rank [01]\] ringtrain: error: .*did you mean 'model.n_layer'" err.txt || { cat err.txt; fail "rank error not forwarded"; }
+grep -q "ringtrain launch: rank [01] exited with status 2" err.txt || { cat err.txt; fail "launcher did not name the rank"; }
+echo "ok: launch with a bad config -> $(grep 'ringtrain launch: rank' err.txt)"
 
 # A prompt with characters outside the vocabulary of a char-level model.
 printf 'the cat sat on the mat. the dog sat on the log.\n%.0s' {1..40} >tiny.txt
