@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <thread>
 
@@ -11,7 +12,8 @@ extern "C" void openblas_set_num_threads(int);
 namespace ringtrain {
 
 namespace {
-int g_budget = 0;
+// Atomic: in-process ranks (tests) each build a trainer, which sets the budget, on their own thread.
+std::atomic<int> g_budget{0};
 }
 
 int HardwareThreads() {
