@@ -72,7 +72,10 @@ StatusOr<double> Trainer::Step(int64_t step) {
   const std::string where = "gradient sync at step " + std::to_string(step + 1);
   const auto t0 = Clock::now();
   RT_RETURN_IF_ERROR(sync_->Finish().WithContext(where));
-  double exposed = std::chrono::duration<double>(Clock::now() - t0).count();
+  const auto t_synced = Clock::now();
+  double exposed = std::chrono::duration<double>(t_synced - t0).count();
+  last_backward_end_s_ = std::chrono::duration<double>(t0.time_since_epoch()).count();
+  last_synced_s_ = std::chrono::duration<double>(t_synced.time_since_epoch()).count();
   RT_ASSIGN_OR_RETURN(const double sq, sync_->GradSumSquares());
   last_grad_norm_ = std::sqrt(sq);
   const float scale = ClipScale(last_grad_norm_, oc_.grad_clip);

@@ -51,8 +51,15 @@ class Trainer {
   int world_size() const { return world_; }
   Task& task() { return *task_; }
   GradientSync& sync() { return *sync_; }
-  // Seconds of the last step spent waiting for communication that backward did not hide.
+  // Seconds of the last step spent waiting for communication that backward did not hide: the
+  // gradient sync after backward (which includes waiting for slower ranks to finish theirs), the
+  // parameter all-gather (ZeRO-1) and the loss average.
   double last_exposed_comm_s() const { return last_exposed_s_; }
+  // Steady-clock times (seconds) of the last step: backward done on this rank, gradients synced.
+  // On one host the clock is shared, so max over ranks of backward_end tells how much of the wait
+  // was for the slowest rank rather than for the transfer.
+  double last_backward_end_s() const { return last_backward_end_s_; }
+  double last_synced_s() const { return last_synced_s_; }
 
  private:
   Trainer(const Config& c, const TrainOptions& o) : config_(c), opts_(o) {}
@@ -67,7 +74,7 @@ class Trainer {
   int64_t opt_step_ = 0;
   std::unique_ptr<GradientSync> sync_;
   int world_ = 1;
-  double last_exposed_s_ = 0;
+  double last_exposed_s_ = 0, last_backward_end_s_ = 0, last_synced_s_ = 0;
   std::vector<std::pair<size_t, size_t>> decay_ranges_;
   int accum_ = 1;
   double last_grad_norm_ = 0;
