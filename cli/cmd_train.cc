@@ -1,5 +1,8 @@
 // `ringtrain train [--config F.yaml] [--set key=value ...] [--run-dir DIR]`
+#include <algorithm>
 #include <chrono>
+#include <cstring>
+#include <filesystem>
 #include <cstdio>
 #include <ctime>
 #include <memory>
@@ -16,6 +19,7 @@ struct TrainArgs {
   std::string config;
   std::vector<std::string> sets;
   std::string run_dir;
+  std::string resume;
   bool help_config = false;
 };
 
@@ -50,6 +54,8 @@ void AddTrain(CLI::App& app, Action& action) {
   cmd->add_option("--config", args->config, "YAML config file");
   cmd->add_option("--set", args->sets, "override a config key: key=value (repeatable)")->allow_extra_args(false);
   cmd->add_option("--run-dir", args->run_dir, "output directory (default runs/<name>-<time>)");
+  cmd->add_option("--resume", args->resume,
+                  "auto (the newest usable checkpoint of the run directory, else start fresh) or a checkpoint directory");
   cmd->add_flag("--help-config", args->help_config, "list every config key with its default and range, then exit");
   cmd->callback([&action, args]() {
     action = [args]() -> Status {
@@ -62,10 +68,24 @@ void AddTrain(CLI::App& app, Action& action) {
       TrainOptions opts;
       opts.comm = dist.comm.get();
       opts.local_size = dist.launch.local_size;
-      // Rank 0 prints and writes the run directory; the other ranks only train.
+      // Rank 0 prints and writes the run directory; the other ranks only train (and write their
+      // checkpoint shards into it: every rank uses rank 0's name for it).
       const bool lead = dist.launch.rank == 0;
       opts.print = lead;
-      if (lead) opts.run_dir = args->run_dir.empty() ? DefaultRunDir(config.Str("name")) : args->run_dir;
+      std::string run_dir = args->run_dir.empty() ? DefaultRunDir(config.Str("name")) : args->run_dir;
+      if (dist.comm && args->run_dir.empty()) {
+        std::vector<int32_t> words(256, 0);
+        std::memcpy(words.data(), run_dir.data(), std::min<size_t>(run_dir.size(), 1020));
+        RT_RETURN_IF_ERROR(dist.comm->Broadcast(words.data(), 256, coll::DataType::kI32, 0));
+        run_dir = reinterpret_cast<const char*>(words.data());
+      }
+      if (lead) opts.run_dir = run_dir;
+      opts.checkpoint_root = config.Str("checkpoint.dir").empty() ? run_dir + "/checkpoints" : config.Str("checkpoint.dir");
+      opts.resume = args->resume;
+      if (!opts.resume.empty() && opts.resume != "auto" && opts.resume.find('/') == std::string::npos &&
+          !std::filesystem::exists(opts.resume))
+        return InvalidArgument("--resume " + opts.resume + ": use auto or a checkpoint directory");
+      InstallPreemptionHandlers();
       RT_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(config, opts));
       RT_ASSIGN_OR_RETURN(TrainSummary s, trainer->Run());
       (void)s;

@@ -87,6 +87,11 @@ const std::vector<ConfigKey>& ConfigSchema() {
       {"dist.overlap", T::kBool, "true", -1e300, 1e300, {}, "start bucket all-reduces during backward (false: one all-reduce after it)"},
       {"dist.zero1", T::kBool, "false", -1e300, 1e300, {},
        "ZeRO-1: reduce-scatter gradients, each rank updates its shard of parameters and optimizer state, all-gather parameters"},
+      // Checkpoints
+      {"checkpoint.dir", T::kString, "", -1e300, 1e300, {}, "checkpoint root (empty: <run dir>/checkpoints)"},
+      {"checkpoint.every_steps", T::kInt, "0", 0, 1e12, {}, "save every N optimizer steps (0: off; a final one is saved when any saving is on)"},
+      {"checkpoint.every_minutes", T::kFloat, "0", 0, 1e9, {}, "save when this many minutes passed since the last save (0: off)"},
+      {"checkpoint.keep", T::kInt, "3", 1, 1e6, {}, "complete checkpoints kept (oldest removed first)"},
       // Generation (used by `generate` defaults)
       {"sample.temperature", T::kFloat, "1.0", 1e-6, 100, {}, "sampling temperature"},
       {"sample.top_k", T::kInt, "0", 0, 16777216, {}, "top-k sampling (0: off)"},

@@ -7,6 +7,11 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include <signal.h>
+
+#include <atomic>
+
+#include "checkpoint/checkpoint.h"
 #include "checkpoint/model_file.h"
 #include "core/threads.h"
 
@@ -15,6 +20,11 @@ namespace ringtrain {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+std::atomic<int> g_stop_signal{0};
+void OnStopSignal(int sig) { g_stop_signal.store(sig); }
+
+double NowS() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
 
 std::string FormatDuration(double s) {
   if (!std::isfinite(s) || s < 0) s = 0;
@@ -26,6 +36,14 @@ std::string FormatDuration(double s) {
 }
 
 }  // namespace
+
+void InstallPreemptionHandlers() {
+  struct sigaction sa{};
+  sa.sa_handler = OnStopSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGUSR1, &sa, nullptr);
+}
 
 StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const TrainOptions& opts) {
   std::unique_ptr<Trainer> t(new Trainer(config, opts));
@@ -54,7 +72,70 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const T
     t->opt_states_.emplace_back();
     t->opt_states_.back().Allocate(t->oc_, e - b, b);
   }
+  if (!opts.resume.empty()) RT_RETURN_IF_ERROR(t->Resume());
+  t->last_save_time_ = NowS();
   return t;
+}
+
+namespace {
+CheckpointContent ContentOf(Task& task, std::vector<OptimState>& states, const OptimConfig& oc) {
+  CheckpointContent c;
+  c.layout = &task.arena().layout;
+  c.params = task.arena().params.data();
+  for (OptimState& s : states) c.states.push_back(&s);
+  c.has_m = oc.kind != OptimKind::kSgd || oc.momentum > 0;
+  c.has_v = oc.kind != OptimKind::kSgd;
+  return c;
+}
+}  // namespace
+
+Status Trainer::Resume() {
+  const bool autom = opts_.resume == "auto";
+  if (autom && opts_.checkpoint_root.empty()) return InvalidArgument("--resume auto needs a run directory or checkpoint.dir");
+  const std::string from = autom ? opts_.checkpoint_root : opts_.resume;
+  coll::Communicator* comm = world_ > 1 ? opts_.comm : nullptr;
+  CheckpointContent c = ContentOf(*task_, opt_states_, oc_);
+  auto meta = LoadCheckpoint(comm, from, autom, c);
+  if (!meta.ok()) {
+    if (autom && meta.status().code() == StatusCode::kNotFound) {
+      if (opts_.print) std::printf("resume: no checkpoint in %s; starting from step 0\n", from.c_str());
+      return Status::Ok();
+    }
+    return meta.status().WithContext("resuming");
+  }
+  if (meta->data_fingerprint != task_->DataDescription())
+    return InvalidArgument("resuming from " + meta->path + ": it was trained on '" + meta->data_fingerprint +
+                           "', this run's data is '" + task_->DataDescription() + "'");
+  start_step_ = meta->step;
+  opt_step_ = meta->step;
+  if (opts_.print)
+    std::printf("resumed from %s at step %lld (saved by %d rank(s)%s)\n", meta->path.c_str(), (long long)meta->step,
+                meta->world_size, meta->zero1 ? " with ZeRO-1" : "");
+  return Status::Ok();
+}
+
+Status Trainer::SaveCheckpointAt(int64_t step) {
+  if (opts_.checkpoint_root.empty()) return Status::Ok();
+  coll::Communicator* comm = world_ > 1 ? opts_.comm : nullptr;
+  CheckpointContent c = ContentOf(*task_, opt_states_, oc_);
+  CheckpointMeta meta;
+  meta.step = step;
+  meta.zero1 = config_.Bool("dist.zero1") && world_ > 1;
+  meta.config_json = config_.ToJson().dump();
+  meta.data_fingerprint = task_->DataDescription();
+  meta.trainer_state = {{"step", step},
+                        {"consumed_items", step * ItemsPerStep()},
+                        {"seed", config_.Int("seed")},
+                        {"optimizer_step", opt_step_},
+                        {"lr_next", sched_.At(step)},
+                        {"world_size", world_}};
+  const Ranges write_set = meta.zero1 ? sync_->Owned()
+                                      : EvenSplit(task_->arena().layout.total(), comm ? comm->rank() : 0, world_);
+  RT_RETURN_IF_ERROR(SaveCheckpoint(comm, opts_.checkpoint_root, c, meta, write_set,
+                                    static_cast<int>(config_.Int("checkpoint.keep")))
+                         .WithContext("saving the checkpoint of step " + std::to_string(step)));
+  last_save_time_ = NowS();
+  return Status::Ok();
 }
 
 StatusOr<double> Trainer::Step(int64_t step) {
@@ -86,11 +167,20 @@ StatusOr<double> Trainer::Step(int64_t step) {
   opt_step_ = step + 1;
   const auto t1 = Clock::now();
   RT_RETURN_IF_ERROR(sync_->AfterUpdate().WithContext(where));
+  // Step-boundary decisions every rank must share: stop (a preemption signal reached any rank)
+  // and a time-based checkpoint (rank 0's clock decides).
+  const double minutes = config_.Float("checkpoint.every_minutes");
+  const bool lead = world_ == 1 || opts_.comm->rank() == 0;
+  double v[3] = {loss, g_stop_signal.load() != 0 ? 1.0 : 0.0,
+                 lead && minutes > 0 && NowS() - last_save_time_ >= minutes * 60 ? 1.0 : 0.0};
   if (world_ > 1) {
     // Every rank reports (and checks for divergence on) the same, global loss.
-    RT_RETURN_IF_ERROR(opts_.comm->AllReduce(&loss, 1, coll::DataType::kF64, coll::ReduceOp::kAvg)
+    RT_RETURN_IF_ERROR(opts_.comm->AllReduce(v, 3, coll::DataType::kF64, coll::ReduceOp::kSum)
                            .WithContext("averaging the loss at step " + std::to_string(step + 1)));
+    loss = v[0] / world_;
   }
+  stop_requested_ = v[1] > 0;
+  time_save_due_ = v[2] > 0;
   exposed += std::chrono::duration<double>(Clock::now() - t1).count();
   last_exposed_s_ = exposed;
   return loss;
@@ -106,7 +196,7 @@ StatusOr<TrainSummary> Trainer::Run() {
     std::filesystem::create_directories(opts_.run_dir, ec);
     if (ec) return IoError("creating run directory " + opts_.run_dir + ": " + ec.message());
     const std::string mpath = opts_.run_dir + "/metrics.jsonl";
-    metrics_ = std::fopen(mpath.c_str(), "w");
+    metrics_ = std::fopen(mpath.c_str(), start_step_ > 0 ? "a" : "w");
     if (!metrics_) return IoError("opening " + mpath + " for writing");
     RT_RETURN_IF_ERROR(WriteFileAtomic(opts_.run_dir + "/config.json", config_.ToJson().dump(2) + "\n"));
   }
@@ -143,7 +233,10 @@ StatusOr<TrainSummary> Trainer::Run() {
   auto t_last = t0;
   int64_t step_last = 0;
   double rate = 0;
-  for (int64_t step = 0; step < steps; ++step) {
+  const int64_t every = config_.Int("checkpoint.every_steps");
+  const bool saving = !opts_.checkpoint_root.empty() &&
+                      (every > 0 || config_.Float("checkpoint.every_minutes") > 0);
+  for (int64_t step = start_step_; step < steps; ++step) {
     RT_ASSIGN_OR_RETURN(double loss, Step(step));
     if (!std::isfinite(loss))
       return Internal("training diverged: loss is " + std::to_string(loss) + " at step " + std::to_string(step + 1) +
@@ -177,7 +270,7 @@ StatusOr<TrainSummary> Trainer::Run() {
       t_last = now;
       step_last = done;
       const double elapsed = std::chrono::duration<double>(now - t0).count();
-      const double eta = elapsed / static_cast<double>(done) * static_cast<double>(steps - done);
+      const double eta = elapsed / static_cast<double>(done - start_step_) * static_cast<double>(steps - done);
       const double mean = window_loss / static_cast<double>(window_n);
       sum.final_train_loss = mean;
       window_loss = 0;
@@ -196,6 +289,19 @@ StatusOr<TrainSummary> Trainer::Run() {
                     tty ? "" : "\n");
         std::fflush(stdout);
       }
+    }
+    if (stop_requested_ || (saving && ((every > 0 && done % every == 0) || time_save_due_ || last))) {
+      if (stop_requested_ && opts_.checkpoint_root.empty())
+        return Aborted("stopped by a signal at step " + std::to_string(done) + " (no run directory: nothing saved)")
+            .WithExitCode(kPreemptedExitCode);
+      RT_RETURN_IF_ERROR(SaveCheckpointAt(done));
+      if (opts_.print && stop_requested_) {
+        std::printf("%sstopping at step %lld on a signal: checkpoint saved in %s/; continue with --resume auto\n",
+                    tty ? "\n" : "", (long long)done, opts_.checkpoint_root.c_str());
+        std::fflush(stdout);
+      }
+      if (stop_requested_)
+        return Aborted("preempted at step " + std::to_string(done) + " (checkpoint saved)").WithExitCode(kPreemptedExitCode);
     }
   }
   if (tty) std::printf("\n");

@@ -25,7 +25,18 @@ struct TrainOptions {
   // the number of ranks on this node (threads = 0 splits the cores between them).
   coll::Communicator* comm = nullptr;
   int local_size = 1;
+  // Checkpoints: the root every rank saves into and resumes from (empty: no checkpoints), and
+  // what to resume: "" (start fresh), "auto" (the newest usable checkpoint in the root, else
+  // fresh) or a checkpoint directory.
+  std::string checkpoint_root;
+  std::string resume;
 };
+
+// Exit status of a run stopped by SIGTERM or SIGUSR1 after saving a checkpoint (EX_TEMPFAIL):
+// resubmit it with --resume auto.
+constexpr int kPreemptedExitCode = 75;
+// Makes SIGTERM and SIGUSR1 request a checkpoint and a clean stop at the next step boundary.
+void InstallPreemptionHandlers();
 
 struct TrainSummary {
   double final_train_loss = 0, final_val_loss = 0, items_per_s = 0, wall_s = 0;
@@ -64,6 +75,17 @@ class Trainer {
  private:
   Trainer(const Config& c, const TrainOptions& o) : config_(c), opts_(o) {}
   Status WriteSummary(const TrainSummary& s);
+  Status Resume();
+  Status SaveCheckpointAt(int64_t step);
+
+ public:
+  // First step of Run (non-zero after a resume).
+  int64_t start_step() const { return start_step_; }
+
+ private:
+  int64_t start_step_ = 0;
+  bool stop_requested_ = false, time_save_due_ = false;
+  double last_save_time_ = 0;
 
   Config config_;
   TrainOptions opts_;

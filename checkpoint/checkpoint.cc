@@ -1,0 +1,487 @@
+#include "checkpoint/checkpoint.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <sstream>
+
+#include <google/protobuf/util/json_util.h>
+
+#include "checkpoint.pb.h"
+#include "core/crc32c.h"
+
+namespace ringtrain {
+
+namespace fs = std::filesystem;
+using Ranges = std::vector<std::pair<size_t, size_t>>;
+
+namespace {
+
+constexpr char kManifestMagic[8] = {'R', 'T', 'C', 'K', 'P', 'T', 'M', '1'};
+constexpr uint32_t kFormatVersion = 1;
+
+std::string StepDirName(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step-%08lld", static_cast<long long>(step));
+  return buf;
+}
+
+// RINGTRAIN_CKPT_CRASH=point or point:step.
+void CrashHook(const char* point, int64_t step) {
+  const char* env = std::getenv("RINGTRAIN_CKPT_CRASH");
+  if (!env) return;
+  const std::string want(env);
+  const size_t colon = want.find(':');
+  const bool match = want.substr(0, colon) == point &&
+                     (colon == std::string::npos || want.substr(colon + 1) == std::to_string(step));
+  if (match) {
+    std::fprintf(stderr, "ringtrain: checkpoint crash hook: exiting at %s\n", point);
+    std::fflush(stderr);
+    _exit(kCrashHookExit);
+  }
+}
+
+std::string Errno(const std::string& what) { return what + ": " + std::strerror(errno); }
+
+Status WriteAll(int fd, const void* data, size_t n, const std::string& path) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return IoError(Errno("writing " + path));
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return Status::Ok();
+}
+
+Status FsyncPath(const std::string& path, bool dir) {
+  const int fd = ::open(path.c_str(), dir ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+  if (fd < 0) return IoError(Errno("opening " + path + " to fsync"));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) return IoError(Errno("fsync " + path));
+  return Status::Ok();
+}
+
+// Writes bytes to path.tmp, fsyncs, renames onto path.
+Status WriteDurable(const std::string& path, const std::string& bytes) {
+  const std::string tmp = path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return IoError(Errno("creating " + tmp));
+  Status s = WriteAll(fd, bytes.data(), bytes.size(), tmp);
+  if (s.ok() && ::fsync(fd) != 0) s = IoError(Errno("fsync " + tmp));
+  ::close(fd);
+  if (!s.ok()) return s;
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return IoError(Errno("renaming " + tmp + " to " + path));
+  return Status::Ok();
+}
+
+// The tensor slices of arena range [b, e): (spec index, first element, end element).
+struct Piece {
+  int spec;
+  size_t begin, end;  // tensor elements
+};
+std::vector<Piece> PiecesOf(const ParamLayout& L, size_t b, size_t e) {
+  std::vector<Piece> out;
+  for (int i = 0; i < static_cast<int>(L.specs().size()); ++i) {
+    const ParamSpec& s = L.spec(i);
+    const size_t lo = std::max(b, s.offset), hi = std::min(e, s.offset + static_cast<size_t>(s.numel));
+    if (lo < hi) out.push_back({i, lo - s.offset, hi - s.offset});
+  }
+  return out;
+}
+
+const OptimState* StateFor(const CheckpointContent& c, size_t b, size_t e) {
+  for (const OptimState* st : c.states) {
+    const size_t n = std::max(st->m.size(), st->v.size());
+    if (b >= st->base && e <= st->base + n) return st;
+  }
+  return nullptr;
+}
+
+// Collective "did every rank succeed?" (true when alone).
+StatusOr<bool> AllOk(coll::Communicator* comm, bool ok) {
+  if (!comm) return ok;
+  int32_t bad = ok ? 0 : 1;
+  RT_RETURN_IF_ERROR(comm->AllReduce(&bad, 1, coll::DataType::kI32, coll::ReduceOp::kMax));
+  return bad == 0;
+}
+
+// Writes this rank's shard; fills `shard` with its slices.
+Status WriteShard(const std::string& dir, int rank, int world, const CheckpointContent& c, const Ranges& write_set,
+                  proto::ShardFile* shard) {
+  char name[64];
+  std::snprintf(name, sizeof name, "shard-%05d-of-%05d.bin", rank, world);
+  const std::string path = dir + "/" + name;
+  shard->set_name(name);
+  shard->set_rank(rank);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return IoError(Errno("creating " + path));
+  uint64_t offset = 0;
+  Status s;
+  auto put = [&](const std::string& tensor, const float* src, const Piece& p) {
+    if (!s.ok()) return;
+    const size_t bytes = (p.end - p.begin) * sizeof(float);
+    s = WriteAll(fd, src, bytes, path);
+    proto::Slice* sl = shard->add_slices();
+    sl->set_tensor(tensor);
+    sl->set_begin(p.begin);
+    sl->set_end(p.end);
+    sl->set_offset(offset);
+    sl->set_crc32c(Crc32c(src, bytes));
+    offset += bytes;
+  };
+  const ParamLayout& L = *c.layout;
+  for (const auto& [b, e] : write_set) {
+    const OptimState* st = (c.has_m || c.has_v) ? StateFor(c, b, e) : nullptr;
+    if ((c.has_m || c.has_v) && !st) {
+      s = Internal("checkpoint write range outside this rank's optimizer state");
+      break;
+    }
+    for (const Piece& p : PiecesOf(L, b, e)) {
+      const ParamSpec& spec = L.spec(p.spec);
+      const size_t arena = spec.offset + p.begin;
+      put("param/" + spec.name, c.params + arena, p);
+      if (c.has_m) put("optim.m/" + spec.name, st->m.data() + (arena - st->base), p);
+      if (c.has_v) put("optim.v/" + spec.name, st->v.data() + (arena - st->base), p);
+    }
+  }
+  if (s.ok() && ::fsync(fd) != 0) s = IoError(Errno("fsync " + path));
+  ::close(fd);
+  shard->set_bytes(offset);
+  return s;
+}
+
+std::string ManifestBytes(const proto::Manifest& m) {
+  std::string body;
+  m.SerializeToString(&body);
+  std::string out(kManifestMagic, sizeof kManifestMagic);
+  const uint32_t crc = Crc32c(body.data(), body.size());
+  const uint64_t len = body.size();
+  out.append(reinterpret_cast<const char*>(&crc), 4);
+  out.append(reinterpret_cast<const char*>(&len), 8);
+  out += body;
+  return out;
+}
+
+StatusOr<proto::Manifest> ReadManifest(const std::string& dir) {
+  const std::string path = dir + "/manifest.pb";
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return NotFound("checkpoint manifest " + path + ": " + std::strerror(errno));
+  std::string bytes;
+  char buf[1 << 16];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) bytes.append(buf, n);
+  std::fclose(f);
+  if (bytes.size() < 20 || std::memcmp(bytes.data(), kManifestMagic, 8) != 0)
+    return DataLoss("checkpoint manifest " + path + ": not a ringtrain manifest (bad magic)");
+  uint32_t crc;
+  uint64_t len;
+  std::memcpy(&crc, bytes.data() + 8, 4);
+  std::memcpy(&len, bytes.data() + 12, 8);
+  if (len != bytes.size() - 20)
+    return DataLoss("checkpoint manifest " + path + ": " + std::to_string(bytes.size() - 20) +
+                    " bytes after the header, header says " + std::to_string(len) + " (truncated)");
+  if (Crc32c(bytes.data() + 20, len) != crc) return DataLoss("checkpoint manifest " + path + ": CRC mismatch (corrupt)");
+  proto::Manifest m;
+  if (!m.ParseFromArray(bytes.data() + 20, static_cast<int>(len)))
+    return DataLoss("checkpoint manifest " + path + ": cannot parse");
+  if (m.format_version() != kFormatVersion)
+    return DataLoss("checkpoint manifest " + path + ": format version " + std::to_string(m.format_version()) +
+                    ", this ringtrain reads " + std::to_string(kFormatVersion));
+  return m;
+}
+
+std::string ShapeString(const std::vector<int64_t>& s) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? "," : "") << s[i];
+  os << "]";
+  return os.str();
+}
+
+// Loads one checkpoint directory into c; any problem is an error naming the file and tensor.
+StatusOr<CheckpointMeta> TryLoad(const std::string& dir, CheckpointContent& c) {
+  RT_ASSIGN_OR_RETURN(proto::Manifest m, ReadManifest(dir));
+  const std::string mpath = dir + "/manifest.pb";
+  const ParamLayout& L = *c.layout;
+  std::map<std::string, const proto::TensorInfo*> tensors;
+  for (const auto& t : m.tensors()) tensors[t.name()] = &t;
+  auto check_tensor = [&](const std::string& name, const ParamSpec& s) -> Status {
+    auto it = tensors.find(name);
+    if (it == tensors.end()) return DataLoss("checkpoint " + mpath + ": no tensor " + name);
+    std::vector<int64_t> shape(it->second->shape().begin(), it->second->shape().end());
+    if (shape != s.shape)
+      return DataLoss("checkpoint " + mpath + ": tensor " + name + " has shape " + ShapeString(shape) +
+                      ", the model's is " + ShapeString(s.shape));
+    if (it->second->dtype() != "f32")
+      return DataLoss("checkpoint " + mpath + ": tensor " + name + " has dtype " + it->second->dtype());
+    return Status::Ok();
+  };
+  for (const ParamSpec& s : L.specs()) {
+    RT_RETURN_IF_ERROR(check_tensor("param/" + s.name, s));
+    if (c.has_m) RT_RETURN_IF_ERROR(check_tensor("optim.m/" + s.name, s));
+    if (c.has_v) RT_RETURN_IF_ERROR(check_tensor("optim.v/" + s.name, s));
+  }
+  // Slices by tensor.
+  struct Where {
+    const proto::ShardFile* file;
+    const proto::Slice* slice;
+  };
+  std::map<std::string, std::vector<Where>> by_tensor;
+  std::map<std::string, int> fds;
+  struct Closer {
+    std::map<std::string, int>& f;
+    ~Closer() {
+      for (auto& [k, fd] : f) ::close(fd);
+    }
+  } closer{fds};
+  for (const auto& sh : m.shards()) {
+    const std::string path = dir + "/" + sh.name();
+    struct stat st{};
+    if (::stat(path.c_str(), &st) != 0) return DataLoss("checkpoint shard " + path + ": " + std::strerror(errno));
+    if (static_cast<uint64_t>(st.st_size) != sh.bytes())
+      return DataLoss("checkpoint shard " + path + ": " + std::to_string(st.st_size) + " bytes, the manifest says " +
+                      std::to_string(sh.bytes()) + " (truncated or overwritten)");
+    for (const auto& sl : sh.slices()) by_tensor[sl.tensor()].push_back({&sh, &sl});
+  }
+  std::vector<uint8_t> buf;
+  // Copies elements [lo, hi) of `tensor` into dst[0, hi - lo), verifying every slice it reads.
+  auto fetch = [&](const std::string& tensor, size_t lo, size_t hi, float* dst) -> Status {
+    size_t covered = 0;
+    for (const Where& w : by_tensor[tensor]) {
+      const size_t b = std::max<size_t>(lo, w.slice->begin()), e = std::min<size_t>(hi, w.slice->end());
+      if (b >= e) continue;
+      const std::string path = dir + "/" + w.file->name();
+      auto it = fds.find(path);
+      if (it == fds.end()) {
+        const int opened = ::open(path.c_str(), O_RDONLY);
+        if (opened < 0) return DataLoss("checkpoint shard " + path + ": " + std::strerror(errno));
+        it = fds.emplace(path, opened).first;
+      }
+      const int fd = it->second;
+      const size_t n = (w.slice->end() - w.slice->begin()) * sizeof(float);
+      if (w.slice->end() < w.slice->begin() || w.slice->offset() + n > w.file->bytes())
+        return DataLoss("checkpoint " + mpath + ": slice of " + tensor + " lies outside " + path);
+      buf.resize(n);
+      size_t got = 0;
+      while (got < n) {
+        const ssize_t r = ::pread(fd, buf.data() + got, n - got, static_cast<off_t>(w.slice->offset() + got));
+        if (r <= 0) return DataLoss("checkpoint shard " + path + ": short read of tensor " + tensor);
+        got += static_cast<size_t>(r);
+      }
+      if (Crc32c(buf.data(), n) != w.slice->crc32c())
+        return DataLoss("checkpoint shard " + path + ": CRC mismatch in tensor " + tensor + " elements [" +
+                        std::to_string(w.slice->begin()) + ", " + std::to_string(w.slice->end()) + ") (corrupt)");
+      std::memcpy(dst + (b - lo), buf.data() + (b - w.slice->begin()) * sizeof(float), (e - b) * sizeof(float));
+      covered += e - b;
+    }
+    if (covered != hi - lo)
+      return DataLoss("checkpoint " + dir + ": tensor " + tensor + " elements [" + std::to_string(lo) + ", " +
+                      std::to_string(hi) + ") are not all present (" + std::to_string(covered) + " found)");
+    return Status::Ok();
+  };
+  for (const ParamSpec& s : L.specs())
+    RT_RETURN_IF_ERROR(fetch("param/" + s.name, 0, static_cast<size_t>(s.numel), c.params + s.offset));
+  for (OptimState* st : c.states) {
+    const size_t n = std::max(st->m.size(), st->v.size());
+    for (const Piece& p : PiecesOf(L, st->base, st->base + n)) {
+      const ParamSpec& spec = L.spec(p.spec);
+      const size_t at = spec.offset + p.begin - st->base;
+      if (c.has_m) RT_RETURN_IF_ERROR(fetch("optim.m/" + spec.name, p.begin, p.end, st->m.data() + at));
+      if (c.has_v) RT_RETURN_IF_ERROR(fetch("optim.v/" + spec.name, p.begin, p.end, st->v.data() + at));
+    }
+  }
+  CheckpointMeta meta;
+  meta.step = m.step();
+  meta.world_size = m.world_size();
+  meta.zero1 = m.zero1();
+  meta.config_json = m.config_json();
+  meta.data_fingerprint = m.data_fingerprint();
+  meta.trainer_state = nlohmann::json::parse(m.trainer_state_json(), nullptr, false);
+  if (meta.trainer_state.is_discarded()) return DataLoss("checkpoint " + mpath + ": trainer state is not JSON");
+  meta.path = dir;
+  return meta;
+}
+
+// Checkpoint directories under root, newest first: `latest` then step-* by step.
+std::vector<std::string> Candidates(const std::string& root) {
+  std::vector<std::string> out;
+  std::FILE* f = std::fopen((root + "/latest").c_str(), "r");
+  if (f) {
+    char buf[256] = {0};
+    if (std::fgets(buf, sizeof buf, f)) {
+      std::string name(buf);
+      while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
+      if (!name.empty() && name.find('/') == std::string::npos) out.push_back(root + "/" + name);
+    }
+    std::fclose(f);
+  }
+  std::vector<std::string> steps;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_directory() && n.rfind("step-", 0) == 0 && n.find(".tmp") == std::string::npos) steps.push_back(n);
+  }
+  std::sort(steps.rbegin(), steps.rend());
+  for (const auto& n : steps)
+    if (std::find(out.begin(), out.end(), root + "/" + n) == out.end()) out.push_back(root + "/" + n);
+  return out;
+}
+
+}  // namespace
+
+Ranges EvenSplit(size_t total, int rank, int n) {
+  auto at = [&](int r) { return std::min(total, (total * static_cast<size_t>(r) / static_cast<size_t>(n) + 15) / 16 * 16); };
+  const size_t b = at(rank), e = rank == n - 1 ? total : at(rank + 1);
+  if (b >= e) return {};
+  return {{b, e}};
+}
+
+Status SaveCheckpoint(coll::Communicator* comm, const std::string& root, const CheckpointContent& c,
+                      const CheckpointMeta& meta, const Ranges& write_set, int keep) {
+  const int rank = comm ? comm->rank() : 0, world = comm ? comm->size() : 1;
+  const std::string name = StepDirName(meta.step);
+  const std::string final_dir = root + "/" + name, tmp = final_dir + ".tmp";
+  Status local;
+  if (rank == 0) {
+    std::error_code ec;
+    fs::create_directories(root, ec);
+    if (ec) local = IoError("creating checkpoint directory " + root + ": " + ec.message());
+    fs::remove_all(tmp, ec);  // a save that died half-way
+    if (local.ok() && !fs::create_directory(tmp, ec)) local = IoError("creating " + tmp + ": " + ec.message());
+  }
+  RT_ASSIGN_OR_RETURN(bool ok, AllOk(comm, local.ok()));
+  if (!ok) return local.ok() ? IoError("rank 0 could not create " + tmp) : local;
+
+  proto::ShardFile shard;
+  local = WriteShard(tmp, rank, world, c, write_set, &shard);
+  if (local.ok()) CrashHook("after_shard", meta.step);
+  RT_ASSIGN_OR_RETURN(ok, AllOk(comm, local.ok()));
+  if (!ok) return local.ok() ? IoError("another rank failed to write its shard of " + tmp) : local;
+
+  // Rank 0 gathers every rank's slice list.
+  std::vector<std::string> lists(static_cast<size_t>(world));
+  shard.SerializeToString(&lists[static_cast<size_t>(rank)]);
+  if (comm) {
+    if (rank == 0) {
+      for (int r = 1; r < world; ++r) {
+        int64_t len = 0;
+        RT_RETURN_IF_ERROR(comm->Recv(&len, 1, coll::DataType::kI64, r));
+        std::vector<int32_t> words(static_cast<size_t>((len + 3) / 4));
+        RT_RETURN_IF_ERROR(comm->Recv(words.data(), static_cast<int64_t>(words.size()), coll::DataType::kI32, r));
+        lists[static_cast<size_t>(r)].assign(reinterpret_cast<const char*>(words.data()), static_cast<size_t>(len));
+      }
+    } else {
+      const std::string& mine = lists[static_cast<size_t>(rank)];
+      int64_t len = static_cast<int64_t>(mine.size());
+      std::vector<int32_t> words(static_cast<size_t>((len + 3) / 4), 0);
+      std::memcpy(words.data(), mine.data(), mine.size());
+      RT_RETURN_IF_ERROR(comm->Send(&len, 1, coll::DataType::kI64, 0));
+      RT_RETURN_IF_ERROR(comm->Send(words.data(), static_cast<int64_t>(words.size()), coll::DataType::kI32, 0));
+    }
+  }
+  if (rank == 0) {
+    proto::Manifest m;
+    m.set_format_version(kFormatVersion);
+    m.set_step(meta.step);
+    m.set_world_size(world);
+    m.set_zero1(meta.zero1);
+    m.set_trainer_state_json(meta.trainer_state.dump());
+    m.set_config_json(meta.config_json);
+    m.set_data_fingerprint(meta.data_fingerprint);
+    for (const ParamSpec& s : c.layout->specs()) {
+      for (const char* kind : {"param/", "optim.m/", "optim.v/"}) {
+        if ((kind[6] == 'm' && !c.has_m) || (kind[6] == 'v' && !c.has_v)) continue;
+        proto::TensorInfo* t = m.add_tensors();
+        std::string tname(kind);
+        tname.append(s.name);
+        t->set_name(tname);
+        t->set_dtype("f32");
+        for (int64_t d : s.shape) t->add_shape(d);
+      }
+    }
+    for (const std::string& l : lists) {
+      if (!m.add_shards()->ParseFromString(l)) local = Internal("a rank's slice list did not parse");
+    }
+    std::string json;
+    google::protobuf::util::JsonPrintOptions jo;
+    jo.add_whitespace = true;
+    (void)google::protobuf::util::MessageToJsonString(m, &json, jo);
+    if (local.ok()) local = WriteDurable(tmp + "/manifest.pb", ManifestBytes(m));
+    if (local.ok()) local = WriteDurable(tmp + "/manifest.json", json);
+    if (local.ok()) local = FsyncPath(tmp, true);
+    if (local.ok()) CrashHook("after_manifest", meta.step);
+    if (local.ok()) {
+      std::error_code ec;
+      fs::remove_all(final_dir, ec);  // the same step saved again (e.g. a preempted run's last)
+      if (::rename(tmp.c_str(), final_dir.c_str()) != 0) local = IoError(Errno("renaming " + tmp + " to " + final_dir));
+    }
+    if (local.ok()) local = FsyncPath(root, true);
+    if (local.ok()) CrashHook("after_rename", meta.step);
+    if (local.ok()) local = WriteDurable(root + "/latest", name + "\n");
+    if (local.ok()) local = FsyncPath(root, true);
+    if (local.ok()) CrashHook("after_latest", meta.step);
+    if (local.ok() && keep > 0) {
+      // Prune the oldest complete checkpoints beyond `keep` (never the one just written).
+      std::vector<std::string> all = Candidates(root);
+      std::sort(all.rbegin(), all.rend());
+      for (size_t i = static_cast<size_t>(keep); i < all.size(); ++i)
+        if (all[i] != final_dir) {
+          std::error_code ec;
+          fs::remove_all(all[i], ec);
+        }
+    }
+  }
+  RT_ASSIGN_OR_RETURN(ok, AllOk(comm, local.ok()));
+  if (!ok) return local.ok() ? IoError("rank 0 failed to finish checkpoint " + final_dir) : local;
+  return Status::Ok();
+}
+
+StatusOr<CheckpointMeta> LoadCheckpoint(coll::Communicator* comm, const std::string& from, bool auto_fallback,
+                                        CheckpointContent& c) {
+  std::vector<std::string> cands;
+  std::error_code ec;
+  const bool is_ckpt = fs::exists(from + "/manifest.pb", ec);
+  if (is_ckpt) {
+    cands.push_back(from);
+  } else {
+    if (!fs::is_directory(from, ec)) {
+      if (auto_fallback) return NotFound("no checkpoint directory " + from);
+      return NotFound("checkpoint " + from + ": no such directory");
+    }
+    cands = Candidates(from);
+    if (cands.empty()) {
+      if (auto_fallback) return NotFound("no checkpoint in " + from);
+      return NotFound("checkpoint " + from + ": neither a checkpoint (no manifest.pb) nor a directory of them");
+    }
+    if (!auto_fallback) cands.resize(1);
+  }
+  std::string first_error;
+  for (const std::string& dir : cands) {
+    auto r = TryLoad(dir, c);
+    RT_ASSIGN_OR_RETURN(bool ok, AllOk(comm, r.ok()));
+    if (ok) return r;
+    const std::string why = r.ok() ? "another rank found it unusable" : r.status().message();
+    if (first_error.empty()) first_error = why;
+    if (!auto_fallback) return r.ok() ? DataLoss("checkpoint " + dir + ": another rank found it unusable") : r.status();
+    if (!r.ok() || !comm || comm->rank() == 0)
+      std::fprintf(stderr, "ringtrain: warning: %scheckpoint %s is unusable (%s); trying the previous one\n",
+                   comm ? ("rank " + std::to_string(comm->rank()) + ": ").c_str() : "", dir.c_str(), why.c_str());
+  }
+  return DataLoss("no usable checkpoint in " + from + " (newest: " + first_error + ")");
+}
+
+}  // namespace ringtrain
