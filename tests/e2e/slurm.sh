@@ -97,3 +97,29 @@ for k in ("final_train_loss", "final_val_loss"):
     if a[k] != b[k]: sys.exit(f"FAIL: {k} differs between the Slurm job and ringtrain launch")
 PY
 echo "slurm: sbatch/srun training matches ringtrain launch bitwise"
+
+# Preemption and requeue: USR1 to the batch shell (what --signal=B:USR1@120 does before the time
+# limit) makes the ranks checkpoint and exit 75; the script requeues the job, which resumes and
+# finishes.
+jid=$(sbatch --parsable --chdir "$WORK" --output "$WORK/long.out" "$REPO/examples/slurm/train_requeue.sbatch" \
+  --run-dir "$WORK/long" --set train.steps=200 --set train.log_interval=5 --set train.eval_interval=100 \
+  --set dist.deadline_s=60)
+for _ in $(seq 600); do grep -q "step 10/200" long.out 2>/dev/null && break; sleep 0.1; done
+grep -q "step 10/200" long.out || { cat long.out; fail "the long job did not start training"; }
+scancel --batch --signal=USR1 "$jid"
+# A requeued job is held back by Slurm for a while (BeginTime); let it start now.
+for _ in $(seq 300); do grep -q "requeueing" long.out 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do
+  squeue -h -j "$jid" -o %T 2>/dev/null | grep -q PENDING && { scontrol update JobId="$jid" StartTime=now; break; }
+  sleep 0.1
+done
+for _ in $(seq 1200); do
+  [ -z "$(squeue -h -j "$jid" 2>/dev/null)" ] && grep -q "^done: 200 steps" long.out && break
+  sleep 0.1
+done
+cat long.out
+grep -q "checkpoint saved; requeueing" long.out || fail "the job did not requeue after USR1"
+grep -q "(restart 1)" long.out || fail "the requeued job did not run"
+grep -q "^resumed from $WORK/long/checkpoints/step-" long.out || fail "the requeued job did not resume"
+grep -q "^done: 200 steps" long.out || fail "the requeued job did not finish"
+echo "slurm: preempted by USR1, requeued, resumed and finished"
