@@ -55,7 +55,7 @@ std::string Errno(const std::string& what) { return what + ": " + std::strerror(
 Status WriteAll(int fd, const void* data, size_t n, const std::string& path) {
   const auto* p = static_cast<const uint8_t*>(data);
   while (n > 0) {
-    const ssize_t w = ::write(fd, p, n);
+    const ssize_t w = ::write(fd, p, std::min<size_t>(n, 1 << 20));
     if (w < 0) {
       if (errno == EINTR) continue;
       return IoError(Errno("writing " + path));

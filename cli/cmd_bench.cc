@@ -122,6 +122,7 @@ void AddBench(CLI::App& app, Action& action) {
   train->add_flag("--json", args->json, "print one JSON object");
   train->callback([&action, args]() { action = [args]() { return BenchTrain(*args); }; });
   AddBenchAllreduce(bench, action);
+  AddBenchCheckpoint(bench, action);
 }
 
 }  // namespace ringtrain::cli
