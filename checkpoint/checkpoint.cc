@@ -450,6 +450,22 @@ Status SaveCheckpoint(coll::Communicator* comm, const std::string& root, const C
   return Status::Ok();
 }
 
+StatusOr<CheckpointParams> ReadCheckpointParams(const std::string& dir) {
+  RT_ASSIGN_OR_RETURN(proto::Manifest m, ReadManifest(dir));
+  CheckpointParams out;
+  for (const auto& t : m.tensors()) {
+    if (t.name().rfind("param/", 0) != 0) continue;
+    out.layout.Add(t.name().substr(6), std::vector<int64_t>(t.shape().begin(), t.shape().end()), false,
+                   InitKind::kZeros);
+  }
+  out.values.assign(out.layout.total(), 0.f);
+  CheckpointContent c;
+  c.layout = &out.layout;
+  c.params = out.values.data();
+  RT_ASSIGN_OR_RETURN(out.meta, TryLoad(dir, c));
+  return out;
+}
+
 StatusOr<CheckpointMeta> LoadCheckpoint(coll::Communicator* comm, const std::string& from, bool auto_fallback,
                                         CheckpointContent& c) {
   std::vector<std::string> cands;

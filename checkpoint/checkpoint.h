@@ -60,6 +60,15 @@ Status SaveCheckpoint(coll::Communicator* comm, const std::string& root, const C
 StatusOr<CheckpointMeta> LoadCheckpoint(coll::Communicator* comm, const std::string& from, bool auto_fallback,
                                         CheckpointContent& c);
 
+// The parameters of one checkpoint directory, without a model: a layout rebuilt from the
+// manifest's param/ tensors (in manifest order) and their values, CRC-checked.
+struct CheckpointParams {
+  ParamLayout layout;
+  std::vector<float> values;  // layout.total() elements (alignment padding zero)
+  CheckpointMeta meta;
+};
+StatusOr<CheckpointParams> ReadCheckpointParams(const std::string& dir);
+
 // The ranges rank r of n writes when every rank holds everything: an even, 16-aligned split.
 std::vector<std::pair<size_t, size_t>> EvenSplit(size_t total, int rank, int n);
 

@@ -20,6 +20,7 @@ struct TrainArgs {
   std::vector<std::string> sets;
   std::string run_dir;
   std::string resume;
+  std::string init_from;
   bool help_config = false;
 };
 
@@ -56,6 +57,7 @@ void AddTrain(CLI::App& app, Action& action) {
   cmd->add_option("--run-dir", args->run_dir, "output directory (default runs/<name>-<time>)");
   cmd->add_option("--resume", args->resume,
                   "auto (the newest usable checkpoint of the run directory, else start fresh) or a checkpoint directory");
+  cmd->add_option("--init-from", args->init_from, "initial parameters from a safetensors file (GPT-2 names for GPT)");
   cmd->add_flag("--help-config", args->help_config, "list every config key with its default and range, then exit");
   cmd->callback([&action, args]() {
     action = [args]() -> Status {
@@ -82,6 +84,7 @@ void AddTrain(CLI::App& app, Action& action) {
       if (lead) opts.run_dir = run_dir;
       opts.checkpoint_root = config.Str("checkpoint.dir").empty() ? run_dir + "/checkpoints" : config.Str("checkpoint.dir");
       opts.resume = args->resume;
+      opts.init_from = args->init_from;
       if (!opts.resume.empty() && opts.resume != "auto" && opts.resume.find('/') == std::string::npos &&
           !std::filesystem::exists(opts.resume))
         return InvalidArgument("--resume " + opts.resume + ": use auto or a checkpoint directory");

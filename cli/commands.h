@@ -25,6 +25,7 @@ void AddEval(CLI::App& app, Action& action);
 // `bench allreduce`, registered under the bench command by AddBench.
 void AddBenchAllreduce(CLI::App* bench, Action& action);
 void AddLaunch(CLI::App& app, Action& action);
+void AddExport(CLI::App& app, Action& action);
 void AddBenchCheckpoint(CLI::App* bench, Action& action);
 
 // The data-parallel world of a train or bench run: the launch context and, when the job has more

@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   ringtrain::cli::AddEval(app, action);
   ringtrain::cli::AddBench(app, action);
   ringtrain::cli::AddLaunch(app, action);
+  ringtrain::cli::AddExport(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -13,6 +13,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/model_file.h"
+#include "checkpoint/safetensors.h"
 #include "core/threads.h"
 
 namespace ringtrain {
@@ -58,6 +59,7 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const T
   t->accum_ = static_cast<int>(config.Int("train.grad_accum"));
   ParamArena<float>& A = t->task_->arena();
   t->decay_ranges_ = A.layout.DecayRanges();
+  if (!opts.init_from.empty()) RT_RETURN_IF_ERROR(ImportGptSafetensors(opts.init_from, A).WithContext("--init-from"));
   if (comm) {
     // Every rank starts from rank 0's parameters.
     RT_RETURN_IF_ERROR(comm->Broadcast(A.params.data(), static_cast<int64_t>(A.layout.total()), coll::DataType::kF32, 0)

@@ -30,6 +30,8 @@ struct TrainOptions {
   // fresh) or a checkpoint directory.
   std::string checkpoint_root;
   std::string resume;
+  // Initial parameters from a safetensors file (GPT-2 names for GPT), instead of the seeded init.
+  std::string init_from;
 };
 
 // Exit status of a run stopped by SIGTERM or SIGUSR1 after saving a checkpoint (EX_TEMPFAIL):
