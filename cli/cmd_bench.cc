@@ -25,6 +25,7 @@ struct BenchArgs {
   int steps = 20;
   int warmup = 3;
   bool json = false;
+  std::string checkpoint_dir;
 };
 
 Status BenchTrain(const BenchArgs& a) {
@@ -36,16 +37,22 @@ Status BenchTrain(const BenchArgs& a) {
   opts.print = false;
   opts.comm = dist.comm.get();
   opts.local_size = dist.launch.local_size;
+  opts.checkpoint_root = a.checkpoint_dir;
   RT_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(config, opts));
   for (int i = 0; i < a.warmup; ++i) RT_RETURN_IF_ERROR(trainer->Step(i).status());
-  std::vector<double> ms;
+  std::vector<double> ms, save_ms;  // save_ms: steps that included a checkpoint save
   double loss = 0, exposed_ms = 0, skew_ms = 0;
   // On one host (a shared steady clock) the wait for the slowest rank's backward is split off.
   const bool one_host = dist.comm && dist.launch.local_size == dist.launch.size;
   for (int i = 0; i < a.steps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     RT_ASSIGN_OR_RETURN(loss, trainer->Step(a.warmup + i));
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    const int64_t done = a.warmup + i + 1;
+    const bool saves = !a.checkpoint_dir.empty() && config.Int("checkpoint.every_steps") > 0 &&
+                       done % config.Int("checkpoint.every_steps") == 0;
+    if (!a.checkpoint_dir.empty()) RT_RETURN_IF_ERROR(trainer->MaybeCheckpoint(done, false));
+    const double step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    (saves ? save_ms : ms).push_back(step_ms);
     exposed_ms += trainer->last_exposed_comm_s() * 1000.0;
     if (one_host) {  // outside the timed step
       double last_ready = trainer->last_backward_end_s();
@@ -54,8 +61,12 @@ Status BenchTrain(const BenchArgs& a) {
       skew_ms += std::min(wait, std::max(0.0, last_ready - trainer->last_backward_end_s())) * 1000.0;
     }
   }
+  RT_RETURN_IF_ERROR(trainer->WaitForSave());
+  if (ms.empty()) return InvalidArgument("every timed step saved a checkpoint; raise checkpoint.every_steps");
   double total = 0;
   for (double m : ms) total += m;
+  double save_total = 0;
+  for (double m : save_ms) save_total += m;
   const int world = trainer->world_size();
   // The job is as fast as its slowest rank; exposed communication is averaged over ranks.
   double sums[3] = {total, exposed_ms, skew_ms};
@@ -92,6 +103,12 @@ Status BenchTrain(const BenchArgs& a) {
                         {"exposed_transfer_share",
                          one_host ? nlohmann::json((exposed_ms - skew_ms) / total) : nlohmann::json()},
                         {"final_loss", loss}};
+    if (!save_ms.empty()) {
+      j["checkpoint_steps"] = save_ms.size();
+      j["ms_per_checkpoint_step"] = save_total / static_cast<double>(save_ms.size());
+      j["checkpoint_stall_share"] = (save_total / static_cast<double>(save_ms.size()) - mean) / mean;
+      j["checkpoint_async"] = config.Bool("checkpoint.async");
+    }
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("bench train: %s, %lld params, %d threads\n", a.config.empty() ? "default config" : a.config.c_str(),
@@ -120,6 +137,8 @@ void AddBench(CLI::App& app, Action& action) {
   train->add_option("--steps", args->steps, "timed steps (default 20)");
   train->add_option("--warmup", args->warmup, "untimed warm-up steps (default 3)");
   train->add_flag("--json", args->json, "print one JSON object");
+  train->add_option("--checkpoint-dir", args->checkpoint_dir,
+                    "save checkpoints here (checkpoint.every_steps, checkpoint.async) and report the stall");
   train->callback([&action, args]() { action = [args]() { return BenchTrain(*args); }; });
   AddBenchAllreduce(bench, action);
   AddBenchCheckpoint(bench, action);

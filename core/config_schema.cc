@@ -92,6 +92,8 @@ const std::vector<ConfigKey>& ConfigSchema() {
       {"checkpoint.every_steps", T::kInt, "0", 0, 1e12, {}, "save every N optimizer steps (0: off; a final one is saved when any saving is on)"},
       {"checkpoint.every_minutes", T::kFloat, "0", 0, 1e9, {}, "save when this many minutes passed since the last save (0: off)"},
       {"checkpoint.keep", T::kInt, "3", 1, 1e6, {}, "complete checkpoints kept (oldest removed first)"},
+      {"checkpoint.async", T::kBool, "false", -1e300, 1e300, {},
+       "copy the state to memory and write it in a background thread while training continues"},
       // Generation (used by `generate` defaults)
       {"sample.temperature", T::kFloat, "1.0", 1e-6, 100, {}, "sampling temperature"},
       {"sample.top_k", T::kInt, "0", 0, 16777216, {}, "top-k sampling (0: off)"},

@@ -10,6 +10,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <thread>
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/model_file.h"
@@ -36,6 +37,18 @@ std::string FormatDuration(double s) {
   return buf;
 }
 
+}  // namespace
+
+namespace {
+CheckpointContent ContentOf(Task& task, std::vector<OptimState>& states, const OptimConfig& oc) {
+  CheckpointContent c;
+  c.layout = &task.arena().layout;
+  c.params = task.arena().params.data();
+  for (OptimState& s : states) c.states.push_back(&s);
+  c.has_m = oc.kind != OptimKind::kSgd || oc.momentum > 0;
+  c.has_v = oc.kind != OptimKind::kSgd;
+  return c;
+}
 }  // namespace
 
 void InstallPreemptionHandlers() {
@@ -75,21 +88,12 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const T
     t->opt_states_.back().Allocate(t->oc_, e - b, b);
   }
   if (!opts.resume.empty()) RT_RETURN_IF_ERROR(t->Resume());
+  if (!opts.checkpoint_root.empty() && config.Bool("checkpoint.async"))
+    t->PrepareSnapshot(t->CheckpointWriteSet(), ContentOf(*t->task_, t->opt_states_, t->oc_));
   t->last_save_time_ = NowS();
   return t;
 }
 
-namespace {
-CheckpointContent ContentOf(Task& task, std::vector<OptimState>& states, const OptimConfig& oc) {
-  CheckpointContent c;
-  c.layout = &task.arena().layout;
-  c.params = task.arena().params.data();
-  for (OptimState& s : states) c.states.push_back(&s);
-  c.has_m = oc.kind != OptimKind::kSgd || oc.momentum > 0;
-  c.has_v = oc.kind != OptimKind::kSgd;
-  return c;
-}
-}  // namespace
 
 Status Trainer::Resume() {
   const bool autom = opts_.resume == "auto";
@@ -118,6 +122,7 @@ Status Trainer::Resume() {
 
 Status Trainer::SaveCheckpointAt(int64_t step) {
   if (opts_.checkpoint_root.empty()) return Status::Ok();
+  const bool async = config_.Bool("checkpoint.async");
   coll::Communicator* comm = world_ > 1 ? opts_.comm : nullptr;
   CheckpointContent c = ContentOf(*task_, opt_states_, oc_);
   CheckpointMeta meta;
@@ -131,13 +136,93 @@ Status Trainer::SaveCheckpointAt(int64_t step) {
                         {"optimizer_step", opt_step_},
                         {"lr_next", sched_.At(step)},
                         {"world_size", world_}};
-  const Ranges write_set = meta.zero1 ? sync_->Owned()
-                                      : EvenSplit(task_->arena().layout.total(), comm ? comm->rank() : 0, world_);
-  RT_RETURN_IF_ERROR(SaveCheckpoint(comm, opts_.checkpoint_root, c, meta, write_set,
-                                    static_cast<int>(config_.Int("checkpoint.keep")))
-                         .WithContext("saving the checkpoint of step " + std::to_string(step)));
+  const Ranges write_set = CheckpointWriteSet();
+  const int keep = static_cast<int>(config_.Int("checkpoint.keep"));
+  const std::string what = "saving the checkpoint of step " + std::to_string(step);
+  RT_RETURN_IF_ERROR(WaitForSave());
   last_save_time_ = NowS();
+  if (!async || stop_requested_) return SaveCheckpoint(comm, opts_.checkpoint_root, c, meta, write_set, keep).WithContext(what);
+  // Asynchronous: copy what this rank writes (parameters and moments of its write set) and let a
+  // background thread write it over a communicator of its own, while training goes on.
+  if (comm && !save_comm_) {
+    RT_ASSIGN_OR_RETURN(save_comm_, comm->Split(0, comm->rank()));
+  }
+  SaveSnapshot* snap = PrepareSnapshot(write_set, c);
+  for (size_t k = 0; k < write_set.size(); ++k) {
+    const auto [b, e] = write_set[k];
+    std::copy(c.params + b, c.params + e, snap->params.begin() + static_cast<ptrdiff_t>(b));
+    OptimState& st = snap->states[k];
+    for (const OptimState* src : c.states) {
+      const size_t n = std::max(src->m.size(), src->v.size());
+      if (b < src->base || e > src->base + n) continue;
+      if (c.has_m) std::copy(src->m.data() + (b - src->base), src->m.data() + (e - src->base), st.m.data());
+      if (c.has_v) std::copy(src->v.data() + (b - src->base), src->v.data() + (e - src->base), st.v.data());
+    }
+  }
+  snap->content = c;
+  snap->content.params = snap->params.data();
+  snap->content.states.clear();
+  if (c.has_m || c.has_v)
+    for (OptimState& st : snap->states) snap->content.states.push_back(&st);
+  coll::Communicator* sc = save_comm_.get();
+  const std::string root = opts_.checkpoint_root;
+  save_thread_ = std::thread([this, snap, sc, root, meta, write_set, keep, what] {
+    save_status_ = SaveCheckpoint(sc, root, snap->content, meta, write_set, keep).WithContext(what);
+  });
   return Status::Ok();
+}
+
+// The copy's buffers live from one save to the next (the previous save has finished by then), and
+// are allocated and touched when the trainer is built: fresh pages fault on first touch, which
+// was most of the stall of an asynchronous save.
+Trainer::SaveSnapshot* Trainer::PrepareSnapshot(const Ranges& write_set, const CheckpointContent& c) {
+  if (!save_snap_) save_snap_ = std::make_shared<SaveSnapshot>();
+  SaveSnapshot* snap = save_snap_.get();
+  snap->params.resize(task_->arena().layout.total());
+  snap->states.resize(write_set.size());
+  for (size_t k = 0; k < write_set.size(); ++k) {
+    const auto [b, e] = write_set[k];
+    OptimState& st = snap->states[k];
+    st.base = b;
+    if (c.has_m && st.m.size() != e - b) st.m.Resize(e - b);
+    if (c.has_v && st.v.size() != e - b) st.v.Resize(e - b);
+  }
+  return snap;
+}
+
+Ranges Trainer::CheckpointWriteSet() {
+  coll::Communicator* comm = world_ > 1 ? opts_.comm : nullptr;
+  return config_.Bool("dist.zero1") && world_ > 1 ? sync_->Owned()
+                                                  : EvenSplit(task_->arena().layout.total(), comm ? comm->rank() : 0, world_);
+}
+
+Status Trainer::WaitForSave() {
+  if (!save_thread_.joinable()) return Status::Ok();
+  save_thread_.join();
+  Status s = save_status_;
+  save_status_ = Status::Ok();
+  return s;
+}
+
+Trainer::~Trainer() {
+  if (save_thread_.joinable()) save_thread_.join();
+}
+
+Status Trainer::MaybeCheckpoint(int64_t done, bool last) {
+  const int64_t every = config_.Int("checkpoint.every_steps");
+  const bool saving = !opts_.checkpoint_root.empty() && (every > 0 || config_.Float("checkpoint.every_minutes") > 0);
+  if (!(stop_requested_ || (saving && ((every > 0 && done % every == 0) || time_save_due_ || last)))) return Status::Ok();
+  if (stop_requested_ && opts_.checkpoint_root.empty())
+    return Aborted("stopped by a signal at step " + std::to_string(done) + " (no run directory: nothing saved)")
+        .WithExitCode(kPreemptedExitCode);
+  RT_RETURN_IF_ERROR(SaveCheckpointAt(done));
+  if (!stop_requested_) return Status::Ok();
+  if (opts_.print) {
+    std::printf("stopping at step %lld on a signal: checkpoint saved in %s/; continue with --resume auto\n",
+                (long long)done, opts_.checkpoint_root.c_str());
+    std::fflush(stdout);
+  }
+  return Aborted("preempted at step " + std::to_string(done) + " (checkpoint saved)").WithExitCode(kPreemptedExitCode);
 }
 
 StatusOr<double> Trainer::Step(int64_t step) {
@@ -235,9 +320,6 @@ StatusOr<TrainSummary> Trainer::Run() {
   auto t_last = t0;
   int64_t step_last = 0;
   double rate = 0;
-  const int64_t every = config_.Int("checkpoint.every_steps");
-  const bool saving = !opts_.checkpoint_root.empty() &&
-                      (every > 0 || config_.Float("checkpoint.every_minutes") > 0);
   for (int64_t step = start_step_; step < steps; ++step) {
     RT_ASSIGN_OR_RETURN(double loss, Step(step));
     if (!std::isfinite(loss))
@@ -292,20 +374,10 @@ StatusOr<TrainSummary> Trainer::Run() {
         std::fflush(stdout);
       }
     }
-    if (stop_requested_ || (saving && ((every > 0 && done % every == 0) || time_save_due_ || last))) {
-      if (stop_requested_ && opts_.checkpoint_root.empty())
-        return Aborted("stopped by a signal at step " + std::to_string(done) + " (no run directory: nothing saved)")
-            .WithExitCode(kPreemptedExitCode);
-      RT_RETURN_IF_ERROR(SaveCheckpointAt(done));
-      if (opts_.print && stop_requested_) {
-        std::printf("%sstopping at step %lld on a signal: checkpoint saved in %s/; continue with --resume auto\n",
-                    tty ? "\n" : "", (long long)done, opts_.checkpoint_root.c_str());
-        std::fflush(stdout);
-      }
-      if (stop_requested_)
-        return Aborted("preempted at step " + std::to_string(done) + " (checkpoint saved)").WithExitCode(kPreemptedExitCode);
-    }
+    if (stop_requested_ && opts_.print && tty) std::printf("\n");
+    RT_RETURN_IF_ERROR(MaybeCheckpoint(done, last));
   }
+  RT_RETURN_IF_ERROR(WaitForSave());
   if (tty) std::printf("\n");
   sum.wall_s = std::chrono::duration<double>(Clock::now() - t0).count();
   sum.steps = steps;

@@ -9,8 +9,10 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "checkpoint/checkpoint.h"
 #include "core/config.h"
 #include "models/optim.h"
 #include "worker/grad_sync.h"
@@ -81,11 +83,30 @@ class Trainer {
   Status SaveCheckpointAt(int64_t step);
 
  public:
+  ~Trainer();
+  // After step `done` (1-based count) of Run: saves a checkpoint when one is due (every_steps,
+  // every_minutes, the last step, or a stop signal, after which it returns the preemption status).
+  Status MaybeCheckpoint(int64_t done, bool last);
+  // Waits for an asynchronous save in flight; returns its status.
+  Status WaitForSave();
   // First step of Run (non-zero after a resume).
   int64_t start_step() const { return start_step_; }
 
  private:
   int64_t start_step_ = 0;
+  // checkpoint.async: the copy being written and the thread writing it (over save_comm_, a
+  // communicator of its own, so its collectives never interleave with training's).
+  struct SaveSnapshot {
+    std::vector<float> params;
+    std::vector<OptimState> states;
+    CheckpointContent content;
+  };
+  SaveSnapshot* PrepareSnapshot(const std::vector<std::pair<size_t, size_t>>& write_set, const CheckpointContent& c);
+  std::vector<std::pair<size_t, size_t>> CheckpointWriteSet();
+  std::shared_ptr<SaveSnapshot> save_snap_;
+  std::unique_ptr<coll::Communicator> save_comm_;
+  std::thread save_thread_;
+  Status save_status_;
   bool stop_requested_ = false, time_save_due_ = false;
   double last_save_time_ = 0;
 

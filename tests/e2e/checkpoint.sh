@@ -2,7 +2,8 @@
 # Checkpoints end to end (issue 6):
 #  1. bitwise resume: 40 steps straight vs 20 steps, death right after the step-20 checkpoint,
 #     resume, 20 more: parameters and the final checkpoint's shards (optimizer state) are
-#     bitwise identical; one process, 2-rank data parallel, 2-rank ZeRO-1; dropout on.
+#     bitwise identical; one process, 2-rank data parallel, 2-rank ZeRO-1, and ZeRO-1 with
+#     asynchronous saving (a background thread writes while training goes on); dropout on.
 #  2. resharding: the 2-rank ZeRO-1 checkpoint resumes on 1 rank and on 4 ranks (ZeRO-1 on and off)
 #     with per-step losses within 1e-5 of the uninterrupted run.
 #  3. corruption (flipped byte, truncated shard, deleted manifest, a manifest claiming a wrong
@@ -22,11 +23,12 @@ same() {  # same DIR_A DIR_B: final parameters and step-40 shards bitwise equal
 }
 
 # --- 1. bitwise resume ---------------------------------------------------------------------------
-for mode in one two zero; do
+for mode in one two zero async; do
   case $mode in
     one) run() { one "$@"; } ;;
     two) run() { two "$@"; } ;;
     zero) run() { two --set dist.zero1=true "$@"; } ;;
+    async) run() { two --set dist.zero1=true --set checkpoint.async=true "$@"; } ;;
   esac
   run --run-dir straight-$mode > straight-$mode.log 2>&1 || { cat straight-$mode.log; fail "$mode: straight run failed"; }
   set +e
