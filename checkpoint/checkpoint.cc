@@ -18,6 +18,7 @@
 
 #include "checkpoint.pb.h"
 #include "core/crc32c.h"
+#include "datasets/token_data.h"  // ReadFile
 
 namespace ringtrain {
 
@@ -178,13 +179,7 @@ std::string ManifestBytes(const proto::Manifest& m) {
 
 StatusOr<proto::Manifest> ReadManifest(const std::string& dir) {
   const std::string path = dir + "/manifest.pb";
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) return NotFound("checkpoint manifest " + path + ": " + std::strerror(errno));
-  std::string bytes;
-  char buf[1 << 16];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) bytes.append(buf, n);
-  std::fclose(f);
+  RT_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path, "checkpoint manifest"));
   if (bytes.size() < 20 || std::memcmp(bytes.data(), kManifestMagic, 8) != 0)
     return DataLoss("checkpoint manifest " + path + ": not a ringtrain manifest (bad magic)");
   uint32_t crc;

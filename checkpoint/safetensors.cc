@@ -7,6 +7,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/model_file.h"
+#include "datasets/token_data.h"  // ReadFile
 
 namespace ringtrain {
 
@@ -64,13 +65,7 @@ Status WriteSafetensors(const std::string& path, const std::vector<NamedTensor>&
 }
 
 StatusOr<std::vector<NamedTensor>> ReadSafetensors(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) return NotFound("safetensors file " + path + ": " + std::strerror(errno));
-  std::string raw;
-  char buf[1 << 16];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) raw.append(buf, n);
-  std::fclose(f);
+  RT_ASSIGN_OR_RETURN(std::string raw, ReadFile(path, "safetensors file"));
   if (raw.size() < 8) return DataLoss("safetensors file " + path + ": shorter than its 8-byte header length");
   uint64_t hl;
   std::memcpy(&hl, raw.data(), 8);
