@@ -17,6 +17,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include "checkpoint.pb.h"
+#include "checkpoint/model_file.h"  // WriteFileAtomic
 #include "core/crc32c.h"
 #include "datasets/token_data.h"  // ReadFile
 
@@ -76,19 +77,6 @@ Status FsyncPath(const std::string& path, bool dir) {
   return Status::Ok();
 }
 
-// Writes bytes to path.tmp, fsyncs, renames onto path.
-Status WriteDurable(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) return IoError(Errno("creating " + tmp));
-  Status s = WriteAll(fd, bytes.data(), bytes.size(), tmp);
-  if (s.ok() && ::fsync(fd) != 0) s = IoError(Errno("fsync " + tmp));
-  ::close(fd);
-  if (!s.ok()) return s;
-  if (::rename(tmp.c_str(), path.c_str()) != 0) return IoError(Errno("renaming " + tmp + " to " + path));
-  return Status::Ok();
-}
-
 // The tensor slices of arena range [b, e): (spec index, first element, end element).
 struct Piece {
   int spec;
@@ -102,14 +90,6 @@ std::vector<Piece> PiecesOf(const ParamLayout& L, size_t b, size_t e) {
     if (lo < hi) out.push_back({i, lo - s.offset, hi - s.offset});
   }
   return out;
-}
-
-const OptimState* StateFor(const CheckpointContent& c, size_t b, size_t e) {
-  for (const OptimState* st : c.states) {
-    const size_t n = std::max(st->m.size(), st->v.size());
-    if (b >= st->base && e <= st->base + n) return st;
-  }
-  return nullptr;
 }
 
 // Collective "did every rank succeed?" (true when alone).
@@ -146,7 +126,7 @@ Status WriteShard(const std::string& dir, int rank, int world, const CheckpointC
   };
   const ParamLayout& L = *c.layout;
   for (const auto& [b, e] : write_set) {
-    const OptimState* st = (c.has_m || c.has_v) ? StateFor(c, b, e) : nullptr;
+    const OptimState* st = (c.has_m || c.has_v) ? CoveringState(c.states, b, e) : nullptr;
     if ((c.has_m || c.has_v) && !st) {
       s = Internal("checkpoint write range outside this rank's optimizer state");
       break;
@@ -338,6 +318,14 @@ std::vector<std::string> Candidates(const std::string& root) {
 
 }  // namespace
 
+const OptimState* CoveringState(const std::vector<OptimState*>& states, size_t b, size_t e) {
+  for (const OptimState* st : states) {
+    const size_t n = std::max(st->m.size(), st->v.size());
+    if (b >= st->base && e <= st->base + n) return st;
+  }
+  return nullptr;
+}
+
 Ranges EvenSplit(size_t total, int rank, int n) {
   auto at = [&](int r) { return std::min(total, (total * static_cast<size_t>(r) / static_cast<size_t>(n) + 15) / 16 * 16); };
   const size_t b = at(rank), e = rank == n - 1 ? total : at(rank + 1);
@@ -415,8 +403,8 @@ Status SaveCheckpoint(coll::Communicator* comm, const std::string& root, const C
     google::protobuf::util::JsonPrintOptions jo;
     jo.add_whitespace = true;
     (void)google::protobuf::util::MessageToJsonString(m, &json, jo);
-    if (local.ok()) local = WriteDurable(tmp + "/manifest.pb", ManifestBytes(m));
-    if (local.ok()) local = WriteDurable(tmp + "/manifest.json", json);
+    if (local.ok()) local = WriteFileAtomic(tmp + "/manifest.pb", ManifestBytes(m));
+    if (local.ok()) local = WriteFileAtomic(tmp + "/manifest.json", json);
     if (local.ok()) local = FsyncPath(tmp, true);
     if (local.ok()) CrashHook("after_manifest", meta.step);
     if (local.ok()) {
@@ -426,7 +414,7 @@ Status SaveCheckpoint(coll::Communicator* comm, const std::string& root, const C
     }
     if (local.ok()) local = FsyncPath(root, true);
     if (local.ok()) CrashHook("after_rename", meta.step);
-    if (local.ok()) local = WriteDurable(root + "/latest", name + "\n");
+    if (local.ok()) local = WriteFileAtomic(root + "/latest", name + "\n");
     if (local.ok()) local = FsyncPath(root, true);
     if (local.ok()) CrashHook("after_latest", meta.step);
     if (local.ok() && keep > 0) {

@@ -69,6 +69,9 @@ struct CheckpointParams {
 };
 StatusOr<CheckpointParams> ReadCheckpointParams(const std::string& dir);
 
+// The state whose moments cover arena range [b, e), or null.
+const OptimState* CoveringState(const std::vector<OptimState*>& states, size_t b, size_t e);
+
 // The ranges rank r of n writes when every rank holds everything: an even, 16-aligned split.
 std::vector<std::pair<size_t, size_t>> EvenSplit(size_t total, int rank, int n);
 

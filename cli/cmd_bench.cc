@@ -47,12 +47,9 @@ Status BenchTrain(const BenchArgs& a) {
   for (int i = 0; i < a.steps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     RT_ASSIGN_OR_RETURN(loss, trainer->Step(a.warmup + i));
-    const int64_t done = a.warmup + i + 1;
-    const bool saves = !a.checkpoint_dir.empty() && config.Int("checkpoint.every_steps") > 0 &&
-                       done % config.Int("checkpoint.every_steps") == 0;
-    if (!a.checkpoint_dir.empty()) RT_RETURN_IF_ERROR(trainer->MaybeCheckpoint(done, false));
+    if (!a.checkpoint_dir.empty()) RT_RETURN_IF_ERROR(trainer->MaybeCheckpoint(a.warmup + i + 1, false));
     const double step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    (saves ? save_ms : ms).push_back(step_ms);
+    (!a.checkpoint_dir.empty() && trainer->last_step_saved() ? save_ms : ms).push_back(step_ms);
     exposed_ms += trainer->last_exposed_comm_s() * 1000.0;
     if (one_host) {  // outside the timed step
       double last_ready = trainer->last_backward_end_s();

@@ -35,6 +35,9 @@ AllReduceSync::AllReduceSync(coll::Communicator* comm, ParamArena<float>& arena,
     const size_t blen = k.end - k.begin;
     k.per_rank = static_cast<int64_t>((blen + n - 1) / n);
     k.staged = blen % n != 0;
+    const size_t r = static_cast<size_t>(comm_->rank());
+    k.piece_begin = std::min(k.end, k.begin + r * static_cast<size_t>(k.per_rank));
+    k.piece_end = std::min(k.end, k.piece_begin + static_cast<size_t>(k.per_rank));
     if (opts_.zero1 && k.staged) {
       stage_.assign(n * static_cast<size_t>(k.per_rank), 0.f);
       stage_out_.assign(static_cast<size_t>(k.per_rank), 0.f);
@@ -44,12 +47,8 @@ AllReduceSync::AllReduceSync(coll::Communicator* comm, ParamArena<float>& arena,
   if (!opts_.zero1) {
     owned_ = {{0, total}};
   } else {
-    const size_t r = static_cast<size_t>(comm_->rank());
-    for (const Bucket& k : buckets_) {
-      const size_t pb = std::min(k.end, k.begin + r * static_cast<size_t>(k.per_rank));
-      const size_t pe = std::min(k.end, pb + static_cast<size_t>(k.per_rank));
-      if (pe > pb) owned_.push_back({pb, pe});
-    }
+    for (const Bucket& k : buckets_)
+      if (k.piece_end > k.piece_begin) owned_.push_back({k.piece_begin, k.piece_end});
   }
 }
 
@@ -110,9 +109,8 @@ Status AllReduceSync::Finish() {
     if (first.ok() && opts_.zero1) {
       for (const Bucket& k : buckets_) {
         if (!k.staged) continue;
-        const size_t pb = std::min(k.end, k.begin + static_cast<size_t>(k.per_rank) * comm_->rank());
-        const size_t pe = std::min(k.end, pb + static_cast<size_t>(k.per_rank));
-        std::copy(stage_out_.begin(), stage_out_.begin() + static_cast<ptrdiff_t>(pe - pb), a_.grads.data() + pb);
+        std::copy(stage_out_.begin(), stage_out_.begin() + static_cast<ptrdiff_t>(k.piece_end - k.piece_begin),
+                  a_.grads.data() + k.piece_begin);
       }
     }
   }
@@ -135,19 +133,16 @@ StatusOr<double> AllReduceSync::GradSumSquares() {
 
 Status AllReduceSync::AfterUpdate() {
   if (!opts_.zero1) return Status::Ok();
-  const size_t r = static_cast<size_t>(comm_->rank());
   std::vector<coll::Work> works;
   const Bucket* staged = nullptr;
   for (const Bucket& k : buckets_) {
     float* p = a_.params.data() + k.begin;
     if (!k.staged) {
-      works.push_back(comm_->IAllGather(p + static_cast<size_t>(k.per_rank) * r, p, k.per_rank, DataType::kF32));
+      works.push_back(comm_->IAllGather(a_.params.data() + k.piece_begin, p, k.per_rank, DataType::kF32));
     } else {
       staged = &k;
-      const size_t pb = std::min(k.end, k.begin + static_cast<size_t>(k.per_rank) * r);
-      const size_t pe = std::min(k.end, pb + static_cast<size_t>(k.per_rank));
       std::fill(stage_out_.begin(), stage_out_.end(), 0.f);
-      std::copy(a_.params.data() + pb, a_.params.data() + pe, stage_out_.begin());
+      std::copy(a_.params.data() + k.piece_begin, a_.params.data() + k.piece_end, stage_out_.begin());
       works.push_back(comm_->IAllGather(stage_out_.data(), stage_.data(), k.per_rank, DataType::kF32));
     }
   }

@@ -78,6 +78,7 @@ class AllReduceSync final : public GradientSync {
     size_t needed = 0, ready = 0;  // parameter elements (alignment padding excluded)
     bool launched = false;
     int64_t per_rank = 0;           // ZeRO-1: piece length (the bucket padded to size * per_rank)
+    size_t piece_begin = 0, piece_end = 0;  // ZeRO-1: this rank's piece, clipped to the bucket
     bool staged = false;            // ZeRO-1: length not a multiple of the group size
     coll::Work work;
   };

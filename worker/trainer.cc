@@ -87,6 +87,9 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const T
     t->opt_states_.emplace_back();
     t->opt_states_.back().Allocate(t->oc_, e - b, b);
   }
+  t->ckpt_every_steps_ = config.Int("checkpoint.every_steps");
+  t->ckpt_every_minutes_ = config.Float("checkpoint.every_minutes");
+  t->ckpt_async_ = config.Bool("checkpoint.async");
   if (!opts.resume.empty()) RT_RETURN_IF_ERROR(t->Resume());
   if (!opts.checkpoint_root.empty() && config.Bool("checkpoint.async"))
     t->PrepareSnapshot(t->CheckpointWriteSet(), ContentOf(*t->task_, t->opt_states_, t->oc_));
@@ -122,7 +125,7 @@ Status Trainer::Resume() {
 
 Status Trainer::SaveCheckpointAt(int64_t step) {
   if (opts_.checkpoint_root.empty()) return Status::Ok();
-  const bool async = config_.Bool("checkpoint.async");
+  const bool async = ckpt_async_;
   coll::Communicator* comm = world_ > 1 ? opts_.comm : nullptr;
   CheckpointContent c = ContentOf(*task_, opt_states_, oc_);
   CheckpointMeta meta;
@@ -151,13 +154,11 @@ Status Trainer::SaveCheckpointAt(int64_t step) {
   for (size_t k = 0; k < write_set.size(); ++k) {
     const auto [b, e] = write_set[k];
     std::copy(c.params + b, c.params + e, snap->params.begin() + static_cast<ptrdiff_t>(b));
+    const OptimState* src = CoveringState(c.states, b, e);
+    if (!src) continue;  // no moments (SGD without momentum)
     OptimState& st = snap->states[k];
-    for (const OptimState* src : c.states) {
-      const size_t n = std::max(src->m.size(), src->v.size());
-      if (b < src->base || e > src->base + n) continue;
-      if (c.has_m) std::copy(src->m.data() + (b - src->base), src->m.data() + (e - src->base), st.m.data());
-      if (c.has_v) std::copy(src->v.data() + (b - src->base), src->v.data() + (e - src->base), st.v.data());
-    }
+    if (c.has_m) std::copy(src->m.data() + (b - src->base), src->m.data() + (e - src->base), st.m.data());
+    if (c.has_v) std::copy(src->v.data() + (b - src->base), src->v.data() + (e - src->base), st.v.data());
   }
   snap->content = c;
   snap->content.params = snap->params.data();
@@ -209,9 +210,11 @@ Trainer::~Trainer() {
 }
 
 Status Trainer::MaybeCheckpoint(int64_t done, bool last) {
-  const int64_t every = config_.Int("checkpoint.every_steps");
-  const bool saving = !opts_.checkpoint_root.empty() && (every > 0 || config_.Float("checkpoint.every_minutes") > 0);
+  last_step_saved_ = false;
+  const int64_t every = ckpt_every_steps_;
+  const bool saving = !opts_.checkpoint_root.empty() && (every > 0 || ckpt_every_minutes_ > 0);
   if (!(stop_requested_ || (saving && ((every > 0 && done % every == 0) || time_save_due_ || last)))) return Status::Ok();
+  last_step_saved_ = true;
   if (stop_requested_ && opts_.checkpoint_root.empty())
     return Aborted("stopped by a signal at step " + std::to_string(done) + " (no run directory: nothing saved)")
         .WithExitCode(kPreemptedExitCode);
@@ -256,7 +259,7 @@ StatusOr<double> Trainer::Step(int64_t step) {
   RT_RETURN_IF_ERROR(sync_->AfterUpdate().WithContext(where));
   // Step-boundary decisions every rank must share: stop (a preemption signal reached any rank)
   // and a time-based checkpoint (rank 0's clock decides).
-  const double minutes = config_.Float("checkpoint.every_minutes");
+  const double minutes = ckpt_every_minutes_;
   const bool lead = world_ == 1 || opts_.comm->rank() == 0;
   double v[3] = {loss, g_stop_signal.load() != 0 ? 1.0 : 0.0,
                  lead && minutes > 0 && NowS() - last_save_time_ >= minutes * 60 ? 1.0 : 0.0};

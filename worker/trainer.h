@@ -87,6 +87,8 @@ class Trainer {
   // After step `done` (1-based count) of Run: saves a checkpoint when one is due (every_steps,
   // every_minutes, the last step, or a stop signal, after which it returns the preemption status).
   Status MaybeCheckpoint(int64_t done, bool last);
+  // Whether the last MaybeCheckpoint saved (or started saving) a checkpoint.
+  bool last_step_saved() const { return last_step_saved_; }
   // Waits for an asynchronous save in flight; returns its status.
   Status WaitForSave();
   // First step of Run (non-zero after a resume).
@@ -94,6 +96,11 @@ class Trainer {
 
  private:
   int64_t start_step_ = 0;
+  // checkpoint.* keys, read once.
+  int64_t ckpt_every_steps_ = 0;
+  double ckpt_every_minutes_ = 0;
+  bool ckpt_async_ = false;
+  bool last_step_saved_ = false;
   // checkpoint.async: the copy being written and the thread writing it (over save_comm_, a
   // communicator of its own, so its collectives never interleave with training's).
   struct SaveSnapshot {

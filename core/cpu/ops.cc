@@ -315,19 +315,6 @@ void DropoutApply(T* out, const T* in, const uint8_t* keep, T p, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = keep[i] ? in[i] * s : T(0);
 }
 
-void DropoutMask(uint8_t* keep, float p, int64_t n, uint64_t seed, uint64_t key) {
-  // Blocks of 4096 elements each get their own stream, so the mask is the same for any thread count.
-  const uint64_t threshold = static_cast<uint64_t>(static_cast<double>(p) * 18446744073709551616.0);
-  const int64_t kBlock = 4096;
-  const int64_t nblocks = (n + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static)
-  for (int64_t blk = 0; blk < nblocks; ++blk) {
-    Rng rng(seed, RngPurpose::kDropout, key, static_cast<uint64_t>(blk));
-    const int64_t end = std::min(n, (blk + 1) * kBlock);
-    for (int64_t i = blk * kBlock; i < end; ++i) keep[i] = rng.Next() >= threshold ? 1 : 0;
-  }
-}
-
 void DropoutMaskRows(uint8_t* keep, float p, int64_t rows, int64_t row_len, int64_t row_begin, uint64_t seed,
                      uint64_t key) {
   const uint64_t threshold = static_cast<uint64_t>(static_cast<double>(p) * 18446744073709551616.0);

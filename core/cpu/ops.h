@@ -58,11 +58,11 @@ void ResidualForward(T* out, const T* a, const T* b, int64_t n);
 // Dropout with a precomputed keep mask: out = in * keep / (1-p). In place allowed.
 template <typename T>
 void DropoutApply(T* out, const T* in, const uint8_t* keep, T p, int64_t n);
-// keep[i] = 1 with probability 1-p, from a counter-based stream keyed by (seed, key, i).
-void DropoutMask(uint8_t* keep, float p, int64_t n, uint64_t seed, uint64_t key);
-// The mask of `rows` rows of row_len elements that are rows [row_begin, row_begin + rows) of a
-// larger batch: each global row has its own streams, so a data-parallel rank holding a slice of the
-// batch draws exactly the mask that one process holding the whole batch draws for those rows.
+// keep[i] = 1 with probability 1-p for `rows` rows of row_len elements that are rows
+// [row_begin, row_begin + rows) of a larger batch. Streams are keyed by (seed, key, global row,
+// 4096-element block of the row), so the mask depends neither on the thread count nor on how the
+// batch is split: a data-parallel rank holding a slice of the batch draws exactly the mask one
+// process holding the whole batch draws for those rows.
 void DropoutMaskRows(uint8_t* keep, float p, int64_t rows, int64_t row_len, int64_t row_begin, uint64_t seed,
                      uint64_t key);
 

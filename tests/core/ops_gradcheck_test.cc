@@ -3,6 +3,8 @@
 // differences, far above the O(h^2) truncation and rounding error of float64.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <cstring>
 #include <vector>
 
@@ -101,7 +103,7 @@ TEST_P(AttentionGradcheck, MatchesFiniteDifferences) {
   auto qkv = RandomVec(B * T * 3 * C, 14), g = RandomVec(B * T * C, 15);
   std::vector<double> out(B * T * C), att(B * NH * T * T), att_drop(B * NH * T * T);
   std::vector<uint8_t> keep(B * NH * T * T);
-  cpu::DropoutMask(keep.data(), static_cast<float>(p), static_cast<int64_t>(keep.size()), 3, 4);
+  cpu::DropoutMaskRows(keep.data(), static_cast<float>(p), B, NH * T * T, 0, 3, 4);
   const uint8_t* kp = p > 0 ? keep.data() : nullptr;
   auto loss = [&]() {
     cpu::AttentionForward(out.data(), att.data(), att_drop.data(), kp, p, qkv.data(), B, T, C, NH);
@@ -194,11 +196,16 @@ TEST(OpsGradcheck, SoftmaxCrossEntropy) {
 TEST(OpsGradcheck, DropoutMaskRateAndDeterminism) {
   const int64_t n = 200000;
   std::vector<uint8_t> a(n), b(n);
+  // 20 rows of 10000 (several 4096-element blocks per row).
   SetThreadBudget(1);
-  cpu::DropoutMask(a.data(), 0.25f, n, 42, 7);
+  cpu::DropoutMaskRows(a.data(), 0.25f, 20, n / 20, 0, 42, 7);
   SetThreadBudget(2);
-  cpu::DropoutMask(b.data(), 0.25f, n, 42, 7);
+  cpu::DropoutMaskRows(b.data(), 0.25f, 20, n / 20, 0, 42, 7);
   EXPECT_EQ(a, b) << "mask must not depend on the thread count";
+  // Rows 5..12 drawn alone (a data-parallel rank's slice) equal those rows of the whole batch.
+  std::vector<uint8_t> part(8 * (n / 20));
+  cpu::DropoutMaskRows(part.data(), 0.25f, 8, n / 20, 5, 42, 7);
+  EXPECT_TRUE(std::equal(part.begin(), part.end(), a.begin() + 5 * (n / 20)));
   int64_t kept = 0;
   for (auto k : a) kept += k;
   // Binomial(200000, 0.75): sd = 194; 6 sd bounds.
