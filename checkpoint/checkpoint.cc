@@ -112,16 +112,21 @@ Status WriteShard(const std::string& dir, int rank, int world, const CheckpointC
   if (fd < 0) return IoError(Errno("creating " + path));
   uint64_t offset = 0;
   Status s;
-  auto put = [&](const std::string& tensor, const float* src, const Piece& p) {
+  // Elements [begin, end) of `box` (null: the whole tensor) from src.
+  auto put = [&](const std::string& tensor, const float* src, int64_t begin, int64_t end, const TensorBox* box) {
     if (!s.ok()) return;
-    const size_t bytes = (p.end - p.begin) * sizeof(float);
+    const size_t bytes = static_cast<size_t>(end - begin) * sizeof(float);
     s = WriteAll(fd, src, bytes, path);
     proto::Slice* sl = shard->add_slices();
     sl->set_tensor(tensor);
-    sl->set_begin(p.begin);
-    sl->set_end(p.end);
+    sl->set_begin(static_cast<uint64_t>(begin));
+    sl->set_end(static_cast<uint64_t>(end));
     sl->set_offset(offset);
     sl->set_crc32c(Crc32c(src, bytes));
+    if (box) {
+      for (int64_t d : box->start) sl->add_box_start(d);
+      for (int64_t d : box->shape) sl->add_box_shape(d);
+    }
     offset += bytes;
   };
   const ParamLayout& L = *c.layout;
@@ -133,10 +138,14 @@ Status WriteShard(const std::string& dir, int rank, int world, const CheckpointC
     }
     for (const Piece& p : PiecesOf(L, b, e)) {
       const ParamSpec& spec = L.spec(p.spec);
-      const size_t arena = spec.offset + p.begin;
-      put("param/" + spec.name, c.params + arena, p);
-      if (c.has_m) put("optim.m/" + spec.name, st->m.data() + (arena - st->base), p);
-      if (c.has_v) put("optim.v/" + spec.name, st->v.data() + (arena - st->base), p);
+      if (c.skip_replicated && !spec.sharded()) continue;
+      for (const BoxRange& br : BoxRangesOf(spec, static_cast<int64_t>(p.begin), static_cast<int64_t>(p.end))) {
+        const size_t arena = spec.offset + static_cast<size_t>(br.local);
+        const TensorBox* box = spec.sharded() ? &spec.boxes[static_cast<size_t>(br.box)] : nullptr;
+        put("param/" + spec.name, c.params + arena, br.begin, br.end, box);
+        if (c.has_m) put("optim.m/" + spec.name, st->m.data() + (arena - st->base), br.begin, br.end, box);
+        if (c.has_v) put("optim.v/" + spec.name, st->v.data() + (arena - st->base), br.begin, br.end, box);
+      }
     }
   }
   if (s.ok() && ::fsync(fd) != 0) s = IoError(Errno("fsync " + path));
@@ -198,9 +207,9 @@ StatusOr<CheckpointMeta> TryLoad(const std::string& dir, CheckpointContent& c) {
     auto it = tensors.find(name);
     if (it == tensors.end()) return DataLoss("checkpoint " + mpath + ": no tensor " + name);
     std::vector<int64_t> shape(it->second->shape().begin(), it->second->shape().end());
-    if (shape != s.shape)
+    if (shape != s.global_shape)
       return DataLoss("checkpoint " + mpath + ": tensor " + name + " has shape " + ShapeString(shape) +
-                      ", the model's is " + ShapeString(s.shape));
+                      ", the model's is " + ShapeString(s.global_shape));
     if (it->second->dtype() != "f32")
       return DataLoss("checkpoint " + mpath + ": tensor " + name + " has dtype " + it->second->dtype());
     return Status::Ok();
@@ -233,56 +242,129 @@ StatusOr<CheckpointMeta> TryLoad(const std::string& dir, CheckpointContent& c) {
     for (const auto& sl : sh.slices()) by_tensor[sl.tensor()].push_back({&sh, &sl});
   }
   std::vector<uint8_t> buf;
-  // Copies elements [lo, hi) of `tensor` into dst[0, hi - lo), verifying every slice it reads.
-  auto fetch = [&](const std::string& tensor, size_t lo, size_t hi, float* dst) -> Status {
+  // Reads slice w into buf, CRC-checked.
+  auto read_slice = [&](const std::string& tensor, const Where& w) -> Status {
+    const std::string path = dir + "/" + w.file->name();
+    auto it = fds.find(path);
+    if (it == fds.end()) {
+      const int opened = ::open(path.c_str(), O_RDONLY);
+      if (opened < 0) return DataLoss("checkpoint shard " + path + ": " + std::strerror(errno));
+      it = fds.emplace(path, opened).first;
+    }
+    const int fd = it->second;
+    const size_t n = (w.slice->end() - w.slice->begin()) * sizeof(float);
+    if (w.slice->end() < w.slice->begin() || w.slice->offset() + n > w.file->bytes())
+      return DataLoss("checkpoint " + mpath + ": slice of " + tensor + " lies outside " + path);
+    buf.resize(n);
+    size_t got = 0;
+    while (got < n) {
+      const ssize_t r = ::pread(fd, buf.data() + got, n - got, static_cast<off_t>(w.slice->offset() + got));
+      if (r <= 0) return DataLoss("checkpoint shard " + path + ": short read of tensor " + tensor);
+      got += static_cast<size_t>(r);
+    }
+    if (Crc32c(buf.data(), n) != w.slice->crc32c())
+      return DataLoss("checkpoint shard " + path + ": CRC mismatch in tensor " + tensor + " elements [" +
+                      std::to_string(w.slice->begin()) + ", " + std::to_string(w.slice->end()) + ") (corrupt)");
+    return Status::Ok();
+  };
+  // Copies elements [lo, hi) of box `tb` of `tensor` (shape g) into dst[0, hi - lo), verifying
+  // every slice it reads. A source slice of the same box is a range intersection; one of another
+  // box (another tensor-parallel layout) is intersected row by row of the last dimension.
+  auto fetch = [&](const std::string& tensor, const std::vector<int64_t>& g, const TensorBox& tb, size_t lo, size_t hi,
+                   float* dst) -> Status {
+    const size_t D = g.size();
     size_t covered = 0;
     for (const Where& w : by_tensor[tensor]) {
-      const size_t b = std::max<size_t>(lo, w.slice->begin()), e = std::min<size_t>(hi, w.slice->end());
-      if (b >= e) continue;
-      const std::string path = dir + "/" + w.file->name();
-      auto it = fds.find(path);
-      if (it == fds.end()) {
-        const int opened = ::open(path.c_str(), O_RDONLY);
-        if (opened < 0) return DataLoss("checkpoint shard " + path + ": " + std::strerror(errno));
-        it = fds.emplace(path, opened).first;
+      TensorBox sb{{w.slice->box_start().begin(), w.slice->box_start().end()},
+                   {w.slice->box_shape().begin(), w.slice->box_shape().end()}};
+      if (sb.start.empty() && sb.shape.empty()) sb = TensorBox{std::vector<int64_t>(D, 0), g};
+      bool valid = sb.start.size() == D && sb.shape.size() == D;
+      for (size_t d = 0; valid && d < D; ++d)
+        valid = sb.start[d] >= 0 && sb.shape[d] > 0 && sb.start[d] + sb.shape[d] <= g[d];
+      if (!valid || w.slice->end() > static_cast<uint64_t>(sb.numel()))
+        return DataLoss("checkpoint " + mpath + ": a slice of " + tensor + " lies outside the tensor " + ShapeString(g));
+      if (sb.start == tb.start && sb.shape == tb.shape) {
+        const size_t b = std::max<size_t>(lo, w.slice->begin()), e = std::min<size_t>(hi, w.slice->end());
+        if (b >= e) continue;
+        RT_RETURN_IF_ERROR(read_slice(tensor, w));
+        std::memcpy(dst + (b - lo), buf.data() + (b - w.slice->begin()) * sizeof(float), (e - b) * sizeof(float));
+        covered += e - b;
+        continue;
       }
-      const int fd = it->second;
-      const size_t n = (w.slice->end() - w.slice->begin()) * sizeof(float);
-      if (w.slice->end() < w.slice->begin() || w.slice->offset() + n > w.file->bytes())
-        return DataLoss("checkpoint " + mpath + ": slice of " + tensor + " lies outside " + path);
-      buf.resize(n);
-      size_t got = 0;
-      while (got < n) {
-        const ssize_t r = ::pread(fd, buf.data() + got, n - got, static_cast<off_t>(w.slice->offset() + got));
-        if (r <= 0) return DataLoss("checkpoint shard " + path + ": short read of tensor " + tensor);
-        got += static_cast<size_t>(r);
+      bool meet = true;
+      for (size_t d = 0; meet && d < D; ++d)
+        meet = std::max(sb.start[d], tb.start[d]) < std::min(sb.start[d] + sb.shape[d], tb.start[d] + tb.shape[d]);
+      if (!meet || D == 0) continue;
+      bool read = false;
+      const int64_t tin = tb.shape[D - 1], sin = sb.shape[D - 1];
+      const int64_t sbeg = static_cast<int64_t>(w.slice->begin()), send = static_cast<int64_t>(w.slice->end());
+      for (int64_t i = static_cast<int64_t>(lo); i < static_cast<int64_t>(hi);) {
+        const int64_t row = i / tin, col = i % tin;
+        const int64_t run = std::min<int64_t>(static_cast<int64_t>(hi) - i, tin - col);
+        // This run's coordinates in dimensions 0..D-2, as a row of the source box.
+        int64_t rem = row, srow = 0, stride = 1;
+        bool inside = true;
+        for (size_t d = D - 1; d-- > 0;) {
+          const int64_t gc = tb.start[d] + rem % tb.shape[d];
+          rem /= tb.shape[d];
+          if (gc < sb.start[d] || gc >= sb.start[d] + sb.shape[d]) {
+            inside = false;
+            break;
+          }
+          srow += (gc - sb.start[d]) * stride;
+          stride *= sb.shape[d];
+        }
+        if (inside) {
+          const int64_t g0 = tb.start[D - 1] + col;
+          const int64_t a = std::max(g0, sb.start[D - 1]), z = std::min(g0 + run, sb.start[D - 1] + sin);
+          if (a < z) {
+            const int64_t j0 = srow * sin + (a - sb.start[D - 1]);
+            const int64_t jb = std::max(j0, sbeg), je = std::min(j0 + (z - a), send);
+            if (jb < je) {
+              if (!read) {
+                RT_RETURN_IF_ERROR(read_slice(tensor, w));
+                read = true;
+              }
+              std::memcpy(dst + (i - static_cast<int64_t>(lo)) + (a - g0) + (jb - j0),
+                          buf.data() + static_cast<size_t>(jb - sbeg) * sizeof(float),
+                          static_cast<size_t>(je - jb) * sizeof(float));
+              covered += static_cast<size_t>(je - jb);
+            }
+          }
+        }
+        i += run;
       }
-      if (Crc32c(buf.data(), n) != w.slice->crc32c())
-        return DataLoss("checkpoint shard " + path + ": CRC mismatch in tensor " + tensor + " elements [" +
-                        std::to_string(w.slice->begin()) + ", " + std::to_string(w.slice->end()) + ") (corrupt)");
-      std::memcpy(dst + (b - lo), buf.data() + (b - w.slice->begin()) * sizeof(float), (e - b) * sizeof(float));
-      covered += e - b;
     }
     if (covered != hi - lo)
       return DataLoss("checkpoint " + dir + ": tensor " + tensor + " elements [" + std::to_string(lo) + ", " +
-                      std::to_string(hi) + ") are not all present (" + std::to_string(covered) + " found)");
+                      std::to_string(hi) + ") of the part this rank needs are not all present (" +
+                      std::to_string(covered) + " found)");
+    return Status::Ok();
+  };
+  // Local elements [lo, hi) of a parameter's tensor (its boxes under tensor parallelism).
+  auto fetch_local = [&](const std::string& tensor, const ParamSpec& s, size_t lo, size_t hi, float* dst) -> Status {
+    for (const BoxRange& br : BoxRangesOf(s, static_cast<int64_t>(lo), static_cast<int64_t>(hi)))
+      RT_RETURN_IF_ERROR(fetch(tensor, s.global_shape, s.boxes[static_cast<size_t>(br.box)],
+                               static_cast<size_t>(br.begin), static_cast<size_t>(br.end),
+                               dst + (static_cast<size_t>(br.local) - lo)));
     return Status::Ok();
   };
   for (const ParamSpec& s : L.specs())
-    RT_RETURN_IF_ERROR(fetch("param/" + s.name, 0, static_cast<size_t>(s.numel), c.params + s.offset));
+    RT_RETURN_IF_ERROR(fetch_local("param/" + s.name, s, 0, static_cast<size_t>(s.numel), c.params + s.offset));
   for (OptimState* st : c.states) {
     const size_t n = std::max(st->m.size(), st->v.size());
     for (const Piece& p : PiecesOf(L, st->base, st->base + n)) {
       const ParamSpec& spec = L.spec(p.spec);
       const size_t at = spec.offset + p.begin - st->base;
-      if (c.has_m) RT_RETURN_IF_ERROR(fetch("optim.m/" + spec.name, p.begin, p.end, st->m.data() + at));
-      if (c.has_v) RT_RETURN_IF_ERROR(fetch("optim.v/" + spec.name, p.begin, p.end, st->v.data() + at));
+      if (c.has_m) RT_RETURN_IF_ERROR(fetch_local("optim.m/" + spec.name, spec, p.begin, p.end, st->m.data() + at));
+      if (c.has_v) RT_RETURN_IF_ERROR(fetch_local("optim.v/" + spec.name, spec, p.begin, p.end, st->v.data() + at));
     }
   }
   CheckpointMeta meta;
   meta.step = m.step();
   meta.world_size = m.world_size();
   meta.zero1 = m.zero1();
+  meta.tensor_parallel = std::max(1, m.tensor_parallel());
   meta.config_json = m.config_json();
   meta.data_fingerprint = m.data_fingerprint();
   meta.trainer_state = nlohmann::json::parse(m.trainer_state_json(), nullptr, false);
@@ -382,6 +464,7 @@ Status SaveCheckpoint(coll::Communicator* comm, const std::string& root, const C
     m.set_step(meta.step);
     m.set_world_size(world);
     m.set_zero1(meta.zero1);
+    m.set_tensor_parallel(meta.tensor_parallel);
     m.set_trainer_state_json(meta.trainer_state.dump());
     m.set_config_json(meta.config_json);
     m.set_data_fingerprint(meta.data_fingerprint);
@@ -393,7 +476,7 @@ Status SaveCheckpoint(coll::Communicator* comm, const std::string& root, const C
         tname.append(s.name);
         t->set_name(tname);
         t->set_dtype("f32");
-        for (int64_t d : s.shape) t->add_shape(d);
+        for (int64_t d : s.global_shape) t->add_shape(d);
       }
     }
     for (const std::string& l : lists) {

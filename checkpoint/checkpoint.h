@@ -11,8 +11,9 @@
 // replaces `latest` atomically and prunes to the newest `keep`. A crash at any point leaves
 // `latest` naming a complete checkpoint.
 //
-// Loading (collective) re-slices for the current layout: every rank reads all parameters and
-// the moment ranges its optimizer state covers, whatever world size or ZeRO-1 setting saved them.
+// Loading (collective) re-slices for the current layout: every rank reads all its parameters
+// (its tensor-parallel part of each) and the moment ranges its optimizer state covers, whatever
+// world size, tensor-parallel degree or ZeRO-1 setting saved them.
 // Every slice read is CRC-checked; all ranks agree on success, and in auto mode fall back to the
 // next older checkpoint when any rank finds a problem.
 #pragma once
@@ -37,6 +38,9 @@ struct CheckpointContent {
   float* params = nullptr;            // layout.total() elements
   std::vector<OptimState*> states;    // each covers [base, base + m.size()) of the arena
   bool has_m = false, has_v = false;  // which moments the optimizer keeps
+  // Tensor parallelism: leave replicated tensors out of this rank's shard (every TP rank but the
+  // first holds copies of them).
+  bool skip_replicated = false;
 };
 
 struct CheckpointMeta {
@@ -45,6 +49,7 @@ struct CheckpointMeta {
   std::string config_json;
   std::string data_fingerprint;
   int world_size = 1;
+  int tensor_parallel = 1;
   bool zero1 = false;
   std::string path;  // the directory it was loaded from or saved to
 };

@@ -87,6 +87,9 @@ const std::vector<ConfigKey>& ConfigSchema() {
       {"dist.overlap", T::kBool, "true", -1e300, 1e300, {}, "start bucket all-reduces during backward (false: one all-reduce after it)"},
       {"dist.zero1", T::kBool, "false", -1e300, 1e300, {},
        "ZeRO-1: reduce-scatter gradients, each rank updates its shard of parameters and optimizer state, all-gather parameters"},
+      // Tensor parallelism
+      {"parallel.tensor", T::kInt, "1", 1, 1e6, {},
+       "tensor-parallel group size T (GPT): T adjacent ranks split every layer; world size / T data-parallel groups"},
       // Checkpoints
       {"checkpoint.dir", T::kString, "", -1e300, 1e300, {}, "checkpoint root (empty: <run dir>/checkpoints)"},
       {"checkpoint.every_steps", T::kInt, "0", 0, 1e12, {}, "save every N optimizer steps (0: off; a final one is saved when any saving is on)"},

@@ -3,6 +3,14 @@
 // embedding. Parameters live in one ParamArena (names follow Hugging Face's GPT-2 where they
 // exist); activations live in one arena planned by PlanActivations, so a training step allocates
 // nothing.
+//
+// Tensor parallelism (Megatron-style): given a TP group of T ranks, each rank holds n_head/T heads
+// (the QKV projection column-parallel, the attention output projection row-parallel), 4C/T of the
+// MLP's hidden units (column- then row-parallel) and a vocabulary-parallel token embedding, which
+// is also the output layer, with a vocabulary-parallel cross-entropy. LayerNorms, position
+// embedding and the row-parallel layers' biases are replicated. Per block, forward all-reduces the
+// two row-parallel outputs and backward the two column-parallel input gradients, each (B,T,C).
+// The same code runs T = 1 with plain layers and no communication.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +21,7 @@
 #include "core/buffer.h"
 #include "core/config.h"
 #include "models/layers.h"
+#include "models/tensor_parallel.h"
 
 namespace ringtrain {
 
@@ -22,6 +31,8 @@ struct GptConfig {
   bool bias = true;
   // Reads model.* keys; vocab_size 0 in the config means "from the data" (data_vocab).
   static StatusOr<GptConfig> FromConfig(const Config& c, int data_vocab);
+  // Whether the model splits over t tensor-parallel ranks (t must divide n_head).
+  Status CheckTensorParallel(int t) const;
 };
 
 // Called during backward when the gradients of the parameter range [begin, end) of the arena are
@@ -32,15 +43,23 @@ using GradReadyFn = std::function<void(size_t begin, size_t end)>;
 template <typename T>
 class Gpt {
  public:
-  explicit Gpt(const GptConfig& cfg);
+  // tp: the tensor-parallel group (not owned; null or one rank: the whole model here).
+  explicit Gpt(const GptConfig& cfg, coll::Communicator* tp = nullptr);
+  // The parameter layout tensor-parallel rank r of t holds, without allocating anything.
+  static ParamLayout LayoutFor(const GptConfig& cfg, int r, int t);
 
   const GptConfig& config() const { return cfg_; }
   ParamArena<T>& arena() { return arena_; }
   const ParamArena<T>& arena() const { return arena_; }
   void InitWeights(uint64_t seed) { arena_.Initialize(seed); }
+  // Parameters of the whole model (all tensor-parallel parts).
   int64_t NumParams() const {
     int64_t n = 0;
-    for (const auto& s : arena_.layout.specs()) n += s.numel;
+    for (const auto& s : arena_.layout.specs()) {
+      int64_t k = 1;
+      for (int64_t d : s.global_shape) k *= d;
+      n += k;
+    }
     return n;
   }
 
@@ -58,10 +77,21 @@ class Gpt {
   // accumulate into arena().grads.
   void Backward(T loss_scale, const GradReadyFn& on_ready = nullptr);
 
-  // Logits (B,Tn,V) of the last Forward (overwritten by Backward).
+  // Logits (B,Tn,V) of the last Forward (overwritten by Backward); under tensor parallelism this
+  // rank's columns (B,Tn,vocab_local()) starting at token id vocab_begin().
   const T* logits() const { return logits_; }
+  int vocab_local() const { return vocab_local_; }
+  int64_t vocab_begin() const { return vocab_begin_; }
+
+  // The tensor-parallel group, and the first error of its collectives (check after Forward and
+  // Backward; once it is set the model's results are meaningless).
+  TpGroup& tp() { return tp_; }
+  const Status& tp_status() const { return tp_.status(); }
 
  private:
+  Gpt(const GptConfig& cfg, int tp_rank, int tp_size, bool allocate);
+  void Register(int tp_rank, int tp_size);
+
   struct Block {
     LayerNorm<T> ln_1, ln_2;
     Linear<T> c_attn, c_proj, c_fc, mlp_proj;
@@ -74,6 +104,9 @@ class Gpt {
   };
 
   GptConfig cfg_;
+  TpGroup tp_;
+  int heads_local_ = 0, width_local_ = 0, vocab_local_ = 0;  // n_head/T, n_embd/T, this rank's vocabulary
+  int64_t vocab_begin_ = 0;
   ParamArena<T> arena_;
   int wte_ = -1, wpe_ = -1;
   std::vector<Block> blocks_;
@@ -85,7 +118,7 @@ class Gpt {
   AlignedBuffer<uint8_t> masks_;
   std::vector<BlockActs> ba_;
   T *encoded_ = nullptr, *lnf_ = nullptr, *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr, *logits_ = nullptr,
-    *losses_ = nullptr;
+    *losses_ = nullptr, *ce_max_ = nullptr, *ce_sum_ = nullptr;
   uint8_t* keep_emb_ = nullptr;
   // Backward scratch.
   T *dres_ = nullptr, *dtmp_ = nullptr, *dbig_ = nullptr, *dqkv_ = nullptr, *datt_scratch_ = nullptr;

@@ -10,7 +10,20 @@ namespace ringtrain {
 using coll::DataType;
 using coll::ReduceOp;
 
-StatusOr<double> NoSync::GradSumSquares() { return SumSquares(a_.grads.data(), a_.layout.total()); }
+double GradientSync::SumSquaresOf(const float* g, size_t b, size_t e) const {
+  double s = 0;
+  size_t at = b;
+  for (const auto& [sb, se] : norm_skip_) {
+    if (se <= at) continue;
+    if (sb >= e) break;
+    if (sb > at) s += SumSquares(g + at, sb - at);
+    at = std::max(at, se);
+  }
+  if (at < e) s += SumSquares(g + at, e - at);
+  return s;
+}
+
+StatusOr<double> NoSync::GradSumSquares() { return SumSquaresOf(a_.grads.data(), 0, a_.layout.total()); }
 
 AllReduceSync::AllReduceSync(coll::Communicator* comm, ParamArena<float>& arena, const AllReduceSyncOptions& o)
     : comm_(comm), a_(arena), opts_(o) {
@@ -124,9 +137,9 @@ Status AllReduceSync::Finish() {
 }
 
 StatusOr<double> AllReduceSync::GradSumSquares() {
-  if (!opts_.zero1) return SumSquares(a_.grads.data(), a_.layout.total());
+  if (!opts_.zero1) return SumSquaresOf(a_.grads.data(), 0, a_.layout.total());
   double s = 0;
-  for (const auto& [b, e] : owned_) s += SumSquares(a_.grads.data() + b, e - b);
+  for (const auto& [b, e] : owned_) s += SumSquaresOf(a_.grads.data(), b, e);
   RT_RETURN_IF_ERROR(comm_->AllReduce(&s, 1, DataType::kF64, ReduceOp::kSum).WithContext("gradient norm (ZeRO-1)"));
   return s;
 }

@@ -37,6 +37,14 @@ class GradientSync {
   virtual StatusOr<double> GradSumSquares() = 0;
   // After the owned ranges were updated: make the parameters identical on every rank.
   virtual Status AfterUpdate() { return Status::Ok(); }
+  // Arena ranges GradSumSquares leaves out (sorted, disjoint). Tensor parallelism: replicated
+  // tensors on every TP rank but the first, so a sum over the TP group counts them once.
+  void set_norm_skip(Ranges r) { norm_skip_ = std::move(r); }
+
+ protected:
+  // Sum of squares of g over [b, e) minus the skipped ranges.
+  double SumSquaresOf(const float* g, size_t b, size_t e) const;
+  Ranges norm_skip_;
 };
 
 class NoSync final : public GradientSync {

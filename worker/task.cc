@@ -30,7 +30,8 @@ class LmTask final : public Task {
       vocab = mv;
     }
     RT_ASSIGN_OR_RETURN(GptConfig gc, GptConfig::FromConfig(c, vocab));
-    t->model_ = std::make_unique<Gpt<float>>(gc);
+    if (shard.tp && shard.tp->size() > 1) RT_RETURN_IF_ERROR(gc.CheckTensorParallel(shard.tp->size()));
+    t->model_ = std::make_unique<Gpt<float>>(gc, shard.tp);
     t->seed_ = static_cast<uint64_t>(c.Int("seed"));
     t->batch_ = static_cast<int>(c.Int("train.batch_size"));
     t->block_ = gc.block_size;
@@ -43,6 +44,12 @@ class LmTask final : public Task {
     return std::unique_ptr<Task>(std::move(t));
   }
   ParamArena<float>& arena() override { return model_->arena(); }
+  ParamLayout FullLayout() const override { return Gpt<float>::LayoutFor(model_->config(), 0, 1); }
+  std::pair<uint64_t, uint64_t> TakeTpTraffic() override {
+    const std::pair<uint64_t, uint64_t> r{model_->tp().bytes(), model_->tp().calls()};
+    model_->tp().ResetBytes();
+    return r;
+  }
   int64_t NumParams() const override { return model_->NumParams(); }
   int64_t ItemsPerMicroStep() const override { return static_cast<int64_t>(batch_) * block_; }
   const char* ItemName() const override { return "tok"; }
@@ -50,11 +57,13 @@ class LmTask final : public Task {
   std::string BatchShape() const override {
     return std::to_string(batch_) + " x " + std::to_string(block_) + " tokens";
   }
-  double MicroStep(uint64_t index, float loss_scale, const GradReadyFn& ready) override {
+  StatusOr<double> MicroStep(uint64_t index, float loss_scale, const GradReadyFn& ready) override {
     const int row0 = shard_.rank * batch_;
     data_.SampleBatch(Split::kTrain, seed_, index, row0, batch_, block_, tokens_.data(), targets_.data());
     const double loss = model_->Forward(tokens_.data(), targets_.data(), batch_, block_, true, seed_, index, row0);
+    RT_RETURN_IF_ERROR(model_->tp_status());
     model_->Backward(loss_scale, ready);
+    RT_RETURN_IF_ERROR(model_->tp_status());
     return loss;
   }
   // Every rank takes its rows of each of the eval_batches global batches; equal row counts make the
@@ -65,6 +74,7 @@ class LmTask final : public Task {
       data_.SampleBatch(Split::kVal, seed_, static_cast<uint64_t>(i), shard_.rank * batch_, batch_, block_,
                         tokens_.data(), targets_.data());
       sum += model_->Forward(tokens_.data(), targets_.data(), batch_, block_, false);
+      RT_RETURN_IF_ERROR(model_->tp_status().WithContext("evaluating"));
     }
     double mean = sum / eval_batches_;
     if (shard_.comm)
@@ -138,12 +148,13 @@ class ImageTask final : public Task {
     return std::unique_ptr<Task>(std::move(t));
   }
   ParamArena<float>& arena() override { return model_->arena(); }
+  ParamLayout FullLayout() const override { return model_->arena().layout; }
   int64_t NumParams() const override { return model_->NumParams(); }
   int64_t ItemsPerMicroStep() const override { return batch_; }
   const char* ItemName() const override { return "img"; }
   const char* ItemUnit() const override { return "images"; }
   std::string BatchShape() const override { return std::to_string(batch_) + " images"; }
-  double MicroStep(uint64_t index, float loss_scale, const GradReadyFn& ready) override {
+  StatusOr<double> MicroStep(uint64_t index, float loss_scale, const GradReadyFn& ready) override {
     const int row0 = shard_.rank * batch_;
     data_.SampleBatch(Split::kTrain, seed_, index, row0, batch_, shard_.size * batch_, true, images_.data(),
                       labels_.data());
@@ -228,6 +239,8 @@ StatusOr<std::unique_ptr<Task>> MakeTask(const Config& config, const SavedModel*
   const std::string& type = config.Str("model.type");
   const std::string& source = config.Str("data.source");
   const bool image_data = source == "mnist" || source == "cifar10" || source == "synthetic_images";
+  if (type != "gpt" && shard.tp && shard.tp->size() > 1)
+    return InvalidArgument("config: parallel.tensor > 1 needs model.type gpt (model.type is " + type + ")");
   if (type == "gpt") {
     if (image_data)
       return InvalidArgument("config: model.type gpt needs token data, but data.source is " + source +

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -26,24 +27,32 @@ struct EvalResult {
 
 // This process's part of a data-parallel job: it holds rows [rank*b, (rank+1)*b) of every global
 // batch of size*b rows, and evaluation is split across the group and reduced over comm.
+// With tensor parallelism, rank/size/comm are the data-parallel group's and tp is the
+// tensor-parallel group the model's layers are split over (GPT only).
 struct TaskShard {
   int rank = 0;
   int size = 1;
   coll::Communicator* comm = nullptr;  // not owned; null for one process
+  coll::Communicator* tp = nullptr;    // not owned; null: no tensor parallelism
 };
 
 class Task {
  public:
   virtual ~Task() = default;
   virtual ParamArena<float>& arena() = 0;
+  // The layout of the whole model (equal to arena().layout without tensor parallelism).
+  virtual ParamLayout FullLayout() const = 0;
+  // Payload bytes and calls of tensor-parallel all-reduces since the last call (0 without TP).
+  virtual std::pair<uint64_t, uint64_t> TakeTpTraffic() { return {0, 0}; }
   virtual int64_t NumParams() const = 0;
   virtual int64_t ItemsPerMicroStep() const = 0;  // tokens or images
   virtual const char* ItemName() const = 0;       // "tok" or "img" (progress line)
   virtual const char* ItemUnit() const = 0;       // "tokens" or "images" (metric keys: <unit>_per_s)
   virtual std::string BatchShape() const = 0;     // e.g. "16 x 128 tokens", "64 images"
   // Draws this rank's rows of global micro-batch `index`, runs forward and backward
-  // (loss * loss_scale); returns the mean loss over those rows.
-  virtual double MicroStep(uint64_t index, float loss_scale, const GradReadyFn& ready) = 0;
+  // (loss * loss_scale); returns the mean loss over those rows. Fails only when a tensor-parallel
+  // collective does.
+  virtual StatusOr<double> MicroStep(uint64_t index, float loss_scale, const GradReadyFn& ready) = 0;
   // Validation over the whole group (each rank evaluates its part; the result is reduced, so every
   // rank gets the same figures, equal to one process's up to rounding). Collective.
   virtual StatusOr<EvalResult> Evaluate() = 0;

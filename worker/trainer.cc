@@ -9,6 +9,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 
@@ -16,6 +17,7 @@
 #include "checkpoint/model_file.h"
 #include "checkpoint/safetensors.h"
 #include "core/threads.h"
+#include "models/tensor_parallel.h"
 
 namespace ringtrain {
 
@@ -66,23 +68,69 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const T
   RT_ASSIGN_OR_RETURN(t->sched_, LrSchedule::FromConfig(config));
   coll::Communicator* comm = opts.comm && opts.comm->size() > 1 ? opts.comm : nullptr;
   t->world_ = comm ? comm->size() : 1;
+  // Process groups: TP groups of T adjacent ranks (inside a node), DP groups across them. The
+  // layout is checked before anything else happens, identically on every rank.
+  const int64_t tp = config.Int("parallel.tensor");
+  if (t->world_ % tp != 0)
+    return InvalidArgument("parallel.tensor = " + std::to_string(tp) + " must divide the world size " +
+                           std::to_string(t->world_) + " (tensor-parallel groups of " + std::to_string(tp) +
+                           " ranks)");
+  if (tp > 1 && config.Str("model.type") != "gpt")
+    return InvalidArgument("config: parallel.tensor > 1 needs model.type gpt (model.type is " +
+                           config.Str("model.type") + ")");
+  if (tp > 1 && config.Int("model.n_head") % tp != 0)
+    return InvalidArgument("parallel.tensor = " + std::to_string(tp) + " must divide model.n_head = " +
+                           std::to_string(config.Int("model.n_head")) +
+                           " (attention heads are split across the tensor-parallel group)");
+  t->tp_ = static_cast<int>(tp);
+  t->dp_ = t->world_ / t->tp_;
+  t->dp_group_ = comm;
+  if (t->tp_ > 1) {
+    const int r = comm->rank();
+    RT_ASSIGN_OR_RETURN(t->tp_comm_, comm->Split(r / t->tp_, r % t->tp_));
+    RT_ASSIGN_OR_RETURN(t->dp_comm_, comm->Split(r % t->tp_, r / t->tp_));
+    t->dp_group_ = t->dp_ > 1 ? t->dp_comm_.get() : nullptr;
+  }
+  coll::Communicator* dpc = t->dp_group_;
   TaskShard shard;
-  if (comm) shard = {comm->rank(), comm->size(), comm};
+  if (dpc) shard = {dpc->rank(), dpc->size(), dpc, nullptr};
+  shard.tp = t->tp_comm_.get();
   RT_ASSIGN_OR_RETURN(t->task_, MakeTask(config, nullptr, shard));
   t->accum_ = static_cast<int>(config.Int("train.grad_accum"));
   ParamArena<float>& A = t->task_->arena();
   t->decay_ranges_ = A.layout.DecayRanges();
-  if (!opts.init_from.empty()) RT_RETURN_IF_ERROR(ImportGptSafetensors(opts.init_from, A).WithContext("--init-from"));
-  if (comm) {
-    // Every rank starts from rank 0's parameters.
-    RT_RETURN_IF_ERROR(comm->Broadcast(A.params.data(), static_cast<int64_t>(A.layout.total()), coll::DataType::kF32, 0)
+  if (!opts.init_from.empty()) {
+    if (t->tp_ == 1) {
+      RT_RETURN_IF_ERROR(ImportGptSafetensors(opts.init_from, A).WithContext("--init-from"));
+    } else {
+      // The whole model, then this rank's part of it.
+      ParamArena<float> full;
+      full.layout = t->task_->FullLayout();
+      full.Allocate();
+      RT_RETURN_IF_ERROR(ImportGptSafetensors(opts.init_from, full).WithContext("--init-from"));
+      ScatterFull(full.layout, full.params.data(), A.layout, A.params.data());
+    }
+  }
+  if (dpc) {
+    // Every rank starts from the parameters of the first rank of its data-parallel group.
+    RT_RETURN_IF_ERROR(dpc->Broadcast(A.params.data(), static_cast<int64_t>(A.layout.total()), coll::DataType::kF32, 0)
                            .WithContext("broadcasting the initial parameters from rank 0"));
+  }
+  if (t->tp_ > 1) {
+    for (const ParamSpec& sp : A.layout.specs())
+      if (!sp.sharded()) t->replicated_.push_back({sp.offset, sp.offset + static_cast<size_t>(sp.numel)});
+    std::sort(t->replicated_.begin(), t->replicated_.end());
+    size_t n = 0;
+    for (const auto& [b, e] : t->replicated_) n += e - b;
+    t->replicated_buf_.resize(n);
   }
   AllReduceSyncOptions so;
   so.bucket_bytes = static_cast<size_t>(config.Float("dist.bucket_mb") * (1 << 20));
   so.overlap = config.Bool("dist.overlap");
   so.zero1 = config.Bool("dist.zero1");
-  t->sync_ = MakeGradientSync(comm, A, so);
+  t->sync_ = MakeGradientSync(dpc, A, so);
+  // The gradient norm sums over the TP group; replicated tensors count once (TP rank 0's).
+  if (t->tp_ > 1 && t->tp_comm_->rank() != 0) t->sync_->set_norm_skip(t->replicated_);
   for (const auto& [b, e] : t->sync_->Owned()) {
     t->opt_states_.emplace_back();
     t->opt_states_.back().Allocate(t->oc_, e - b, b);
@@ -118,8 +166,10 @@ Status Trainer::Resume() {
   start_step_ = meta->step;
   opt_step_ = meta->step;
   if (opts_.print)
-    std::printf("resumed from %s at step %lld (saved by %d rank(s)%s)\n", meta->path.c_str(), (long long)meta->step,
-                meta->world_size, meta->zero1 ? " with ZeRO-1" : "");
+    std::printf("resumed from %s at step %lld (saved by %d rank(s)%s%s)\n", meta->path.c_str(), (long long)meta->step,
+                meta->world_size,
+                meta->tensor_parallel > 1 ? (", tensor parallel " + std::to_string(meta->tensor_parallel)).c_str() : "",
+                meta->zero1 ? " with ZeRO-1" : "");
   return Status::Ok();
 }
 
@@ -130,7 +180,9 @@ Status Trainer::SaveCheckpointAt(int64_t step) {
   CheckpointContent c = ContentOf(*task_, opt_states_, oc_);
   CheckpointMeta meta;
   meta.step = step;
-  meta.zero1 = config_.Bool("dist.zero1") && world_ > 1;
+  meta.zero1 = config_.Bool("dist.zero1") && dp_ > 1;
+  meta.tensor_parallel = tp_;
+  c.skip_replicated = tp_ > 1 && tp_comm_->rank() != 0;
   meta.config_json = config_.ToJson().dump();
   meta.data_fingerprint = task_->DataDescription();
   meta.trainer_state = {{"step", step},
@@ -138,7 +190,8 @@ Status Trainer::SaveCheckpointAt(int64_t step) {
                         {"seed", config_.Int("seed")},
                         {"optimizer_step", opt_step_},
                         {"lr_next", sched_.At(step)},
-                        {"world_size", world_}};
+                        {"world_size", world_},
+                        {"tensor_parallel", tp_}};
   const Ranges write_set = CheckpointWriteSet();
   const int keep = static_cast<int>(config_.Int("checkpoint.keep"));
   const std::string what = "saving the checkpoint of step " + std::to_string(step);
@@ -191,10 +244,21 @@ Trainer::SaveSnapshot* Trainer::PrepareSnapshot(const Ranges& write_set, const C
   return snap;
 }
 
+// Within each data-parallel group the ranks split the arena (their ZeRO-1 shards, or evenly);
+// with tensor parallelism every group writes its own part of the model (WriteShard leaves the
+// replicated tensors to TP rank 0's group).
 Ranges Trainer::CheckpointWriteSet() {
-  coll::Communicator* comm = world_ > 1 ? opts_.comm : nullptr;
-  return config_.Bool("dist.zero1") && world_ > 1 ? sync_->Owned()
-                                                  : EvenSplit(task_->arena().layout.total(), comm ? comm->rank() : 0, world_);
+  return config_.Bool("dist.zero1") && dp_ > 1
+             ? sync_->Owned()
+             : EvenSplit(task_->arena().layout.total(), dp_group_ ? dp_group_->rank() : 0, dp_);
+}
+
+StatusOr<std::vector<float>> Trainer::FullParams() {
+  const ParamArena<float>& A = task_->arena();
+  if (tp_ == 1) return std::vector<float>(A.params.data(), A.params.data() + A.layout.total());
+  std::vector<float> full;
+  RT_RETURN_IF_ERROR(GatherFull(A.layout, A.params.data(), task_->FullLayout(), tp_comm_.get(), &full));
+  return full;
 }
 
 Status Trainer::WaitForSave() {
@@ -237,7 +301,9 @@ StatusOr<double> Trainer::Step(int64_t step) {
     GradReadyFn ready;
     // One sync per optimizer step: buckets start during the last micro-step's backward.
     if (micro == accum_ - 1) ready = [this](size_t b, size_t e) { sync_->OnGradReady(b, e); };
-    loss += task_->MicroStep(index, 1.0f / static_cast<float>(accum_), ready);
+    StatusOr<double> l = task_->MicroStep(index, 1.0f / static_cast<float>(accum_), ready);
+    if (!l.ok()) return l.status().WithContext("step " + std::to_string(step + 1));
+    loss += *l;
   }
   loss /= accum_;
   const std::string where = "gradient sync at step " + std::to_string(step + 1);
@@ -247,7 +313,10 @@ StatusOr<double> Trainer::Step(int64_t step) {
   double exposed = std::chrono::duration<double>(t_synced - t0).count();
   last_backward_end_s_ = std::chrono::duration<double>(t0.time_since_epoch()).count();
   last_synced_s_ = std::chrono::duration<double>(t_synced.time_since_epoch()).count();
-  RT_ASSIGN_OR_RETURN(const double sq, sync_->GradSumSquares());
+  RT_ASSIGN_OR_RETURN(double sq, sync_->GradSumSquares());
+  if (tp_ > 1)
+    RT_RETURN_IF_ERROR(tp_comm_->AllReduce(&sq, 1, coll::DataType::kF64, coll::ReduceOp::kSum)
+                           .WithContext("gradient norm over the tensor-parallel group"));
   last_grad_norm_ = std::sqrt(sq);
   const float scale = ClipScale(last_grad_norm_, oc_.grad_clip);
   const Ranges& owned = sync_->Owned();
@@ -257,6 +326,27 @@ StatusOr<double> Trainer::Step(int64_t step) {
   opt_step_ = step + 1;
   const auto t1 = Clock::now();
   RT_RETURN_IF_ERROR(sync_->AfterUpdate().WithContext(where));
+  const auto [tp_bytes, tp_calls] = task_->TakeTpTraffic();
+  (void)tp_calls;
+  last_tp_bytes_ = tp_bytes;
+  last_dp_bytes_ = dp_ > 1 ? task_->arena().layout.total() * sizeof(float) : 0;
+  if (tp_ > 1) {
+    // Replicated parameters (LayerNorms, position embedding, row-parallel biases) get the same
+    // gradients on every TP rank, but the data-parallel groups reduce them in differently sized
+    // buckets, so rounding could drift apart; TP rank 0's copy is authoritative.
+    size_t at = 0;
+    float* P = task_->arena().params.data();
+    for (const auto& [b, e] : replicated_) at = static_cast<size_t>(std::copy(P + b, P + e, replicated_buf_.begin() + at) - replicated_buf_.begin());
+    RT_RETURN_IF_ERROR(tp_comm_->Broadcast(replicated_buf_.data(), static_cast<int64_t>(replicated_buf_.size()),
+                                           coll::DataType::kF32, 0)
+                           .WithContext("broadcasting replicated parameters over the tensor-parallel group"));
+    at = 0;
+    for (const auto& [b, e] : replicated_) {
+      std::copy(replicated_buf_.begin() + at, replicated_buf_.begin() + at + (e - b), P + b);
+      at += e - b;
+    }
+    last_tp_bytes_ += replicated_buf_.size() * sizeof(float) + sizeof(double);
+  }
   // Step-boundary decisions every rank must share: stop (a preemption signal reached any rank)
   // and a time-based checkpoint (rank 0's clock decides).
   const double minutes = ckpt_every_minutes_;
@@ -303,10 +393,13 @@ StatusOr<TrainSummary> Trainer::Run() {
     std::printf("%s", task_->Header().c_str());
     std::printf("train: %lld steps of %lld %s (%s per micro-step x accum %d%s), %s lr %.2e, %d threads%s\n",
                 (long long)steps, (long long)ItemsPerStep(), task_->ItemName(), task_->BatchShape().c_str(), accum_,
-                world_ > 1 ? (" x " + std::to_string(world_) + " ranks").c_str() : "", config_.Str("optim.name").c_str(),
+                dp_ > 1 ? (" x " + std::to_string(dp_) + " data-parallel ranks").c_str() : "", config_.Str("optim.name").c_str(),
                 oc_.lr, ThreadBudget(), world_ > 1 ? " per rank" : "");
-    if (world_ > 1)
-      std::printf("data parallel: %d ranks, gradient sync %s (%s, bucket %.3g MB, %s)\n", world_, sync_->name(),
+    if (tp_ > 1)
+      std::printf("tensor parallel: %d ranks per group (%d heads each), %d group(s) (%s)\n", tp_,
+                  static_cast<int>(config_.Int("model.n_head")) / tp_, dp_, opts_.comm->transport_kind());
+    if (dp_ > 1)
+      std::printf("data parallel: %d ranks, gradient sync %s (%s, bucket %.3g MB, %s)\n", dp_, sync_->name(),
                   opts_.comm->transport_kind(), config_.Float("dist.bucket_mb"),
                   config_.Bool("dist.overlap") ? "overlapped with backward" : "after backward");
     if (entropy)
@@ -392,7 +485,14 @@ StatusOr<TrainSummary> Trainer::Run() {
     sum.final_val_loss = last_val;
   }
   sum.items_per_s = sum.wall_s > 0 ? static_cast<double>(steps * ItemsPerStep()) / sum.wall_s : 0;
-  if (!opts_.run_dir.empty()) {
+  if (tp_ > 1) {
+    // The model file holds the whole model: gather it (collective over the TP group).
+    RT_ASSIGN_OR_RETURN(std::vector<float> full, FullParams());
+    if (!opts_.run_dir.empty()) {
+      RT_RETURN_IF_ERROR(SaveModel(opts_.run_dir + "/model", config_, task_->ModelMeta(), full.data(), full.size()));
+      RT_RETURN_IF_ERROR(WriteSummary(sum));
+    }
+  } else if (!opts_.run_dir.empty()) {
     const auto& A = task_->arena();
     RT_RETURN_IF_ERROR(
         SaveModel(opts_.run_dir + "/model", config_, task_->ModelMeta(), A.params.data(), A.layout.total()));

@@ -23,8 +23,10 @@ namespace ringtrain {
 struct TrainOptions {
   std::string run_dir;     // empty: no files written (benchmarks, ranks other than 0)
   bool print = true;       // progress and summary lines on stdout
-  // Data parallelism: the group this process trains with (not owned; null or size 1: alone) and
-  // the number of ranks on this node (threads = 0 splits the cores between them).
+  // The group this process trains with (not owned; null or size 1: alone) and the number of
+  // ranks on this node (threads = 0 splits the cores between them). With parallel.tensor = T the
+  // trainer splits it into tensor-parallel groups of T adjacent ranks and data-parallel groups of
+  // the ranks at the same position in theirs.
   coll::Communicator* comm = nullptr;
   int local_size = 1;
   // Checkpoints: the root every rank saves into and resumes from (empty: no checkpoints), and
@@ -62,8 +64,16 @@ class Trainer {
   StatusOr<EvalResult> Evaluate() { return task_->Evaluate(); }
 
   // Tokens (language models) or images (classifiers) per optimizer step, over all ranks.
-  int64_t ItemsPerStep() const { return task_->ItemsPerMicroStep() * accum_ * world_; }
+  int64_t ItemsPerStep() const { return task_->ItemsPerMicroStep() * accum_ * dp_; }
   int world_size() const { return world_; }
+  int tensor_parallel() const { return tp_; }
+  int data_parallel() const { return dp_; }
+  // The whole model's parameters (gathered over the tensor-parallel group; collective there).
+  StatusOr<std::vector<float>> FullParams();
+  // Payload bytes of the last step's tensor-parallel all-reduces (model activations and gradients,
+  // plus the replicated-parameter broadcast) and of its data-parallel gradient sync, per rank.
+  uint64_t last_tp_bytes() const { return last_tp_bytes_; }
+  uint64_t last_dp_bytes() const { return last_dp_bytes_; }
   Task& task() { return *task_; }
   GradientSync& sync() { return *sync_; }
   // Seconds of the last step spent waiting for communication that backward did not hide: the
@@ -125,7 +135,14 @@ class Trainer {
   std::vector<OptimState> opt_states_;  // one per owned range of the sync engine
   int64_t opt_step_ = 0;
   std::unique_ptr<GradientSync> sync_;
-  int world_ = 1;
+  int world_ = 1, tp_ = 1, dp_ = 1;
+  // Tensor parallelism: the groups (owned), the data-parallel group used (dp_comm_ or the world),
+  // and the replicated parameters' ranges, re-broadcast from TP rank 0 after every update.
+  std::unique_ptr<coll::Communicator> tp_comm_, dp_comm_;
+  coll::Communicator* dp_group_ = nullptr;
+  Ranges replicated_;
+  std::vector<float> replicated_buf_;
+  uint64_t last_tp_bytes_ = 0, last_dp_bytes_ = 0;
   double last_exposed_s_ = 0, last_backward_end_s_ = 0, last_synced_s_ = 0;
   std::vector<std::pair<size_t, size_t>> decay_ranges_;
   int accum_ = 1;
