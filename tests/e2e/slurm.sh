@@ -98,6 +98,24 @@ for k in ("final_train_loss", "final_val_loss"):
 PY
 echo "slurm: sbatch/srun training matches ringtrain launch bitwise"
 
+# Tensor parallelism under Slurm: 4 tasks (TP=2 x DP=2; --overcommit: the test node has 2 CPUs)
+# end with the losses `ringtrain launch --nproc 4` gets, bitwise.
+timeout 300 sbatch --wait --ntasks=4 --overcommit --chdir "$WORK" --output "$WORK/tp-%j.out" \
+  "$REPO/examples/slurm/train.sbatch" "${args[@]}" --set parallel.tensor=2 --run-dir "$WORK/slurm-tp" > sbatch-tp.log 2>&1 ||
+  { cat sbatch-tp.log tp-*.out; fail "sbatch TP job failed"; }
+cat tp-*.out
+grep -q "tensor parallel: 2 ranks per group (2 heads each), 2 group(s) (tcp)" tp-*.out || fail "the TP job did not run TP=2 x DP=2"
+"$RT" launch --nproc 4 -- train "${args[@]}" --set parallel.tensor=2 --run-dir "$WORK/launch-tp" > launch-tp.log 2>&1 ||
+  { cat launch-tp.log; fail "launch TP failed"; }
+/usr/bin/python3 - "$WORK/slurm-tp/summary.json" "$WORK/launch-tp/summary.json" <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+for k in ("final_train_loss", "final_val_loss"):
+    print(f"TP {k}: sbatch {a[k]!r}  launch {b[k]!r}")
+    if a[k] != b[k]: sys.exit(f"FAIL: {k} differs between the Slurm TP job and ringtrain launch")
+PY
+echo "slurm: TP=2 x DP=2 under sbatch/srun matches ringtrain launch bitwise"
+
 # Preemption and requeue: USR1 to the batch shell (what --signal=B:USR1@120 does before the time
 # limit) makes the ranks checkpoint and exit 75; the script requeues the job, which resumes and
 # finishes.
