@@ -80,6 +80,21 @@ Status BenchTrain(const BenchArgs& a) {
   const double per_s = static_cast<double>(trainer->ItemsPerStep()) / (mean / 1000.0);
   const double exposed_share = exposed_ms / total;
   const char* unit = trainer->task().ItemUnit();
+  // Tensor-parallel traffic: the payload each rank all-reduced in the last step, against the
+  // closed form per step: 4 all-reduces of (B,T,C) per block (forward: attention and MLP outputs;
+  // backward: their input gradients), plus the token embedding (forward), the output layer's input
+  // gradient (backward) and the cross-entropy's 3 values per token; the replicated parameters'
+  // broadcast and the gradient norm come on top.
+  const int tp = trainer->tensor_parallel();
+  const double accum = static_cast<double>(config.Int("train.grad_accum"));
+  const double bt = static_cast<double>(config.Int("train.batch_size") * config.Int("model.block_size"));
+  const double btc = bt * static_cast<double>(config.Int("model.n_embd"));
+  const double tp_blocks = tp > 1 ? 4.0 * static_cast<double>(config.Int("model.n_layer")) * btc * 4.0 * accum : 0.0;
+  const double tp_edges = tp > 1 ? (2.0 * btc + 3.0 * bt) * 4.0 * accum : 0.0;
+  const double tp_bytes = static_cast<double>(trainer->last_tp_bytes());
+  const double dp_bytes = static_cast<double>(trainer->last_dp_bytes());
+  const double tp_bus = tp > 1 ? 2.0 * (tp - 1) / tp : 0.0, dp_bus = 2.0 * (trainer->data_parallel() - 1) /
+                                                                     std::max(1, trainer->data_parallel());
   if (dist.launch.rank != 0) return Status::Ok();
   if (a.json) {
     nlohmann::json j = {{std::string(unit) + "_per_s", per_s},
@@ -99,7 +114,15 @@ Status BenchTrain(const BenchArgs& a) {
                         {"skew_wait_ms_per_step", one_host ? nlohmann::json(skew_ms / a.steps) : nlohmann::json()},
                         {"exposed_transfer_share",
                          one_host ? nlohmann::json((exposed_ms - skew_ms) / total) : nlohmann::json()},
-                        {"final_loss", loss}};
+                        {"final_loss", loss},
+                        {"tensor_parallel", tp},
+                        {"data_parallel", trainer->data_parallel()},
+                        {"tp_allreduce_bytes_per_step", tp_bytes},
+                        {"tp_closed_form_blocks_bytes", tp_blocks},
+                        {"tp_closed_form_embedding_output_ce_bytes", tp_edges},
+                        {"tp_bus_bytes_per_step", tp_bytes * tp_bus},
+                        {"dp_allreduce_bytes_per_step", dp_bytes},
+                        {"dp_bus_bytes_per_step", dp_bytes * dp_bus}};
     if (!save_ms.empty()) {
       j["checkpoint_steps"] = save_ms.size();
       j["ms_per_checkpoint_step"] = save_total / static_cast<double>(save_ms.size());
@@ -119,6 +142,15 @@ Status BenchTrain(const BenchArgs& a) {
     if (one_host)
       std::printf("    of which waiting for the slowest rank's backward %.2f ms/step; transfer %.1f%% of the step\n",
                   skew_ms / static_cast<double>(a.steps), 100.0 * (exposed_ms - skew_ms) / total);
+    if (tp > 1)
+      std::printf("  tensor parallel %d x data parallel %d: TP all-reduce payload %.3f MB/step per rank (closed form: "
+                  "blocks %.3f MB + embedding/output/cross-entropy %.3f MB; the rest, %.3f MB, is the replicated-"
+                  "parameter broadcast); bus traffic %.3f MB/step\n",
+                  tp, trainer->data_parallel(), tp_bytes / 1e6, tp_blocks / 1e6, tp_edges / 1e6,
+                  (tp_bytes - tp_blocks - tp_edges) / 1e6, tp_bytes * tp_bus / 1e6);
+    if (trainer->data_parallel() > 1)
+      std::printf("  DP gradient all-reduce payload %.3f MB/step per rank; bus traffic %.3f MB/step\n", dp_bytes / 1e6,
+                  dp_bytes * dp_bus / 1e6);
   }
   return Status::Ok();
 }

@@ -88,14 +88,18 @@ grep -q "^done: 30 steps" job-*.out || fail "no summary line in the job output"
 [ "$(grep -c '^done: ' job-*.out)" -eq 1 ] || fail "more than one rank printed a summary"
 [ -f "$WORK/slurm-run/summary.json" ] || fail "no summary.json from the Slurm run"
 
-"$RT" launch --nproc 2 -- train "${args[@]}" --run-dir "$WORK/launch" > launch.log 2>&1 || { cat launch.log; fail "launch failed"; }
-/usr/bin/python3 - "$WORK/slurm-run/summary.json" "$WORK/launch/summary.json" <<'PY'
+# same_losses SLURM_RUN LAUNCH_RUN: final losses equal bitwise.
+same_losses() {
+  /usr/bin/python3 - "$1/summary.json" "$2/summary.json" <<'PY'
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 for k in ("final_train_loss", "final_val_loss"):
     print(f"{k}: sbatch {a[k]!r}  launch {b[k]!r}")
-    if a[k] != b[k]: sys.exit(f"FAIL: {k} differs between the Slurm job and ringtrain launch")
+    if a[k] != b[k]: sys.exit(f"FAIL: {k} differs between the Slurm job ({sys.argv[1]}) and ringtrain launch")
 PY
+}
+"$RT" launch --nproc 2 -- train "${args[@]}" --run-dir "$WORK/launch" > launch.log 2>&1 || { cat launch.log; fail "launch failed"; }
+same_losses "$WORK/slurm-run" "$WORK/launch"
 echo "slurm: sbatch/srun training matches ringtrain launch bitwise"
 
 # Tensor parallelism under Slurm: 4 tasks (TP=2 x DP=2; --overcommit: the test node has 2 CPUs)
@@ -107,13 +111,7 @@ cat tp-*.out
 grep -q "tensor parallel: 2 ranks per group (2 heads each), 2 group(s) (tcp)" tp-*.out || fail "the TP job did not run TP=2 x DP=2"
 "$RT" launch --nproc 4 -- train "${args[@]}" --set parallel.tensor=2 --run-dir "$WORK/launch-tp" > launch-tp.log 2>&1 ||
   { cat launch-tp.log; fail "launch TP failed"; }
-/usr/bin/python3 - "$WORK/slurm-tp/summary.json" "$WORK/launch-tp/summary.json" <<'PY'
-import json, sys
-a, b = (json.load(open(p)) for p in sys.argv[1:3])
-for k in ("final_train_loss", "final_val_loss"):
-    print(f"TP {k}: sbatch {a[k]!r}  launch {b[k]!r}")
-    if a[k] != b[k]: sys.exit(f"FAIL: {k} differs between the Slurm TP job and ringtrain launch")
-PY
+same_losses "$WORK/slurm-tp" "$WORK/launch-tp"
 echo "slurm: TP=2 x DP=2 under sbatch/srun matches ringtrain launch bitwise"
 
 # Preemption and requeue: USR1 to the batch shell (what --signal=B:USR1@120 does before the time

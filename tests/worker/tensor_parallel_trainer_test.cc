@@ -135,6 +135,12 @@ TEST_P(TensorParallelCheckpoint, ReshardsAcrossTensorAndDataParallelLayouts) {
   auto saved = TrainOn(4, Sets(2, global_batch / 2, 6, save_extra), root);
   ASSERT_TRUE(saved.ok()) << saved.status().message();
   ASSERT_TRUE(std::filesystem::exists(root + "/step-00000006/manifest.pb"));
+  // Reading it without a model (what `export` does) gives the whole tensors, bitwise.
+  auto read = ReadCheckpointParams(root + "/step-00000006");
+  ASSERT_TRUE(read.ok()) << read.status().message();
+  ASSERT_EQ(read->values.size(), saved->full[0].size());
+  EXPECT_TRUE(read->values == saved->full[0]) << "ReadCheckpointParams differs from the saved model";
+  EXPECT_EQ(read->meta.tensor_parallel, 2);
   auto whole = TrainOn(4, Sets(2, global_batch / 2, 10));
   ASSERT_TRUE(whole.ok()) << whole.status().message();
 
