@@ -6,7 +6,7 @@
 #     the parameters of one process at the same global batch, within 1e-5, after 20 steps;
 #   - `ringtrain launch --nproc 4` (TCP) gives the mpirun run's parameters bitwise;
 #   - its checkpoint resumes at TP=1 x DP=4 and TP=4 x DP=1 and ends within 1e-5 of the
-#     uninterrupted run.
+#     uninterrupted run, and exports to safetensors that start a TP=2 run as they start TP=1.
 source "$(dirname "$0")/lib.sh"
 # SGD with momentum: the exactness comparisons are about layouts, not Adam's amplified rounding.
 common=(--set optim.name=sgd --set optim.momentum=0.9 --set optim.lr=0.1 --set model.dropout=0.1
@@ -83,4 +83,13 @@ for layout in "1 4 4" "4 1 16"; do
     { cat resume-$tp.log; fail "TP=$tp x DP=$dp did not resume from the TP=2 checkpoint"; }
   compare "resumed at TP=$tp x DP=$dp" "$d" "uninterrupted TP=2 x DP=2" "$WORK/full" 1e-5
 done
+# Export the TP=2 checkpoint (whole tensors) and start a TP=2 run from the file: its model equals
+# a TP=1 run started from the same file, bitwise.
+"$RT" export --checkpoint "$WORK/saved/checkpoints/step-00000010" --format safetensors --out "$WORK/tp.safetensors" \
+  > export.log 2>&1 || { cat export.log; fail "export of a TP checkpoint failed"; }
+"$RT" train "${common[@]}" --set train.steps=0 --init-from "$WORK/tp.safetensors" --run-dir "$WORK/init1" > init1.log 2>&1 ||
+  { cat init1.log; fail "--init-from at TP=1 failed"; }
+"$RT" launch --nproc 2 -- train "${common[@]}" --set train.steps=0 --set parallel.tensor=2 \
+  --init-from "$WORK/tp.safetensors" --run-dir "$WORK/init2" > init2.log 2>&1 || { cat init2.log; fail "--init-from at TP=2 failed"; }
+compare "--init-from at TP=2" "$WORK/init2" "--init-from at TP=1" "$WORK/init1" 0
 echo "tensor parallel: mpirun and launch match one process; TP=2 x DP=2 checkpoints resume at TP=1 x DP=4 and TP=4 x DP=1"

@@ -164,6 +164,32 @@ TEST_P(TensorParallelCheckpoint, ReshardsAcrossTensorAndDataParallelLayouts) {
 INSTANTIATE_TEST_SUITE_P(Zero1, TensorParallelCheckpoint, ::testing::Bool(),
                          [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "zero1" : "plain"; });
 
+// With dropout on and the default optimizer (AdamW), a TP=2 x DP=2 run trains: the validation
+// loss falls clearly below its starting value (ln 16, uniform over the vocabulary; the run is
+// deterministic, it reaches 2.48 from 2.79).
+TEST(TensorParallelDropout, TrainsAtTp2Dp2) {
+  std::vector<float> val(2);
+  auto st = testing::RunRanks(4, [&](coll::Communicator& comm) -> Status {
+    RT_ASSIGN_OR_RETURN(Config c, Config::Load("", {"threads=1", "train.batch_size=4", "model.n_layer=2",
+                                                    "model.n_embd=32", "model.n_head=4", "model.block_size=32",
+                                                    "model.dropout=0.2", "data.synthetic.length=20000",
+                                                    "train.eval_batches=4", "schedule.warmup=5", "optim.lr=1e-2",
+                                                    "parallel.tensor=2"}));
+    TrainOptions o;
+    o.print = false;
+    o.comm = &comm;
+    RT_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> t, Trainer::Create(c, o));
+    RT_ASSIGN_OR_RETURN(EvalResult before, t->Evaluate());
+    for (int s = 0; s < 200; ++s) RT_RETURN_IF_ERROR(t->Step(s).status());
+    RT_ASSIGN_OR_RETURN(EvalResult after, t->Evaluate());
+    if (comm.rank() == 0) val = {static_cast<float>(before.loss), static_cast<float>(after.loss)};
+    return Status::Ok();
+  });
+  for (const Status& s : st) ASSERT_TRUE(s.ok()) << s.message();
+  std::printf("  TP=2 x DP=2, dropout 0.2: validation loss %.4f -> %.4f after 200 steps\n", val[0], val[1]);
+  EXPECT_LT(val[1], val[0] - 0.25f) << "a dropout-on TP run did not train";
+}
+
 // Layouts that cannot work fail in Create, with a message naming the setting, on every rank.
 TEST(TensorParallelLayout, InvalidLayoutsAreClearErrors) {
   struct Bad {
