@@ -219,10 +219,11 @@ StatusOr<CheckpointMeta> TryLoad(const std::string& dir, CheckpointContent& c) {
     if (c.has_m) RT_RETURN_IF_ERROR(check_tensor("optim.m/" + s.name, s));
     if (c.has_v) RT_RETURN_IF_ERROR(check_tensor("optim.v/" + s.name, s));
   }
-  // Slices by tensor.
+  // Slices by tensor, each with the box of the tensor it is a range of (validated once here).
   struct Where {
     const proto::ShardFile* file;
     const proto::Slice* slice;
+    TensorBox box;
   };
   std::map<std::string, std::vector<Where>> by_tensor;
   std::map<std::string, int> fds;
@@ -239,7 +240,21 @@ StatusOr<CheckpointMeta> TryLoad(const std::string& dir, CheckpointContent& c) {
     if (static_cast<uint64_t>(st.st_size) != sh.bytes())
       return DataLoss("checkpoint shard " + path + ": " + std::to_string(st.st_size) + " bytes, the manifest says " +
                       std::to_string(sh.bytes()) + " (truncated or overwritten)");
-    for (const auto& sl : sh.slices()) by_tensor[sl.tensor()].push_back({&sh, &sl});
+    for (const auto& sl : sh.slices()) {
+      auto t = tensors.find(sl.tensor());
+      if (t == tensors.end()) continue;  // not a tensor this load reads
+      const std::vector<int64_t> g(t->second->shape().begin(), t->second->shape().end());
+      const size_t D = g.size();
+      TensorBox box{{sl.box_start().begin(), sl.box_start().end()}, {sl.box_shape().begin(), sl.box_shape().end()}};
+      if (box.start.empty() && box.shape.empty()) box = TensorBox{std::vector<int64_t>(D, 0), g};
+      bool valid = box.start.size() == D && box.shape.size() == D;
+      for (size_t d = 0; valid && d < D; ++d)
+        valid = box.start[d] >= 0 && box.shape[d] > 0 && box.start[d] + box.shape[d] <= g[d];
+      if (!valid || sl.end() > static_cast<uint64_t>(box.numel()))
+        return DataLoss("checkpoint " + mpath + ": a slice of " + sl.tensor() + " in " + sh.name() +
+                        " lies outside the tensor " + ShapeString(g));
+      by_tensor[sl.tensor()].push_back({&sh, &sl, std::move(box)});
+    }
   }
   std::vector<uint8_t> buf;
   // Reads slice w into buf, CRC-checked.
@@ -275,14 +290,7 @@ StatusOr<CheckpointMeta> TryLoad(const std::string& dir, CheckpointContent& c) {
     const size_t D = g.size();
     size_t covered = 0;
     for (const Where& w : by_tensor[tensor]) {
-      TensorBox sb{{w.slice->box_start().begin(), w.slice->box_start().end()},
-                   {w.slice->box_shape().begin(), w.slice->box_shape().end()}};
-      if (sb.start.empty() && sb.shape.empty()) sb = TensorBox{std::vector<int64_t>(D, 0), g};
-      bool valid = sb.start.size() == D && sb.shape.size() == D;
-      for (size_t d = 0; valid && d < D; ++d)
-        valid = sb.start[d] >= 0 && sb.shape[d] > 0 && sb.start[d] + sb.shape[d] <= g[d];
-      if (!valid || w.slice->end() > static_cast<uint64_t>(sb.numel()))
-        return DataLoss("checkpoint " + mpath + ": a slice of " + tensor + " lies outside the tensor " + ShapeString(g));
+      const TensorBox& sb = w.box;
       if (sb.start == tb.start && sb.shape == tb.shape) {
         const size_t b = std::max<size_t>(lo, w.slice->begin()), e = std::min<size_t>(hi, w.slice->end());
         if (b >= e) continue;

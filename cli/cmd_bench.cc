@@ -83,8 +83,8 @@ Status BenchTrain(const BenchArgs& a) {
   // Tensor-parallel traffic: the payload each rank all-reduced in the last step, against the
   // closed form per step: 4 all-reduces of (B,T,C) per block (forward: attention and MLP outputs;
   // backward: their input gradients), plus the token embedding (forward), the output layer's input
-  // gradient (backward) and the cross-entropy's 3 values per token; the replicated parameters'
-  // broadcast and the gradient norm come on top.
+  // gradient (backward) and the cross-entropy's 3 values per token; the gradient norm (and with
+  // DP > 2 the replicated parameters' broadcast) come on top.
   const int tp = trainer->tensor_parallel();
   const double accum = static_cast<double>(config.Int("train.grad_accum"));
   const double bt = static_cast<double>(config.Int("train.batch_size") * config.Int("model.block_size"));
@@ -144,8 +144,8 @@ Status BenchTrain(const BenchArgs& a) {
                   skew_ms / static_cast<double>(a.steps), 100.0 * (exposed_ms - skew_ms) / total);
     if (tp > 1)
       std::printf("  tensor parallel %d x data parallel %d: TP all-reduce payload %.3f MB/step per rank (closed form: "
-                  "blocks %.3f MB + embedding/output/cross-entropy %.3f MB; the rest, %.3f MB, is the replicated-"
-                  "parameter broadcast); bus traffic %.3f MB/step\n",
+                  "blocks %.3f MB + embedding/output/cross-entropy %.3f MB; the rest, %.3f MB, is the gradient norm "
+                  "and, with more than 2 DP ranks, the replicated-parameter broadcast); bus traffic %.3f MB/step\n",
                   tp, trainer->data_parallel(), tp_bytes / 1e6, tp_blocks / 1e6, tp_edges / 1e6,
                   (tp_bytes - tp_blocks - tp_edges) / 1e6, tp_bytes * tp_bus / 1e6);
     if (trainer->data_parallel() > 1)

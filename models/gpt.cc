@@ -28,11 +28,16 @@ StatusOr<GptConfig> GptConfig::FromConfig(const Config& c, int data_vocab) {
   return g;
 }
 
-Status GptConfig::CheckTensorParallel(int t) const {
+Status CheckTensorParallelHeads(int n_head, int t) {
   if (t < 1) return InvalidArgument("parallel.tensor = " + std::to_string(t) + " must be at least 1");
   if (n_head % t != 0)
     return InvalidArgument("parallel.tensor = " + std::to_string(t) + " must divide model.n_head = " +
                            std::to_string(n_head) + " (attention heads are split across the tensor-parallel group)");
+  return Status::Ok();
+}
+
+Status GptConfig::CheckTensorParallel(int t) const {
+  RT_RETURN_IF_ERROR(CheckTensorParallelHeads(n_head, t));
   if (vocab_size < t)
     return InvalidArgument("parallel.tensor = " + std::to_string(t) + " exceeds the vocabulary size " +
                            std::to_string(vocab_size));
@@ -315,12 +320,7 @@ void Gpt<T>::Backward(T loss_scale, const GradReadyFn& on_ready) {
     if (on_ready) on_ready(b.begin, b.end);
   }
   if (drop) cpu::DropoutApply(dres_, dres_, keep_emb_, p, NC);
-  if (tp) {
-    VocabParallelEmbeddingBackward(arena_.grad(wte_), arena_.grad(wpe_), dres_, tokens_.data(), vocab_begin_, V, B,
-                                   Tn, C);
-  } else {
-    cpu::EmbeddingBackward(arena_.grad(wte_), arena_.grad(wpe_), dres_, tokens_.data(), B, Tn, C);
-  }
+  cpu::EmbeddingBackward(arena_.grad(wte_), arena_.grad(wpe_), dres_, tokens_.data(), B, Tn, C, vocab_begin_, V);
   if (on_ready) {
     const ParamSpec& s = arena_.layout.spec(wpe_);
     on_ready(arena_.layout.spec(wte_).offset, s.offset + static_cast<size_t>(s.numel));

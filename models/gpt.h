@@ -31,9 +31,14 @@ struct GptConfig {
   bool bias = true;
   // Reads model.* keys; vocab_size 0 in the config means "from the data" (data_vocab).
   static StatusOr<GptConfig> FromConfig(const Config& c, int data_vocab);
-  // Whether the model splits over t tensor-parallel ranks (t must divide n_head).
+  // Whether the model splits over t tensor-parallel ranks: CheckTensorParallelHeads, and every
+  // rank gets part of the vocabulary.
   Status CheckTensorParallel(int t) const;
 };
+
+// Whether n_head heads split over t tensor-parallel ranks (t must divide n_head). The trainer
+// checks this from the config before anything else happens.
+Status CheckTensorParallelHeads(int n_head, int t);
 
 // Called during backward when the gradients of the parameter range [begin, end) of the arena are
 // final for this micro-step (blocks in reverse order, embeddings last). Gradient sync engines use

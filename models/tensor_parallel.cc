@@ -5,8 +5,6 @@
 #include <string>
 #include <vector>
 
-#include <omp.h>
-
 namespace ringtrain {
 
 namespace {
@@ -91,28 +89,6 @@ void AddPositionEmbedding(T* out, const T* wpe, int B, int Tn, int C) {
 }
 
 template <typename T>
-void VocabParallelEmbeddingBackward(T* dwte_local, T* dwpe, const T* dout, const int32_t* tokens, int64_t v_begin,
-                                    int Vl, int B, int Tn, int C) {
-  // Parallel over channel slices, every thread walking the rows in order (sums do not depend on
-  // the thread count), as the plain embedding backward does.
-#pragma omp parallel
-  {
-    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-    const int c0 = static_cast<int>(static_cast<int64_t>(C) * id / nt);
-    const int c1 = static_cast<int>(static_cast<int64_t>(C) * (id + 1) / nt);
-    for (int64_t bt = 0; bt < static_cast<int64_t>(B) * Tn; ++bt) {
-      const T* d = dout + bt * C;
-      T* p = dwpe + (bt % Tn) * C;
-      for (int c = c0; c < c1; ++c) p[c] += d[c];
-      const int64_t row = tokens[bt] - v_begin;
-      if (row < 0 || row >= Vl) continue;
-      T* e = dwte_local + row * C;
-      for (int c = c0; c < c1; ++c) e[c] += d[c];
-    }
-  }
-}
-
-template <typename T>
 double VocabParallelCrossEntropy(T* losses, T* row_max, T* row_sum, const T* logits_local, const int32_t* targets,
                                  int N, int Vl, int64_t v_begin, TpGroup& tp) {
 #pragma omp parallel for schedule(static)
@@ -169,7 +145,6 @@ void VocabParallelCrossEntropyBackward(T* dlogits_local, const T* logits_local, 
   template void TpGroup::AllReduceMax<T>(T*, int64_t, const char*);                                             \
   template void VocabParallelEmbeddingForward<T>(T*, const int32_t*, const T*, int64_t, int, int, int);         \
   template void AddPositionEmbedding<T>(T*, const T*, int, int, int);                                           \
-  template void VocabParallelEmbeddingBackward<T>(T*, T*, const T*, const int32_t*, int64_t, int, int, int, int); \
   template double VocabParallelCrossEntropy<T>(T*, T*, T*, const T*, const int32_t*, int, int, int64_t, TpGroup&); \
   template void VocabParallelCrossEntropyBackward<T>(T*, const T*, const T*, const T*, const int32_t*, int, int, \
                                                      int64_t, T);

@@ -66,14 +66,10 @@ void ScatterFull(const ParamLayout& full, const float* full_values, const ParamL
 template <typename T>
 void VocabParallelEmbeddingForward(T* out, const int32_t* tokens, const T* wte_local, int64_t v_begin, int Vl, int N,
                                    int C);
-// out (B,Tn,C) += wpe (Tn,C) per position.
+// out (B,Tn,C) += wpe (Tn,C) per position. (The backward of both is cpu::EmbeddingBackward with
+// the rank's vocabulary range.)
 template <typename T>
 void AddPositionEmbedding(T* out, const T* wpe, int B, int Tn, int C);
-// dwte_local += dout rows of this rank's tokens; dwpe += dout summed over the batch.
-template <typename T>
-void VocabParallelEmbeddingBackward(T* dwte_local, T* dwpe, const T* dout, const int32_t* tokens, int64_t v_begin,
-                                    int Vl, int B, int Tn, int C);
-
 // Cross-entropy of logits split by vocabulary: logits_local (N,Vl) are columns [v_begin, v_begin+Vl)
 // of the full (N,V) logits. Three all-reduces of N values (row max; sum of exponentials and the
 // target's logit) replace gathering N*V logits. losses (N) per row (0 where target < 0); row_max,

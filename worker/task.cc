@@ -45,8 +45,8 @@ class LmTask final : public Task {
   }
   ParamArena<float>& arena() override { return model_->arena(); }
   ParamLayout FullLayout() const override { return Gpt<float>::LayoutFor(model_->config(), 0, 1); }
-  std::pair<uint64_t, uint64_t> TakeTpTraffic() override {
-    const std::pair<uint64_t, uint64_t> r{model_->tp().bytes(), model_->tp().calls()};
+  uint64_t TakeTpBytes() override {
+    const uint64_t r = model_->tp().bytes();
     model_->tp().ResetBytes();
     return r;
   }
@@ -239,8 +239,6 @@ StatusOr<std::unique_ptr<Task>> MakeTask(const Config& config, const SavedModel*
   const std::string& type = config.Str("model.type");
   const std::string& source = config.Str("data.source");
   const bool image_data = source == "mnist" || source == "cifar10" || source == "synthetic_images";
-  if (type != "gpt" && shard.tp && shard.tp->size() > 1)
-    return InvalidArgument("config: parallel.tensor > 1 needs model.type gpt (model.type is " + type + ")");
   if (type == "gpt") {
     if (image_data)
       return InvalidArgument("config: model.type gpt needs token data, but data.source is " + source +

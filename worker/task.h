@@ -7,7 +7,6 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -42,8 +41,8 @@ class Task {
   virtual ParamArena<float>& arena() = 0;
   // The layout of the whole model (equal to arena().layout without tensor parallelism).
   virtual ParamLayout FullLayout() const = 0;
-  // Payload bytes and calls of tensor-parallel all-reduces since the last call (0 without TP).
-  virtual std::pair<uint64_t, uint64_t> TakeTpTraffic() { return {0, 0}; }
+  // Payload bytes of tensor-parallel all-reduces since the last call (0 without TP).
+  virtual uint64_t TakeTpBytes() { return 0; }
   virtual int64_t NumParams() const = 0;
   virtual int64_t ItemsPerMicroStep() const = 0;  // tokens or images
   virtual const char* ItemName() const = 0;       // "tok" or "img" (progress line)

@@ -78,10 +78,7 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const T
   if (tp > 1 && config.Str("model.type") != "gpt")
     return InvalidArgument("config: parallel.tensor > 1 needs model.type gpt (model.type is " +
                            config.Str("model.type") + ")");
-  if (tp > 1 && config.Int("model.n_head") % tp != 0)
-    return InvalidArgument("parallel.tensor = " + std::to_string(tp) + " must divide model.n_head = " +
-                           std::to_string(config.Int("model.n_head")) +
-                           " (attention heads are split across the tensor-parallel group)");
+  if (tp > 1) RT_RETURN_IF_ERROR(CheckTensorParallelHeads(static_cast<int>(config.Int("model.n_head")), static_cast<int>(tp)));
   t->tp_ = static_cast<int>(tp);
   t->dp_ = t->world_ / t->tp_;
   t->dp_group_ = comm;
@@ -122,7 +119,7 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const T
     std::sort(t->replicated_.begin(), t->replicated_.end());
     size_t n = 0;
     for (const auto& [b, e] : t->replicated_) n += e - b;
-    t->replicated_buf_.resize(n);
+    if (t->dp_ > 2) t->replicated_buf_.resize(n);
   }
   AllReduceSyncOptions so;
   so.bucket_bytes = static_cast<size_t>(config.Float("dist.bucket_mb") * (1 << 20));
@@ -326,26 +323,26 @@ StatusOr<double> Trainer::Step(int64_t step) {
   opt_step_ = step + 1;
   const auto t1 = Clock::now();
   RT_RETURN_IF_ERROR(sync_->AfterUpdate().WithContext(where));
-  const auto [tp_bytes, tp_calls] = task_->TakeTpTraffic();
-  (void)tp_calls;
-  last_tp_bytes_ = tp_bytes;
+  last_tp_bytes_ = task_->TakeTpBytes();
   last_dp_bytes_ = dp_ > 1 ? task_->arena().layout.total() * sizeof(float) : 0;
-  if (tp_ > 1) {
+  if (tp_ > 1) last_tp_bytes_ += sizeof(double);  // the gradient norm
+  if (tp_ > 1 && dp_ > 2) {
     // Replicated parameters (LayerNorms, position embedding, row-parallel biases) get the same
-    // gradients on every TP rank, but the data-parallel groups reduce them in differently sized
-    // buckets, so rounding could drift apart; TP rank 0's copy is authoritative.
-    size_t at = 0;
+    // gradients on every TP rank, but each TP position's DP group reduces them in buckets cut
+    // differently; with more than 2 ranks the summation order, and so the rounding, can differ.
+    // TP rank 0's copy is authoritative. (With 1 or 2 DP ranks the sums are bitwise equal.)
     float* P = task_->arena().params.data();
-    for (const auto& [b, e] : replicated_) at = static_cast<size_t>(std::copy(P + b, P + e, replicated_buf_.begin() + at) - replicated_buf_.begin());
+    auto at = replicated_buf_.begin();
+    for (const auto& [b, e] : replicated_) at = std::copy(P + b, P + e, at);
     RT_RETURN_IF_ERROR(tp_comm_->Broadcast(replicated_buf_.data(), static_cast<int64_t>(replicated_buf_.size()),
                                            coll::DataType::kF32, 0)
                            .WithContext("broadcasting replicated parameters over the tensor-parallel group"));
-    at = 0;
+    at = replicated_buf_.begin();
     for (const auto& [b, e] : replicated_) {
-      std::copy(replicated_buf_.begin() + at, replicated_buf_.begin() + at + (e - b), P + b);
-      at += e - b;
+      std::copy(at, at + static_cast<ptrdiff_t>(e - b), P + b);
+      at += static_cast<ptrdiff_t>(e - b);
     }
-    last_tp_bytes_ += replicated_buf_.size() * sizeof(float) + sizeof(double);
+    last_tp_bytes_ += replicated_buf_.size() * sizeof(float);
   }
   // Step-boundary decisions every rank must share: stop (a preemption signal reached any rank)
   // and a time-based checkpoint (rank 0's clock decides).

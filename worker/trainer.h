@@ -137,7 +137,8 @@ class Trainer {
   std::unique_ptr<GradientSync> sync_;
   int world_ = 1, tp_ = 1, dp_ = 1;
   // Tensor parallelism: the groups (owned), the data-parallel group used (dp_comm_ or the world),
-  // and the replicated parameters' ranges, re-broadcast from TP rank 0 after every update.
+  // and the replicated parameters' ranges (left out of the clip norm on TP ranks but the first,
+  // and re-broadcast from TP rank 0 after every update when DP > 2).
   std::unique_ptr<coll::Communicator> tp_comm_, dp_comm_;
   coll::Communicator* dp_group_ = nullptr;
   Ranges replicated_;

@@ -25,7 +25,8 @@ void EmbeddingForward(T* out, const int32_t* tokens, const T* wte, const T* wpe,
 }
 
 template <typename T>
-void EmbeddingBackward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, int B, int Tn, int C) {
+void EmbeddingBackward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, int B, int Tn, int C, int64_t v_begin,
+                       int64_t Vl) {
   // Parallel over channel slices: every thread walks all rows in order, so sums do not depend on
   // the number of threads.
 #pragma omp parallel
@@ -36,12 +37,12 @@ void EmbeddingBackward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, i
     for (int64_t bt = 0; bt < static_cast<int64_t>(B) * Tn; ++bt) {
       const int t = static_cast<int>(bt % Tn);
       const T* d = dout + bt * C;
-      T* e = dwte + static_cast<int64_t>(tokens[bt]) * C;
       T* p = dwpe + static_cast<int64_t>(t) * C;
-      for (int c = c0; c < c1; ++c) {
-        e[c] += d[c];
-        p[c] += d[c];
-      }
+      for (int c = c0; c < c1; ++c) p[c] += d[c];
+      const int64_t row = tokens[bt] - v_begin;
+      if (row < 0 || row >= Vl) continue;
+      T* e = dwte + row * C;
+      for (int c = c0; c < c1; ++c) e[c] += d[c];
     }
   }
 }
@@ -361,7 +362,7 @@ double SoftmaxCrossEntropy(T* losses, T* dlogits, const T* logits, const int32_t
 
 #define RT_INSTANTIATE(T)                                                                             \
   template void EmbeddingForward<T>(T*, const int32_t*, const T*, const T*, int, int, int);           \
-  template void EmbeddingBackward<T>(T*, T*, const T*, const int32_t*, int, int, int);                \
+  template void EmbeddingBackward<T>(T*, T*, const T*, const int32_t*, int, int, int, int64_t, int64_t); \
   template void LayerNormForward<T>(T*, T*, T*, const T*, const T*, const T*, int, int);              \
   template void LayerNormBackward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*,    \
                                      int, int);                                                       \

@@ -12,9 +12,11 @@ namespace ringtrain::cpu {
 // out (B,T,C) = wte[tokens] (V,C) + wpe[t] (maxT,C).
 template <typename T>
 void EmbeddingForward(T* out, const int32_t* tokens, const T* wte, const T* wpe, int B, int Tn, int C);
-// dwte += scatter(dout), dwpe += sum over batch.
+// dwte += scatter(dout), dwpe += sum over batch. dwte holds token ids [v_begin, v_begin + Vl)
+// (a vocabulary-parallel part, tensor parallelism); tokens outside it add nothing to dwte.
 template <typename T>
-void EmbeddingBackward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, int B, int Tn, int C);
+void EmbeddingBackward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, int B, int Tn, int C,
+                       int64_t v_begin = 0, int64_t Vl = INT64_MAX);
 
 // out (N,C) = (in - mean) * rstd * w + b; mean, rstd (N) are saved for backward. b may be null.
 template <typename T>

@@ -32,17 +32,25 @@ no_leftovers() {  # no_leftovers RUNDIR
   ps -ef | grep -- "$1" | grep -v grep; fail "processes of $1 are still running"
 }
 
+# kill_rank1 LOG RUNDIR PID: once the job PID (writing LOG, run directory RUNDIR) trains, kills
+# its rank 1 with SIGKILL and waits for the job; sets rc (its exit status) and took (seconds).
+kill_rank1() {
+  wait_progress "$1"
+  local victim
+  victim=$(rank_pid "$2" 1)
+  [ -n "$victim" ] || fail "rank 1 of the job in $2 not found"
+  kill -9 "$victim"
+  local start
+  start=$(date +%s)
+  set +e; wait "$3"; rc=$?; set -e
+  took=$(( $(date +%s) - start ))
+}
+
 # --- ringtrain launch ---------------------------------------------------------------------------
 "$RT" launch --nproc 3 -- train "${args[@]}" --run-dir "$WORK/run-launch" > launch.log 2>&1 &
 launcher=$!
 jobs_pids+=($launcher)
-wait_progress launch.log
-victim=$(rank_pid "$WORK/run-launch" 1)
-[ -n "$victim" ] || fail "rank 1 of the launch job not found"
-kill -9 "$victim"
-start=$(date +%s)
-set +e; wait $launcher; rc=$?; set -e
-took=$(( $(date +%s) - start ))
+kill_rank1 launch.log "$WORK/run-launch" $launcher
 cat launch.log | tail -n 6
 [ $rc -ne 0 ] || fail "launch exited 0 after rank 1 was killed"
 grep -q "ringtrain launch: rank 1 was killed by signal 9" launch.log || fail "launch did not name rank 1"
@@ -67,13 +75,7 @@ OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe
   "$RT" train "${args[@]}" --run-dir "$WORK/run-mpi" > mpi.log 2>&1 &
 mpi=$!
 jobs_pids+=($mpi)
-wait_progress mpi.log
-victim=$(rank_pid "$WORK/run-mpi" 1)
-[ -n "$victim" ] || fail "rank 1 of the mpirun job not found"
-kill -9 "$victim"
-start=$(date +%s)
-set +e; wait $mpi; rc=$?; set -e
-took=$(( $(date +%s) - start ))
+kill_rank1 mpi.log "$WORK/run-mpi" $mpi
 tail -n 12 mpi.log
 [ $rc -ne 0 ] || fail "mpirun exited 0 after rank 1 was killed"
 grep -qE "rank 1 (with PID [0-9]+ )?on node .* (exited on signal 9|killed)|rank 1[^0-9].*(died|disconnected|killed)" mpi.log ||

@@ -113,6 +113,7 @@ TEST_P(TensorParallelTrainer, EqualsOneProcessAtTheGlobalBatch) {
 
 INSTANTIATE_TEST_SUITE_P(Layouts, TensorParallelTrainer,
                          ::testing::Values(Layout{2, 1, {}, "tp2"}, Layout{4, 1, {}, "tp4"}, Layout{2, 2, {}, "tp2_dp2"},
+                                           Layout{2, 3, {}, "tp2_dp3"},
                                            Layout{2, 2, {"dist.zero1=true", "dist.bucket_mb=0.004"}, "tp2_dp2_zero1"}),
                          [](const ::testing::TestParamInfo<Layout>& i) { return i.param.name; });
 
