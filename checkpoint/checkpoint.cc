@@ -101,10 +101,8 @@ StatusOr<bool> AllOk(coll::Communicator* comm, bool ok) {
 }
 
 // Writes this rank's shard; fills `shard` with its slices.
-Status WriteShard(const std::string& dir, int rank, int world, const CheckpointContent& c, const Ranges& write_set,
-                  proto::ShardFile* shard) {
-  char name[64];
-  std::snprintf(name, sizeof name, "shard-%05d-of-%05d.bin", rank, world);
+Status WriteShard(const std::string& dir, const std::string& name, int rank, const CheckpointContent& c,
+                  const Ranges& write_set, proto::ShardFile* shard) {
   const std::string path = dir + "/" + name;
   shard->set_name(name);
   shard->set_rank(rank);
@@ -131,7 +129,7 @@ Status WriteShard(const std::string& dir, int rank, int world, const CheckpointC
   };
   const ParamLayout& L = *c.layout;
   for (const auto& [b, e] : write_set) {
-    const OptimState* st = (c.has_m || c.has_v) ? CoveringState(c.states, b, e) : nullptr;
+    const OptimState* st = (c.has_m || c.has_v) ? CoveringState(c.states, b - c.base, e - c.base) : nullptr;
     if ((c.has_m || c.has_v) && !st) {
       s = Internal("checkpoint write range outside this rank's optimizer state");
       break;
@@ -140,7 +138,7 @@ Status WriteShard(const std::string& dir, int rank, int world, const CheckpointC
       const ParamSpec& spec = L.spec(p.spec);
       if (c.skip_replicated && !spec.sharded()) continue;
       for (const BoxRange& br : BoxRangesOf(spec, static_cast<int64_t>(p.begin), static_cast<int64_t>(p.end))) {
-        const size_t arena = spec.offset + static_cast<size_t>(br.local);
+        const size_t arena = spec.offset + static_cast<size_t>(br.local) - c.base;  // index into c.params
         const TensorBox* box = spec.sharded() ? &spec.boxes[static_cast<size_t>(br.box)] : nullptr;
         put("param/" + spec.name, c.params + arena, br.begin, br.end, box);
         if (c.has_m) put("optim.m/" + spec.name, st->m.data() + (arena - st->base), br.begin, br.end, box);
@@ -423,8 +421,16 @@ Ranges EvenSplit(size_t total, int rank, int n) {
   return {{b, e}};
 }
 
+Status WriteShardFile(const std::string& dir, const std::string& file_name, int writer, const CheckpointContent& c,
+                      const Ranges& write_set, std::string* slice_list) {
+  proto::ShardFile shard;
+  RT_RETURN_IF_ERROR(WriteShard(dir, file_name, writer, c, write_set, &shard));
+  shard.SerializeToString(slice_list);
+  return Status::Ok();
+}
+
 Status SaveCheckpoint(coll::Communicator* comm, const std::string& root, const CheckpointContent& c,
-                      const CheckpointMeta& meta, const Ranges& write_set, int keep) {
+                      const CheckpointMeta& meta, const Ranges& write_set, int keep, const ExtraShards& extra) {
   const int rank = comm ? comm->rank() : 0, world = comm ? comm->size() : 1;
   const std::string name = StepDirName(meta.step);
   const std::string final_dir = root + "/" + name, tmp = final_dir + ".tmp";
@@ -440,7 +446,11 @@ Status SaveCheckpoint(coll::Communicator* comm, const std::string& root, const C
   if (!ok) return local.ok() ? IoError("rank 0 could not create " + tmp) : local;
 
   proto::ShardFile shard;
-  local = WriteShard(tmp, rank, world, c, write_set, &shard);
+  {
+    char shard_name[64];
+    std::snprintf(shard_name, sizeof shard_name, "shard-%05d-of-%05d.bin", rank, world);
+    local = WriteShard(tmp, shard_name, rank, c, write_set, &shard);
+  }
   if (local.ok()) CrashHook("after_shard", meta.step);
   RT_ASSIGN_OR_RETURN(ok, AllOk(comm, local.ok()));
   if (!ok) return local.ok() ? IoError("another rank failed to write its shard of " + tmp) : local;
@@ -487,8 +497,12 @@ Status SaveCheckpoint(coll::Communicator* comm, const std::string& root, const C
         for (int64_t d : s.global_shape) t->add_shape(d);
       }
     }
+    if (extra) {
+      Status x = extra(tmp, &lists);
+      if (!x.ok()) local = x;
+    }
     for (const std::string& l : lists) {
-      if (!m.add_shards()->ParseFromString(l)) local = Internal("a rank's slice list did not parse");
+      if (!m.add_shards()->ParseFromString(l)) local = Internal("a shard's slice list did not parse");
     }
     std::string json;
     google::protobuf::util::JsonPrintOptions jo;

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -35,12 +36,15 @@ namespace ringtrain {
 // What a checkpoint holds of one rank: the whole parameter arena and this rank's moments.
 struct CheckpointContent {
   const ParamLayout* layout = nullptr;
-  float* params = nullptr;            // layout.total() elements
+  float* params = nullptr;            // layout.total() elements (from `base` on, see below)
   std::vector<OptimState*> states;    // each covers [base, base + m.size()) of the arena
   bool has_m = false, has_v = false;  // which moments the optimizer keeps
   // Tensor parallelism: leave replicated tensors out of this rank's shard (every TP rank but the
   // first holds copies of them).
   bool skip_replicated = false;
+  // A parameter-server shard holds only part of the arena: params[0] is arena element `base`, and
+  // the states' bases count from it too. Writing only (WriteShardFile).
+  size_t base = 0;
 };
 
 struct CheckpointMeta {
@@ -54,10 +58,22 @@ struct CheckpointMeta {
   std::string path;  // the directory it was loaded from or saved to
 };
 
+// Shard lists written by others (parameter servers) into a checkpoint's temporary directory:
+// SaveCheckpoint calls this on rank 0 after every rank's shard is written and before the
+// manifest, and adds the lists to it.
+using ExtraShards = std::function<Status(const std::string& tmp_dir, std::vector<std::string>* slice_lists)>;
+
 // Writes ROOT/step-<meta.step>. write_set: the arena ranges this rank writes; over all ranks they
 // must cover every parameter once, and lie inside this rank's moment states. comm null: alone.
 Status SaveCheckpoint(coll::Communicator* comm, const std::string& root, const CheckpointContent& c,
-                      const CheckpointMeta& meta, const std::vector<std::pair<size_t, size_t>>& write_set, int keep);
+                      const CheckpointMeta& meta, const std::vector<std::pair<size_t, size_t>>& write_set, int keep,
+                      const ExtraShards& extra = nullptr);
+
+// Writes one shard file `file_name` into `dir` (fsynced) holding write_set's ranges of c, and
+// returns its slice list (a serialised ringtrain.proto.ShardFile) for the manifest. `writer`
+// names who wrote it (a rank; parameter-server shard i writes as -1 - i).
+Status WriteShardFile(const std::string& dir, const std::string& file_name, int writer, const CheckpointContent& c,
+                      const std::vector<std::pair<size_t, size_t>>& write_set, std::string* slice_list);
 
 // from: a checkpoint directory, or a root (its `latest`). With auto_fallback, an unusable
 // checkpoint is reported on stderr and the next older one in the root is tried; NotFound when the

@@ -1,10 +1,14 @@
-// `ringtrain launch --nproc N [--master-port P] [--grace S] -- train ...`: the local launcher. Starts
-// N processes of this binary with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and
-// MASTER_PORT set (so they use the TCP transport), prefixes every line they print with their rank,
+// `ringtrain launch --nproc N [--ps K] [--master-port P] [--grace S] -- train ...`: the local launcher.
+// Starts N processes of this binary with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR
+// and MASTER_PORT set (so they use the TCP transport), prefixes every line they print with their rank,
 // forwards SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 to them, and when one fails stops the
 // others (SIGTERM, then SIGKILL after the grace period) and exits with the failed rank's status.
 // Each rank runs in its own process group, which is killed at the end, and dies with the launcher
 // (PR_SET_PDEATHSIG), so no process outlives the job.
+// With --ps K it first starts K parameter-server shards (`ringtrain ps --shard i/K` on loopback
+// ports), gives the ranks their addresses (RINGTRAIN_PS_HOSTS) and a fresh shared token
+// (RINGTRAIN_TOKEN, unless one is set), and stops the servers (SIGTERM) once every rank succeeded;
+// a server that exits before that fails the job like a rank would.
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -24,6 +28,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "parameter_server/auth.h"
 
 namespace ringtrain::cli {
 
@@ -31,6 +36,7 @@ namespace {
 
 struct LaunchArgs {
   int nproc = 0;
+  int ps = 0;
   int master_port = 0;
   std::string master_addr = "127.0.0.1";
   double grace_s = 10;
@@ -61,12 +67,12 @@ StatusOr<int> FreePort() {
 // One output stream of one rank: bytes are cut into lines, each printed with the rank prefix.
 struct Stream {
   int fd = -1;
-  int rank = 0;
+  std::string label;  // "rank 3", "ps 1"
   std::FILE* out = nullptr;
   std::string pending;
 
   void Emit(const std::string& line) {
-    std::fprintf(out, "[rank %d] %s\n", rank, line.c_str());
+    std::fprintf(out, "[%s] %s\n", label.c_str(), line.c_str());
     std::fflush(out);
   }
   // Returns false at end of stream.
@@ -98,6 +104,8 @@ struct Child {
   pid_t pid = -1;
   bool running = false;
   int status = 0;
+  std::string label;
+  bool server = false;
 };
 
 std::string Describe(int status) {
@@ -130,13 +138,16 @@ Status Launch(const LaunchArgs& a) {
   std::vector<std::string> argv_s;
   argv_s.push_back(exe == "/proc/self/exe" ? "ringtrain" : a.command[0]);
   for (size_t i = exe == "/proc/self/exe" ? 0 : 1; i < a.command.size(); ++i) argv_s.push_back(a.command[i]);
-  if (exe == "/proc/self/exe") {
+  std::string self_exe;
+  {
     char self[4096];
     const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
     if (n <= 0) return IoError("cannot find this program's path (/proc/self/exe)");
     self[n] = '\0';
-    exe = self;
+    self_exe = self;
   }
+  if (exe == "/proc/self/exe") exe = self_exe;
+  if (a.ps < 0) return InvalidArgument("--ps must be >= 0");
 
   struct sigaction sa{};
   sa.sa_handler = OnSignal;
@@ -145,12 +156,14 @@ Status Launch(const LaunchArgs& a) {
   for (int s : forwarded) sigaction(s, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  std::vector<Child> kids(static_cast<size_t>(a.nproc));
+  std::vector<Child> kids;
   std::vector<Stream> streams;
   std::fflush(stdout);
   std::fflush(stderr);
   const pid_t launcher = ::getpid();
-  for (int r = 0; r < a.nproc; ++r) {
+  // Forks one child (this binary for a server, else the command) with extra environment variables.
+  auto spawn = [&](const std::string& label, bool server, const std::vector<std::string>& args,
+                   const std::vector<std::pair<std::string, std::string>>& env) -> Status {
     int out[2], err[2];
     if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0)
       return IoError(std::string("pipe: ") + std::strerror(errno));
@@ -168,44 +181,68 @@ Status Launch(const LaunchArgs& a) {
       for (const char* v : {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
                             "OMPI_COMM_WORLD_LOCAL_SIZE"})
         ::unsetenv(v);
-      ::setenv("RANK", std::to_string(r).c_str(), 1);
-      ::setenv("WORLD_SIZE", std::to_string(a.nproc).c_str(), 1);
-      ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
-      ::setenv("LOCAL_WORLD_SIZE", std::to_string(a.nproc).c_str(), 1);
-      ::setenv("MASTER_ADDR", a.master_addr.c_str(), 1);
-      ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+      for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
       std::vector<char*> argv;
-      for (const std::string& s : argv_s) argv.push_back(const_cast<char*>(s.c_str()));
+      for (const std::string& x : args) argv.push_back(const_cast<char*>(x.c_str()));
       argv.push_back(nullptr);
-      ::execv(exe.c_str(), argv.data());
-      std::fprintf(stderr, "ringtrain launch: cannot run %s: %s\n", exe.c_str(), std::strerror(errno));
+      const char* path = server ? self_exe.c_str() : exe.c_str();
+      ::execv(path, argv.data());
+      std::fprintf(stderr, "ringtrain launch: cannot run %s: %s\n", path, std::strerror(errno));
       _exit(127);
     }
     ::setpgid(pid, pid);  // also here, so the group exists before the parent signals it
     ::close(out[1]);
     ::close(err[1]);
-    kids[static_cast<size_t>(r)] = {pid, true, 0};
-    streams.push_back({out[0], r, stdout, {}});
-    streams.push_back({err[0], r, stderr, {}});
+    kids.push_back({pid, true, 0, label, server});
+    streams.push_back({out[0], label, stdout, {}});
+    streams.push_back({err[0], label, stderr, {}});
+    return Status::Ok();
+  };
+  std::vector<std::pair<std::string, std::string>> common;
+  if (a.ps > 0) {
+    // One token per job unless the user brought one; servers and workers share it.
+    if (!std::getenv("RINGTRAIN_TOKEN")) common.push_back({"RINGTRAIN_TOKEN", ps::RandomTokenHex()});
+    std::string hosts;
+    for (int i = 0; i < a.ps; ++i) {
+      RT_ASSIGN_OR_RETURN(int p, FreePort());
+      const std::string addr = a.master_addr + ":" + std::to_string(p);
+      hosts += (i ? "," : "") + addr;
+      RT_RETURN_IF_ERROR(spawn("ps " + std::to_string(i), true,
+                               {"ringtrain", "ps", "--listen", addr, "--shard", std::to_string(i) + "/" + std::to_string(a.ps)},
+                               common));
+    }
+    common.push_back({"RINGTRAIN_PS_HOSTS", hosts});
+  }
+  for (int r = 0; r < a.nproc; ++r) {
+    auto env = common;
+    env.push_back({"RANK", std::to_string(r)});
+    env.push_back({"WORLD_SIZE", std::to_string(a.nproc)});
+    env.push_back({"LOCAL_RANK", std::to_string(r)});
+    env.push_back({"LOCAL_WORLD_SIZE", std::to_string(a.nproc)});
+    env.push_back({"MASTER_ADDR", a.master_addr});
+    env.push_back({"MASTER_PORT", std::to_string(port)});
+    RT_RETURN_IF_ERROR(spawn("rank " + std::to_string(r), false, argv_s, env));
   }
 
   {
     std::string pids;
     for (const Child& k : kids) pids += (pids.empty() ? "" : " ") + std::to_string(k.pid);
-    std::fprintf(stderr, "ringtrain launch: %d ranks started (pids %s), rendezvous %s:%d\n", a.nproc, pids.c_str(),
+    std::fprintf(stderr, "ringtrain launch: %d ranks%s started (pids %s), rendezvous %s:%d\n", a.nproc,
+                 a.ps ? (" and " + std::to_string(a.ps) + " parameter server(s)").c_str() : "", pids.c_str(),
                  a.master_addr.c_str(), port);
     std::fflush(stderr);
   }
   using Clock = std::chrono::steady_clock;
-  int failed_rank = -1, failed_status = 0, signalled = 0;
-  Clock::time_point stop_at{}, kill_at{};
-  bool stopping = false, killed = false;
+  int failed = -1, failed_status = 0, signalled = 0;
+  Clock::time_point kill_at{};
+  bool stopping = false, killed = false, servers_stopped = false;
   auto stop_all = [&](int sig) {
     for (const Child& k : kids)
       if (k.running) ::kill(-k.pid, sig);
   };
   size_t open_streams = streams.size();
-  int running = a.nproc;
+  int running = static_cast<int>(kids.size());
+  int ranks_running = a.nproc;
   while (running > 0 || open_streams > 0) {
     std::vector<pollfd> fds;
     std::vector<size_t> idx;
@@ -235,39 +272,53 @@ Status Launch(const LaunchArgs& a) {
       k.running = false;
       k.status = st;
       --running;
-      const bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;
-      if (!ok && failed_rank < 0 && !stopping) {
-        failed_rank = static_cast<int>(r);
+      if (!k.server) --ranks_running;
+      // A rank must exit 0; a server must not exit before the ranks are done.
+      const bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0 && (!k.server || servers_stopped);
+      if (!ok && failed < 0 && !stopping) {
+        failed = static_cast<int>(r);
         failed_status = st;
         std::fflush(stdout);
-        std::fprintf(stderr, "ringtrain launch: rank %d %s; stopping the other %d rank(s)\n", failed_rank,
-                     Describe(st).c_str(), running);
+        std::fprintf(stderr, "ringtrain launch: %s %s%s; stopping the other %d process(es)\n", k.label.c_str(),
+                     Describe(st).c_str(), k.server ? " while the ranks were running" : "", running);
         std::fflush(stderr);
         stop_all(SIGTERM);
         stopping = true;
-        stop_at = Clock::now();
-        kill_at = stop_at + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(a.grace_s));
+        kill_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(a.grace_s));
+      }
+    }
+    if (ranks_running == 0 && !servers_stopped) {
+      // Every rank is done: the servers' work is over.
+      servers_stopped = true;
+      for (const Child& k : kids)
+        if (k.server && k.running) ::kill(-k.pid, SIGTERM);
+      if (!stopping) {
+        stopping = true;
+        kill_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(a.grace_s));
       }
     }
     if (stopping && !killed && running > 0 && Clock::now() >= kill_at) {
-      std::fprintf(stderr, "ringtrain launch: %d rank(s) still running after %.0f s; killing them\n", running, a.grace_s);
+      std::fprintf(stderr, "ringtrain launch: %d process(es) still running after %.0f s; killing them\n", running, a.grace_s);
       stop_all(SIGKILL);
       killed = true;
     }
-    // Output still open after every rank exited belongs to a leftover grandchild: kill it.
+    // Output still open after every child exited belongs to a leftover grandchild: kill it.
     if (running == 0 && open_streams > 0) {
       for (const Child& k : kids) ::kill(-k.pid, SIGKILL);
     }
   }
-  for (const Child& k : kids) ::kill(-k.pid, SIGKILL);  // anything a rank left in its group
-  if (failed_rank >= 0)
-    return Status(StatusCode::kAborted, "rank " + std::to_string(failed_rank) + " of " + std::to_string(a.nproc) +
-                                            " " + Describe(failed_status))
-        .WithExitCode(ExitCodeOf(failed_status));
-  for (size_t r = 0; r < kids.size(); ++r) {
-    const int st = kids[r].status;
+  for (const Child& k : kids) ::kill(-k.pid, SIGKILL);  // anything a child left in its group
+  if (failed >= 0) {
+    const Child& k = kids[static_cast<size_t>(failed)];
+    const std::string who = k.server ? "parameter server " + k.label.substr(3) + " of " + std::to_string(a.ps)
+                                     : k.label + " of " + std::to_string(a.nproc);
+    return Status(StatusCode::kAborted, who + " " + Describe(failed_status)).WithExitCode(std::max(1, ExitCodeOf(failed_status)));
+  }
+  for (const Child& k : kids) {
+    if (k.server) continue;
+    const int st = k.status;
     if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
-      return Status(StatusCode::kAborted, "rank " + std::to_string(r) + " " + Describe(st) +
+      return Status(StatusCode::kAborted, k.label + " " + Describe(st) +
                                               (signalled ? std::string(" after signal ") + strsignal(signalled) : ""))
           .WithExitCode(ExitCodeOf(st));
   }
@@ -280,6 +331,7 @@ void AddLaunch(CLI::App& app, Action& action) {
   auto args = std::make_shared<LaunchArgs>();
   CLI::App* cmd = app.add_subcommand("launch", "start N local ranks of a command (TCP transport): launch --nproc N -- train ...");
   cmd->add_option("--nproc", args->nproc, "number of processes")->required();
+  cmd->add_option("--ps", args->ps, "also start K parameter-server shards on loopback (sync.mode ps)");
   cmd->add_option("--master-port", args->master_port, "rendezvous port (default: a free one)");
   cmd->add_option("--master-addr", args->master_addr, "rendezvous address (default 127.0.0.1)");
   cmd->add_option("--grace", args->grace_s, "seconds the other ranks get to stop after a failure (default 10)");

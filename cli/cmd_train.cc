@@ -85,6 +85,8 @@ void AddTrain(CLI::App& app, Action& action) {
       opts.checkpoint_root = config.Str("checkpoint.dir").empty() ? run_dir + "/checkpoints" : config.Str("checkpoint.dir");
       opts.resume = args->resume;
       opts.init_from = args->init_from;
+      opts.ps_hosts = dist.launch.ps_hosts;
+      opts.job_id = (dist.launch.job_id.empty() ? "" : dist.launch.job_id + ":") + run_dir;
       if (!opts.resume.empty() && opts.resume != "auto" && opts.resume.find('/') == std::string::npos &&
           !std::filesystem::exists(opts.resume))
         return InvalidArgument("--resume " + opts.resume + ": use auto or a checkpoint directory");

@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   ringtrain::cli::AddBench(app, action);
   ringtrain::cli::AddLaunch(app, action);
   ringtrain::cli::AddExport(app, action);
+  ringtrain::cli::AddPs(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -195,6 +195,8 @@ StatusOr<LaunchContext> DetectLaunch() {
   if (Env("MASTER_ADDR")) c.master_addr = Env("MASTER_ADDR");
   if (Env("MASTER_PORT")) RT_RETURN_IF_ERROR(ParseInt("MASTER_PORT", 1, &c.master_port));
   if (c.master_port > 65535) return InvalidArgument("MASTER_PORT=" + std::to_string(c.master_port) + " is not a TCP port");
+  if (Env("RINGTRAIN_PS_HOSTS")) c.ps_hosts = Env("RINGTRAIN_PS_HOSTS");
+  if (Env("RINGTRAIN_JOB_ID")) c.job_id = Env("RINGTRAIN_JOB_ID");
   return c;
 }
 

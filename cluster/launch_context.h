@@ -7,6 +7,7 @@
 //     SLURM_NODEID, SLURM_JOB_NODELIST, SLURM_JOB_ID; the rendezvous is the first host of the
 //     node list (MASTER_ADDR overrides) at MASTER_PORT or a port derived from the job id.
 //   nothing: one process.
+//   ringtrain launch --ps K also sets RINGTRAIN_PS_HOSTS and RINGTRAIN_JOB_ID.
 // Precedence: Open MPI, then RANK/WORLD_SIZE, then Slurm. A Slurm batch script itself (no
 // SLURM_STEP_ID) is one process: its tasks are started by srun.
 #pragma once
@@ -27,7 +28,9 @@ struct LaunchContext {
   int master_port = 29500;
   std::string source = "single process";  // which launcher the values came from
   bool under_mpirun = false;
-  std::string job_id;  // Slurm job id, when there is one
+  std::string job_id;  // Slurm job id (or RINGTRAIN_JOB_ID from ringtrain launch), when there is one
+  // Parameter servers started for this job (RINGTRAIN_PS_HOSTS, set by `ringtrain launch --ps K`).
+  std::string ps_hosts;
 };
 
 // Partial or contradictory variables (RANK without WORLD_SIZE, RANK >= WORLD_SIZE, OMPI and RANK

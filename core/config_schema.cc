@@ -87,6 +87,15 @@ const std::vector<ConfigKey>& ConfigSchema() {
       {"dist.overlap", T::kBool, "true", -1e300, 1e300, {}, "start bucket all-reduces during backward (false: one all-reduce after it)"},
       {"dist.zero1", T::kBool, "false", -1e300, 1e300, {},
        "ZeRO-1: reduce-scatter gradients, each rank updates its shard of parameters and optimizer state, all-gather parameters"},
+      // Parameter servers (sync.mode ps)
+      {"sync.mode", T::kString, "auto", -1e300, 1e300, {"auto", "allreduce", "ps"},
+       "gradient sync: allreduce (ring all-reduce data parallelism) or ps (parameter servers); auto is ps when "
+       "servers are given (sync.ps_hosts or ringtrain launch --ps K)"},
+      {"sync.ps_hosts", T::kString, "", -1e300, 1e300, {}, "parameter servers HOST:PORT,... in shard order (ringtrain ps --shard i/k)"},
+      {"sync.consistency", T::kString, "bsp", -1e300, 1e300, {"bsp", "ssp", "asp"},
+       "ps: bsp (one averaged update per step), ssp (at most sync.staleness steps ahead of the slowest worker), asp (apply each push)"},
+      {"sync.staleness", T::kInt, "2", 0, 1e6, {}, "ssp: steps a worker may run ahead of the slowest (0: bsp)"},
+      {"sync.token_file", T::kString, "", -1e300, 1e300, {}, "ps: file holding the shared token (empty: RINGTRAIN_TOKEN)"},
       // Tensor parallelism
       {"parallel.tensor", T::kInt, "1", 1, 1e6, {},
        "tensor-parallel group size T (GPT): T adjacent ranks split every layer; world size / T data-parallel groups"},

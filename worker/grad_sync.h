@@ -37,6 +37,13 @@ class GradientSync {
   virtual StatusOr<double> GradSumSquares() = 0;
   // After the owned ranges were updated: make the parameters identical on every rank.
   virtual Status AfterUpdate() { return Status::Ok(); }
+  // Before step `step` (0-based) begins.
+  virtual void BeginStep(int64_t step) { (void)step; }
+  // Whether the workers move in lockstep (false: SSP/ASP parameter servers, where the trainer
+  // only meets the other workers at log, evaluation and checkpoint steps).
+  virtual bool Lockstep() const { return true; }
+  // After the last of `steps` steps, every worker having finished: fetch the final parameters.
+  virtual Status Refresh(int64_t steps) { (void)steps; return Status::Ok(); }
   // Arena ranges GradSumSquares leaves out (sorted, disjoint). Tensor parallelism: replicated
   // tensors on every TP rank but the first, so a sum over the TP group counts them once.
   void set_norm_skip(Ranges r) { norm_skip_ = std::move(r); }

@@ -18,6 +18,8 @@
 #include "checkpoint/safetensors.h"
 #include "core/threads.h"
 #include "models/tensor_parallel.h"
+#include "parameter_server/auth.h"
+#include "worker/ps_sync.h"
 
 namespace ringtrain {
 
@@ -79,6 +81,18 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const T
     return InvalidArgument("config: parallel.tensor > 1 needs model.type gpt (model.type is " +
                            config.Str("model.type") + ")");
   if (tp > 1) RT_RETURN_IF_ERROR(CheckTensorParallelHeads(static_cast<int>(config.Int("model.n_head")), static_cast<int>(tp)));
+  // Parameter servers: sync.ps_hosts, else the servers the launcher started.
+  const std::string ps_hosts = config.Str("sync.ps_hosts").empty() ? opts.ps_hosts : config.Str("sync.ps_hosts");
+  const bool use_ps = config.Str("sync.mode") == "ps" || (config.Str("sync.mode") == "auto" && !ps_hosts.empty());
+  if (use_ps) {
+    if (ps_hosts.empty())
+      return InvalidArgument("sync.mode = ps needs servers: set sync.ps_hosts=HOST:PORT,... or start the job with "
+                             "ringtrain launch --ps K");
+    if (tp > 1) return InvalidArgument("sync.mode = ps does not combine with parallel.tensor > 1");
+    if (config.Bool("dist.zero1"))
+      return InvalidArgument("dist.zero1 does not apply to sync.mode = ps (the servers hold the optimizer state)");
+    RT_RETURN_IF_ERROR(ps::ParseHostList(ps_hosts).status());
+  }
   t->tp_ = static_cast<int>(tp);
   t->dp_ = t->world_ / t->tp_;
   t->dp_group_ = comm;
@@ -125,23 +139,85 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const T
   so.bucket_bytes = static_cast<size_t>(config.Float("dist.bucket_mb") * (1 << 20));
   so.overlap = config.Bool("dist.overlap");
   so.zero1 = config.Bool("dist.zero1");
-  t->sync_ = MakeGradientSync(dpc, A, so);
-  // The gradient norm sums over the TP group; replicated tensors count once (TP rank 0's).
-  if (t->tp_ > 1 && t->tp_comm_->rank() != 0) t->sync_->set_norm_skip(t->replicated_);
-  for (const auto& [b, e] : t->sync_->Owned()) {
-    t->opt_states_.emplace_back();
-    t->opt_states_.back().Allocate(t->oc_, e - b, b);
-  }
   t->ckpt_every_steps_ = config.Int("checkpoint.every_steps");
   t->ckpt_every_minutes_ = config.Float("checkpoint.every_minutes");
   t->ckpt_async_ = config.Bool("checkpoint.async");
-  if (!opts.resume.empty()) RT_RETURN_IF_ERROR(t->Resume());
-  if (!opts.checkpoint_root.empty() && config.Bool("checkpoint.async"))
+  if (use_ps) {
+    // Worker 0 holds the whole optimizer state only while resuming, to hand it to the servers.
+    const bool lead = !dpc || dpc->rank() == 0;
+    if (lead && !opts.resume.empty()) {
+      t->opt_states_.emplace_back();
+      t->opt_states_.back().Allocate(t->oc_, A.layout.total(), 0);
+    }
+    if (!opts.resume.empty()) RT_RETURN_IF_ERROR(t->Resume());
+    RT_RETURN_IF_ERROR(t->StartParameterServers(ps_hosts));
+    t->opt_states_.clear();
+    t->ckpt_async_ = false;  // the servers write their shards synchronously
+  } else {
+    t->sync_ = MakeGradientSync(dpc, A, so);
+    // The gradient norm sums over the TP group; replicated tensors count once (TP rank 0's).
+    if (t->tp_ > 1 && t->tp_comm_->rank() != 0) t->sync_->set_norm_skip(t->replicated_);
+    for (const auto& [b, e] : t->sync_->Owned()) {
+      t->opt_states_.emplace_back();
+      t->opt_states_.back().Allocate(t->oc_, e - b, b);
+    }
+    if (!opts.resume.empty()) RT_RETURN_IF_ERROR(t->Resume());
+  }
+  if (!opts.checkpoint_root.empty() && t->ckpt_async_)
     t->PrepareSnapshot(t->CheckpointWriteSet(), ContentOf(*t->task_, t->opt_states_, t->oc_));
   t->last_save_time_ = NowS();
   return t;
 }
 
+// Connects this worker to every server; worker 0 starts the job on them with the current
+// parameters (and, after a resume, the optimizer moments it loaded), and every worker waits for
+// that before its first push.
+Status Trainer::StartParameterServers(const std::string& hosts) {
+  ParamArena<float>& A = task_->arena();
+  coll::Communicator* dpc = dp_group_;
+  ps::PsClientOptions co;
+  RT_ASSIGN_OR_RETURN(co.hosts, ps::ParseHostList(hosts));
+  RT_ASSIGN_OR_RETURN(co.token, ps::LoadToken(config_.Str("sync.token_file")));
+  co.job_id = opts_.job_id;
+  co.worker = dpc ? dpc->rank() : 0;
+  co.workers = dp_;
+  co.total = A.layout.total();
+  co.deadline_s = config_.Float("dist.deadline_s");
+  co.chunk_bytes = std::min<size_t>(16u << 20, std::max<size_t>(1 << 16, static_cast<size_t>(config_.Float("dist.bucket_mb") * (1 << 20))));
+  auto client = ps::PsClient::Connect(co);
+  if (!client.ok()) return client.status().WithContext("connecting to the parameter servers");
+  PsSyncOptions po;
+  RT_ASSIGN_OR_RETURN(po.mode, ps::ParseConsistency(config_.Str("sync.consistency")));
+  po.staleness = po.mode == ps::Consistency::kSsp ? config_.Int("sync.staleness") : 0;
+  po.grad_clip = oc_.grad_clip;
+  po.bucket_bytes = static_cast<size_t>(config_.Float("dist.bucket_mb") * (1 << 20));
+  po.overlap = config_.Bool("dist.overlap");
+  auto sync = std::make_unique<ParameterServerSync>(std::move(*client), A, po, start_step_);
+  if (co.worker == 0) {
+    nlohmann::json job = {{"workers", dp_},
+                          {"consistency", config_.Str("sync.consistency")},
+                          {"staleness", po.staleness},
+                          {"deadline_s", co.deadline_s},
+                          {"step", start_step_},
+                          {"config", config_.ToJson()}};
+    nlohmann::json specs = nlohmann::json::array();
+    for (const ParamSpec& sp : A.layout.specs())
+      specs.push_back({{"name", sp.name}, {"shape", sp.shape}, {"decay", sp.decay}, {"offset", sp.offset}});
+    job["specs"] = specs;
+    const OptimState* st = opt_states_.empty() ? nullptr : &opt_states_[0];
+    const float* m = st && st->m.size() ? st->m.data() : nullptr;
+    const float* v = st && st->v.size() ? st->v.data() : nullptr;
+    RT_RETURN_IF_ERROR(sync->client().Init(job, A.params.data(), m, v).WithContext("starting the job on the parameter servers"));
+  }
+  if (dpc) {
+    int32_t go = 0;
+    RT_RETURN_IF_ERROR(dpc->AllReduce(&go, 1, coll::DataType::kI32, coll::ReduceOp::kMax)
+                           .WithContext("waiting for worker 0 to start the parameter servers"));
+  }
+  ps_ = sync.get();
+  sync_ = std::move(sync);
+  return Status::Ok();
+}
 
 Status Trainer::Resume() {
   const bool autom = opts_.resume == "auto";
@@ -194,6 +270,18 @@ Status Trainer::SaveCheckpointAt(int64_t step) {
   const std::string what = "saving the checkpoint of step " + std::to_string(step);
   RT_RETURN_IF_ERROR(WaitForSave());
   last_save_time_ = NowS();
+  if (ps_) {
+    // The servers hold the parameters and moments: they write their shards into the checkpoint.
+    // Every worker has pushed all of its steps by now, so after Refresh (SSP: the open steps
+    // applied) the servers' state is the cut at this step.
+    RT_RETURN_IF_ERROR(ps_->Refresh(step).WithContext(what));
+    const ExtraShards servers = [this, step](const std::string& tmp, std::vector<std::string>* lists) -> Status {
+      RT_ASSIGN_OR_RETURN(std::vector<std::string> l, ps_->client().Save(step, tmp));
+      lists->insert(lists->end(), l.begin(), l.end());
+      return Status::Ok();
+    };
+    return SaveCheckpoint(comm, opts_.checkpoint_root, c, meta, write_set, keep, servers).WithContext(what);
+  }
   if (!async || stop_requested_) return SaveCheckpoint(comm, opts_.checkpoint_root, c, meta, write_set, keep).WithContext(what);
   // Asynchronous: copy what this rank writes (parameters and moments of its write set) and let a
   // background thread write it over a communicator of its own, while training goes on.
@@ -245,6 +333,7 @@ Trainer::SaveSnapshot* Trainer::PrepareSnapshot(const Ranges& write_set, const C
 // with tensor parallelism every group writes its own part of the model (WriteShard leaves the
 // replicated tensors to TP rank 0's group).
 Ranges Trainer::CheckpointWriteSet() {
+  if (ps_) return {};  // the servers write everything
   return config_.Bool("dist.zero1") && dp_ > 1
              ? sync_->Owned()
              : EvenSplit(task_->arena().layout.total(), dp_group_ ? dp_group_->rank() : 0, dp_);
@@ -292,6 +381,7 @@ Status Trainer::MaybeCheckpoint(int64_t done, bool last) {
 StatusOr<double> Trainer::Step(int64_t step) {
   ParamArena<float>& A = task_->arena();
   A.grads.Zero();
+  sync_->BeginStep(step);
   double loss = 0;
   for (int micro = 0; micro < accum_; ++micro) {
     const uint64_t index = static_cast<uint64_t>(step) * accum_ + micro;
@@ -325,6 +415,11 @@ StatusOr<double> Trainer::Step(int64_t step) {
   RT_RETURN_IF_ERROR(sync_->AfterUpdate().WithContext(where));
   last_tp_bytes_ = task_->TakeTpBytes();
   last_dp_bytes_ = dp_ > 1 ? task_->arena().layout.total() * sizeof(float) : 0;
+  if (ps_) {
+    const uint64_t moved = ps_->client().bytes_pushed() + ps_->client().bytes_pulled();
+    last_dp_bytes_ = moved - ps_bytes_seen_;
+    ps_bytes_seen_ = moved;
+  }
   if (tp_ > 1) last_tp_bytes_ += sizeof(double);  // the gradient norm
   if (tp_ > 1 && dp_ > 2) {
     // Replicated parameters (LayerNorms, position embedding, row-parallel biases) get the same
@@ -350,7 +445,12 @@ StatusOr<double> Trainer::Step(int64_t step) {
   const bool lead = world_ == 1 || opts_.comm->rank() == 0;
   double v[3] = {loss, g_stop_signal.load() != 0 ? 1.0 : 0.0,
                  lead && minutes > 0 && NowS() - last_save_time_ >= minutes * 60 ? 1.0 : 0.0};
-  if (world_ > 1) {
+  // Workers that do not move in lockstep (SSP/ASP parameter servers) meet only at log steps and
+  // the last step; in between each reports its own loss and decides nothing.
+  const int64_t done = step + 1, steps = config_.Int("train.steps");
+  const bool meet = sync_->Lockstep() || done % config_.Int("train.log_interval") == 0 || done >= steps;
+  if (!meet) v[1] = v[2] = 0;
+  if (world_ > 1 && meet) {
     // Every rank reports (and checks for divergence on) the same, global loss.
     RT_RETURN_IF_ERROR(opts_.comm->AllReduce(v, 3, coll::DataType::kF64, coll::ReduceOp::kSum)
                            .WithContext("averaging the loss at step " + std::to_string(step + 1)));
@@ -358,6 +458,8 @@ StatusOr<double> Trainer::Step(int64_t step) {
   }
   stop_requested_ = v[1] > 0;
   time_save_due_ = v[2] > 0;
+  // SSP/ASP: once every worker is done, everyone takes the servers' final parameters.
+  if (!sync_->Lockstep() && done == steps) RT_RETURN_IF_ERROR(sync_->Refresh(steps).WithContext(where));
   exposed += std::chrono::duration<double>(Clock::now() - t1).count();
   last_exposed_s_ = exposed;
   return loss;
@@ -395,7 +497,10 @@ StatusOr<TrainSummary> Trainer::Run() {
     if (tp_ > 1)
       std::printf("tensor parallel: %d ranks per group (%d heads each), %d group(s) (%s)\n", tp_,
                   static_cast<int>(config_.Int("model.n_head")) / tp_, dp_, opts_.comm->transport_kind());
-    if (dp_ > 1)
+    if (ps_)
+      std::printf("parameter servers: %d worker(s), %s, bucket %.3g MB, %s\n", dp_, sync_->name(),
+                  config_.Float("dist.bucket_mb"), config_.Bool("dist.overlap") ? "pushed during backward" : "pushed after backward");
+    else if (dp_ > 1)
       std::printf("data parallel: %d ranks, gradient sync %s (%s, bucket %.3g MB, %s)\n", dp_, sync_->name(),
                   opts_.comm->transport_kind(), config_.Float("dist.bucket_mb"),
                   config_.Bool("dist.overlap") ? "overlapped with backward" : "after backward");

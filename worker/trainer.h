@@ -20,6 +20,8 @@
 
 namespace ringtrain {
 
+class ParameterServerSync;
+
 struct TrainOptions {
   std::string run_dir;     // empty: no files written (benchmarks, ranks other than 0)
   bool print = true;       // progress and summary lines on stdout
@@ -36,6 +38,10 @@ struct TrainOptions {
   std::string resume;
   // Initial parameters from a safetensors file (GPT-2 names for GPT), instead of the seeded init.
   std::string init_from;
+  // Parameter servers the launcher started (HOST:PORT,...; sync.ps_hosts takes precedence), and
+  // the job's name on them (the same on every rank).
+  std::string ps_hosts;
+  std::string job_id = "ringtrain";
 };
 
 // Exit status of a run stopped by SIGTERM or SIGUSR1 after saving a checkpoint (EX_TEMPFAIL):
@@ -71,7 +77,8 @@ class Trainer {
   // The whole model's parameters (gathered over the tensor-parallel group; collective there).
   StatusOr<std::vector<float>> FullParams();
   // Payload bytes of the last step's tensor-parallel all-reduces (model activations and gradients,
-  // plus the replicated-parameter broadcast) and of its data-parallel gradient sync, per rank.
+  // plus the replicated-parameter broadcast) and of its data-parallel gradient sync, per rank
+  // (parameter servers: the bytes pushed and pulled).
   uint64_t last_tp_bytes() const { return last_tp_bytes_; }
   uint64_t last_dp_bytes() const { return last_dp_bytes_; }
   Task& task() { return *task_; }
@@ -135,6 +142,8 @@ class Trainer {
   std::vector<OptimState> opt_states_;  // one per owned range of the sync engine
   int64_t opt_step_ = 0;
   std::unique_ptr<GradientSync> sync_;
+  ParameterServerSync* ps_ = nullptr;  // sync_ when gradients go to parameter servers
+  Status StartParameterServers(const std::string& hosts);
   int world_ = 1, tp_ = 1, dp_ = 1;
   // Tensor parallelism: the groups (owned), the data-parallel group used (dp_comm_ or the world),
   // and the replicated parameters' ranges (left out of the clip norm on TP ranks but the first,
@@ -143,7 +152,7 @@ class Trainer {
   coll::Communicator* dp_group_ = nullptr;
   Ranges replicated_;
   std::vector<float> replicated_buf_;
-  uint64_t last_tp_bytes_ = 0, last_dp_bytes_ = 0;
+  uint64_t last_tp_bytes_ = 0, last_dp_bytes_ = 0, ps_bytes_seen_ = 0;
   double last_exposed_s_ = 0, last_backward_end_s_ = 0, last_synced_s_ = 0;
   std::vector<std::pair<size_t, size_t>> decay_ranges_;
   int accum_ = 1;
