@@ -71,6 +71,16 @@ PsClient::~PsClient() {
   }
 }
 
+void PsClient::Abort() {
+  for (auto& s : servers_) {
+    {
+      std::lock_guard<std::mutex> l(s->mu);
+      s->error = Aborted("aborted");  // no goodbye at destruction
+    }
+    if (s->conn) s->conn->Shutdown();
+  }
+}
+
 proto::PsHeader PsClient::Header(proto::PsType t) const {
   proto::PsHeader h;
   h.set_type(t);

@@ -58,6 +58,9 @@ class PsClient {
   // Every server writes its shard into dir; returns their slice lists.
   StatusOr<std::vector<std::string>> Save(int64_t step, const std::string& dir);
 
+  // Drops every connection without a goodbye, as the death of this process would (tests).
+  void Abort();
+
   uint64_t bytes_pushed() const { return bytes_pushed_; }
   uint64_t bytes_pulled() const { return bytes_pulled_; }
 

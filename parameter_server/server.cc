@@ -135,17 +135,19 @@ void PsServer::AcceptLoop() {
 
 void PsServer::Serve(std::shared_ptr<Conn> c) {
   Status s = ServerHandshake(c->fc, opts_.token, After(10), opts_.limits);
+  bool eof_between_frames = false;  // the peer simply went away
   if (s.ok()) {
     for (;;) {
       proto::PsHeader h;
       s = c->fc.RecvHeader(&h, opts_.limits, Clock::time_point::max(), opts_.frame_timeout_s);
-      if (!s.ok()) break;
+      if (!s.ok()) {
+        eof_between_frames = s.code() == StatusCode::kUnavailable && s.message().find("in the middle") == std::string::npos;
+        break;
+      }
       s = Handle(*c, h);
       if (!s.ok() || c->bye) break;
     }
   }
-  const bool eof_between_frames = !s.ok() && s.code() == StatusCode::kUnavailable &&
-                                  s.message().find("in the middle") == std::string::npos;
   if (!s.ok() && !stop_) {
     if (!eof_between_frames) {
       proto::PsHeader e;

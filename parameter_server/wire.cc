@@ -213,6 +213,12 @@ Status FrameConn::Send(proto::PsHeader h, const void* payload, size_t n, Clock::
   return WriteAll(bufs, lens, n ? 2 : 1, deadline);
 }
 
+Status FrameConn::SendRaw(const void* data, size_t n, Clock::time_point deadline) {
+  const void* bufs[1] = {data};
+  const size_t lens[1] = {n};
+  return WriteAll(bufs, lens, 1, deadline);
+}
+
 Status FrameConn::RecvHeader(proto::PsHeader* h, const FrameLimits& lim, Clock::time_point first_deadline,
                              double frame_timeout_s) {
   uint8_t pre[4];

@@ -64,6 +64,8 @@ class FrameConn {
   Status RecvPayload(void* dst, size_t n, Clock::time_point deadline);
   Status SkipPayload(size_t n, Clock::time_point deadline);
   void Shutdown();
+  // Raw bytes, no framing (tests and tools that must send malformed frames).
+  Status SendRaw(const void* data, size_t n, Clock::time_point deadline);
 
  private:
   Status ReadExact(void* dst, size_t n, Clock::time_point deadline, bool* got_none = nullptr);
