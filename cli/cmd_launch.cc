@@ -235,10 +235,16 @@ Status Launch(const LaunchArgs& a) {
   using Clock = std::chrono::steady_clock;
   int failed = -1, failed_status = 0, signalled = 0;
   Clock::time_point kill_at{};
-  bool stopping = false, killed = false, servers_stopped = false;
+  bool stopping = false, killed = false, servers_stopped = false, server_down = false;
+  Clock::time_point ranks_stop_at{};
   auto stop_all = [&](int sig) {
     for (const Child& k : kids)
       if (k.running) ::kill(-k.pid, sig);
+  };
+  auto begin_stop = [&] {
+    stop_all(SIGTERM);
+    stopping = true;
+    kill_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(a.grace_s));
   };
   size_t open_streams = streams.size();
   int running = static_cast<int>(kids.size());
@@ -275,17 +281,30 @@ Status Launch(const LaunchArgs& a) {
       if (!k.server) --ranks_running;
       // A rank must exit 0; a server must not exit before the ranks are done.
       const bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0 && (!k.server || servers_stopped);
-      if (!ok && failed < 0 && !stopping) {
-        failed = static_cast<int>(r);
-        failed_status = st;
+      if (!ok && !stopping) {
+        if (failed < 0) {
+          failed = static_cast<int>(r);
+          failed_status = st;
+        }
         std::fflush(stdout);
-        std::fprintf(stderr, "ringtrain launch: %s %s%s; stopping the other %d process(es)\n", k.label.c_str(),
-                     Describe(st).c_str(), k.server ? " while the ranks were running" : "", running);
+        if (k.server && !server_down) {
+          // The ranks notice a dead server themselves and say which one: give them the grace
+          // period to do so before stopping them.
+          std::fprintf(stderr, "ringtrain launch: %s %s while the ranks were running\n", k.label.c_str(),
+                       Describe(st).c_str());
+          server_down = true;
+          ranks_stop_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(a.grace_s));
+        } else if (!k.server) {
+          std::fprintf(stderr, "ringtrain launch: %s %s; stopping the other %d process(es)\n", k.label.c_str(),
+                       Describe(st).c_str(), running);
+          begin_stop();
+        }
         std::fflush(stderr);
-        stop_all(SIGTERM);
-        stopping = true;
-        kill_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(a.grace_s));
       }
+    }
+    if (server_down && !stopping && Clock::now() >= ranks_stop_at) {
+      std::fprintf(stderr, "ringtrain launch: the ranks still run %.0f s after a server died; stopping them\n", a.grace_s);
+      begin_stop();
     }
     if (ranks_running == 0 && !servers_stopped) {
       // Every rank is done: the servers' work is over.

@@ -30,8 +30,7 @@ std::string PsClient::Describe(int j) const {
 Status PsClient::Named(int j, const Status& s) const {
   if (s.ok()) return s;
   std::string m = s.message();
-  if (s.code() == StatusCode::kUnavailable && m.find("closed the connection") != std::string::npos)
-    m = "connection lost (" + m + "): did the server die?";
+  if (s.code() == StatusCode::kUnavailable) m = "connection lost (" + m + "): did the server die?";
   return Status(s.code(), Describe(j) + ": " + m);
 }
 
