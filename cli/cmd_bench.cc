@@ -38,6 +38,8 @@ Status BenchTrain(const BenchArgs& a) {
   opts.comm = dist.comm.get();
   opts.local_size = dist.launch.local_size;
   opts.checkpoint_root = a.checkpoint_dir;
+  opts.ps_hosts = dist.launch.ps_hosts;
+  opts.job_id = "bench";
   RT_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(config, opts));
   for (int i = 0; i < a.warmup; ++i) RT_RETURN_IF_ERROR(trainer->Step(i).status());
   std::vector<double> ms, save_ms;  // save_ms: steps that included a checkpoint save
@@ -171,6 +173,7 @@ void AddBench(CLI::App& app, Action& action) {
   train->callback([&action, args]() { action = [args]() { return BenchTrain(*args); }; });
   AddBenchAllreduce(bench, action);
   AddBenchCheckpoint(bench, action);
+  AddBenchPs(bench, action);
 }
 
 }  // namespace ringtrain::cli

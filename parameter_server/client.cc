@@ -30,6 +30,13 @@ std::string PsClient::Describe(int j) const {
 Status PsClient::Named(int j, const Status& s) const {
   if (s.ok()) return s;
   std::string m = s.message();
+  if (s.code() == StatusCode::kUnavailable && m.rfind("sending to ", 0) == 0 && servers_[static_cast<size_t>(j)]->conn) {
+    // A server that refuses a frame says why before it closes the connection: prefer its words.
+    proto::PsHeader h;
+    if (servers_[static_cast<size_t>(j)]->conn->RecvHeader(&h, opts_.limits, After(0.5), 0.5).ok() &&
+        h.type() == proto::PS_ERROR)
+      return Status(StatusCode::kAborted, Describe(j) + ": " + h.error());
+  }
   if (s.code() == StatusCode::kUnavailable) m = "connection lost (" + m + "): did the server die?";
   return Status(s.code(), Describe(j) + ": " + m);
 }
@@ -138,13 +145,7 @@ Status PsClient::WaitPushes() {
       s.cv.wait(l, [&] { return s.queue.empty() && !s.busy; });
       e = s.error;
     }
-    if (!e.ok() && first.ok()) {
-      // The server may have said why before closing: prefer its words.
-      proto::PsHeader h;
-      if (s.conn->RecvHeader(&h, opts_.limits, After(0.5), 0.5).ok() && h.type() == proto::PS_ERROR)
-        e = InvalidArgument("refused a gradient push: " + h.error());
-      first = Named(j, e);
-    }
+    if (!e.ok() && first.ok()) first = Named(j, e);
   }
   return first;
 }

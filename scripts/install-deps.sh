@@ -14,6 +14,7 @@ packages=(
   iproute2  # network namespaces for the TCP transport test
   munge slurmctld slurmd slurm-client  # the real-Slurm end-to-end test (daemons on localhost)
   python3  # the end-to-end test scripts read JSON with /usr/bin/python3
+  clang-14 libclang-rt-14-dev  # libFuzzer for the parameter server's frame decoder (tests/e2e/fuzz_frames.sh)
 )
 
 for arg in "$@"; do
