@@ -73,14 +73,6 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const T
   // Process groups: TP groups of T adjacent ranks (inside a node), DP groups across them. The
   // layout is checked before anything else happens, identically on every rank.
   const int64_t tp = config.Int("parallel.tensor");
-  if (t->world_ % tp != 0)
-    return InvalidArgument("parallel.tensor = " + std::to_string(tp) + " must divide the world size " +
-                           std::to_string(t->world_) + " (tensor-parallel groups of " + std::to_string(tp) +
-                           " ranks)");
-  if (tp > 1 && config.Str("model.type") != "gpt")
-    return InvalidArgument("config: parallel.tensor > 1 needs model.type gpt (model.type is " +
-                           config.Str("model.type") + ")");
-  if (tp > 1) RT_RETURN_IF_ERROR(CheckTensorParallelHeads(static_cast<int>(config.Int("model.n_head")), static_cast<int>(tp)));
   // Parameter servers: sync.ps_hosts, else the servers the launcher started.
   const std::string ps_hosts = config.Str("sync.ps_hosts").empty() ? opts.ps_hosts : config.Str("sync.ps_hosts");
   const bool use_ps = config.Str("sync.mode") == "ps" || (config.Str("sync.mode") == "auto" && !ps_hosts.empty());
@@ -93,6 +85,14 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const T
       return InvalidArgument("dist.zero1 does not apply to sync.mode = ps (the servers hold the optimizer state)");
     RT_RETURN_IF_ERROR(ps::ParseHostList(ps_hosts).status());
   }
+  if (t->world_ % tp != 0)
+    return InvalidArgument("parallel.tensor = " + std::to_string(tp) + " must divide the world size " +
+                           std::to_string(t->world_) + " (tensor-parallel groups of " + std::to_string(tp) +
+                           " ranks)");
+  if (tp > 1 && config.Str("model.type") != "gpt")
+    return InvalidArgument("config: parallel.tensor > 1 needs model.type gpt (model.type is " +
+                           config.Str("model.type") + ")");
+  if (tp > 1) RT_RETURN_IF_ERROR(CheckTensorParallelHeads(static_cast<int>(config.Int("model.n_head")), static_cast<int>(tp)));
   t->tp_ = static_cast<int>(tp);
   t->dp_ = t->world_ / t->tp_;
   t->dp_group_ = comm;

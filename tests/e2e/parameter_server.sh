@@ -108,6 +108,20 @@ set +e; wait $server; rc=$?; set -e
 [ $rc -eq 0 ] || fail "the server exited $rc on SIGTERM"
 echo "4. wrong and missing tokens refused with one line; the server stopped cleanly"
 
+# --- bad invocations: one line each, exit 2, nothing started ----------------------------------------
+bad() {  # bad PATTERN ARGS...
+  local pattern=$1; shift
+  set +e; "$RT" "$@" > bad.out 2> bad.err; local rc=$?; set -e
+  [ $rc -eq 2 ] && [ "$(wc -l < bad.err)" -eq 1 ] && grep -q "$pattern" bad.err ||
+    { cat bad.err; fail "'$*': expected exit 2 and one line matching '$pattern' (got $rc)"; }
+}
+RINGTRAIN_TOKEN=x bad "expected i/k" ps --shard 3
+RINGTRAIN_TOKEN=x bad "shard 3/2 is not i/k" ps --shard 3/2
+RINGTRAIN_TOKEN=x bad "is not HOST:PORT" ps --listen nowhere
+RINGTRAIN_TOKEN=x bad "sync.mode = ps needs servers" train --set sync.mode=ps --run-dir "$WORK/bad"
+RINGTRAIN_TOKEN=x bad "does not combine with parallel.tensor" train --set sync.ps_hosts=127.0.0.1:1 --set parallel.tensor=2 --run-dir "$WORK/bad"
+echo "bad invocations: one line each, exit 2"
+
 # --- 5. ASP against BSP on the default GPT --------------------------------------------------------
 unset RINGTRAIN_TOKEN
 for c in bsp asp; do

@@ -149,6 +149,19 @@ TEST_P(BspEqualsRing, SgdThreeWorkers) {
 
 INSTANTIATE_TEST_SUITE_P(Servers, BspEqualsRing, ::testing::Values(1, 2, 3));
 
+// Pushes after backward, tiny buckets (many frames per step), and gradient accumulation.
+TEST(Bsp, PushModesAndAccumulationEqualRing) {
+  for (const char* kv : {"dist.overlap=false", "dist.bucket_mb=0.004", "train.grad_accum=2"}) {
+    std::vector<std::string> sets = GptSets();
+    sets.push_back(kv);
+    std::vector<Params> ring, ps;
+    ExpectAllOk(TrainAll(2, sets, 12, &ring, "ring"));
+    Servers sv(2);
+    ExpectAllOk(TrainAll(2, WithPs(sets, sv, "bsp"), 12, &ps, std::string("modes-").append(kv)));
+    EXPECT_LE(RelDiff(ps[0], ring[0]), 1e-5) << kv;
+  }
+}
+
 TEST(Ssp, SlowWorkerNeverMoreThanSStepsBehind) {
   constexpr int kS = 2;
   Servers sv(2);
