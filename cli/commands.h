@@ -29,6 +29,8 @@ void AddExport(CLI::App& app, Action& action);
 void AddBenchCheckpoint(CLI::App* bench, Action& action);
 void AddPs(CLI::App& app, Action& action);
 void AddBenchPs(CLI::App* bench, Action& action);
+// coordinator, worker, submit, jobs, job, cancel, logs, workers
+void AddCoordinator(CLI::App& app, Action& action);
 
 // The data-parallel world of a train or bench run: the launch context and, when the job has more
 // than one process (or the config names a transport), the world communicator built from the dist.*

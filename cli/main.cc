@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   ringtrain::cli::AddLaunch(app, action);
   ringtrain::cli::AddExport(app, action);
   ringtrain::cli::AddPs(app, action);
+  ringtrain::cli::AddCoordinator(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -213,6 +213,31 @@ Status FrameConn::Send(proto::PsHeader h, const void* payload, size_t n, Clock::
   return WriteAll(bufs, lens, n ? 2 : 1, deadline);
 }
 
+Status FrameConn::SendMessage(const google::protobuf::MessageLite& m, Clock::time_point deadline) {
+  std::string body;
+  m.SerializeToString(&body);
+  std::string out(4, '\0');
+  const uint32_t len = static_cast<uint32_t>(body.size());
+  std::memcpy(out.data(), &len, 4);
+  out += body;
+  return SendRaw(out.data(), out.size(), deadline);
+}
+
+Status FrameConn::RecvMessage(google::protobuf::MessageLite* m, uint32_t max_bytes, Clock::time_point first_deadline,
+                              double frame_timeout_s) {
+  uint8_t pre[4];
+  RT_RETURN_IF_ERROR(ReadExact(pre, 1, first_deadline));
+  const Clock::time_point rest = After(frame_timeout_s);
+  RT_RETURN_IF_ERROR(ReadExact(pre + 1, 3, rest));
+  const uint32_t len = ReadLe32(pre);
+  if (len == 0 || len > max_bytes)
+    return InvalidArgument("frame length " + std::to_string(len) + " is outside [1, " + std::to_string(max_bytes) + "]");
+  std::string body(len, '\0');
+  RT_RETURN_IF_ERROR(ReadExact(body.data(), len, rest));
+  if (!m->ParseFromString(body)) return InvalidArgument("frame does not parse");
+  return Status::Ok();
+}
+
 Status FrameConn::SendRaw(const void* data, size_t n, Clock::time_point deadline) {
   const void* bufs[1] = {data};
   const size_t lens[1] = {n};

@@ -64,6 +64,11 @@ class FrameConn {
   Status RecvPayload(void* dst, size_t n, Clock::time_point deadline);
   Status SkipPayload(size_t n, Clock::time_point deadline);
   void Shutdown();
+  // Frames whose header is another protobuf message and that carry no payload (the coordinator's
+  // protocol): the same length prefix, limits and deadlines.
+  Status SendMessage(const google::protobuf::MessageLite& m, Clock::time_point deadline);
+  Status RecvMessage(google::protobuf::MessageLite* m, uint32_t max_bytes, Clock::time_point first_deadline,
+                     double frame_timeout_s);
   // Raw bytes, no framing (tests and tools that must send malformed frames).
   Status SendRaw(const void* data, size_t n, Clock::time_point deadline);
 

@@ -1,0 +1,123 @@
+#!/bin/bash
+# Coordinator and worker agents end to end (issue 9), real processes on localhost:
+#  1. 3 agents with 2 slots each; two 2-process jobs and one 4-process job: gang placement, never
+#     more processes than slots, the 4-process job waits until slots free; all reach their last step.
+#  2. Job specs with errors are rejected at submit (unknown key, more processes than the pool,
+#     a bad config key); a wrong token and garbage bytes are refused while the coordinator serves on.
+#  3. kill -9 an agent while its 4-process job runs: the job restarts from its latest checkpoint on
+#     the remaining slots and ends bitwise equal to an undisturbed run.
+#  4. kill -9 the coordinator mid-job and start it on the same state file: no job lost or
+#     duplicated; the running job is kept (its processes still run) and finishes.
+source "$(dirname "$0")/lib.sh"
+cleanup() {
+  pkill -9 -f -- "--state $WORK/" 2>/dev/null || true
+  pkill -9 -f -- "--id e2e-$$-" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+port=$(/usr/bin/python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
+export RINGTRAIN_TOKEN=e2e-$RANDOM$RANDOM RINGTRAIN_COORDINATOR=127.0.0.1:$port
+start_coordinator() {
+  "$RT" coordinator --listen 127.0.0.1:$port --state "$WORK/state.db" --heartbeat-timeout 3 >> coord.log 2>&1 &
+  coord=$!
+  for _ in $(seq 50); do "$RT" jobs > /dev/null 2>&1 && return 0; sleep 0.1; done
+  cat coord.log; fail "the coordinator did not come up"
+}
+start_coordinator
+agents=()
+for i in 1 2 3; do
+  "$RT" worker --slots 2 --id e2e-$$-$i > agent$i.log 2>&1 &
+  agents+=($!)
+done
+for _ in $(seq 50); do [ "$("$RT" workers --json | /usr/bin/python3 -c "import json,sys; print(len(json.load(sys.stdin)['workers']))")" = 3 ] && break; sleep 0.1; done
+state() { "$RT" job "$1" --json | /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)['state'])"; }
+wait_state() {  # wait_state ID STATE SECONDS
+  for _ in $(seq $(( $3 * 5 ))); do [ "$(state "$1")" = "$2" ] && return 0; sleep 0.2; done
+  "$RT" job "$1"; cat coord.log | tail -20; fail "job $1 did not reach $2 within $3 s"
+}
+used_ok() {  # no worker runs more processes than it has slots
+  "$RT" workers --json | /usr/bin/python3 -c "
+import json,sys
+for w in json.load(sys.stdin)['workers']:
+    assert w['used'] <= w['slots'], w"
+}
+steps() { json_get "$WORK/state.db.d/job-$1/summary.json" steps; }
+
+# --- 1. gang scheduling -----------------------------------------------------------------------
+printf "name: two\nnproc: 2\nset: [train.steps=60, train.eval_interval=60]\n" > two.yaml
+printf "name: four\nnproc: 4\nset: [train.steps=60, train.eval_interval=60]\n" > four.yaml
+"$RT" submit two.yaml && "$RT" submit two.yaml && "$RT" submit four.yaml
+sleep 1
+"$RT" jobs
+[ "$(state 1)" = running ] && [ "$(state 2)" = running ] || fail "the 2-process jobs did not start together"
+[ "$(state 3)" = pending ] || fail "the 4-process job started although only 2 slots were free"
+saw_wait=0
+for _ in $(seq 300); do
+  used_ok || fail "a worker ran more processes than slots"
+  [ "$(state 3)" = succeeded ] && break
+  sleep 0.2
+done
+for j in 1 2 3; do
+  [ "$(state $j)" = succeeded ] || fail "job $j: $(state $j)"
+  [ "$(steps $j)" = 60 ] || fail "job $j ended at step $(steps $j), not 60"
+done
+"$RT" job 3 | grep -E "rank|event"
+echo "1. gang placement: jobs 1 and 2 ran, job 3 waited for 4 free slots; all reached step 60"
+
+# --- 2. bad specs, tokens, garbage -------------------------------------------------------------
+reject() {  # reject PATTERN SPEC_TEXT
+  printf "$2" > bad.yaml
+  set +e; "$RT" submit bad.yaml > bad.out 2> bad.err; rc=$?; set -e
+  [ $rc -ne 0 ] && grep -q "$1" bad.err || { cat bad.err; fail "spec '$2' was not rejected with '$1'"; }
+  echo "   rejected: $(cat bad.err)"
+}
+reject "unknown key 'nprocs'" "nprocs: 2\n"
+reject "needs 7 process(es), but the pool has 6 slot(s) on 3 worker(s)" "nproc: 7\n"
+reject "optim.lrr" "nproc: 2\nset: [optim.lrr=0.1]\n"
+n=$("$RT" jobs --json | /usr/bin/python3 -c "import json,sys; print(len(json.load(sys.stdin)['jobs']))")
+[ "$n" = 3 ] || fail "a rejected spec became a job"
+set +e; RINGTRAIN_TOKEN=wrong "$RT" jobs 2> tok.err; rc=$?; set -e
+[ $rc -ne 0 ] && grep -q "wrong token" tok.err || { cat tok.err; fail "a wrong token was not refused"; }
+/usr/bin/python3 -c "
+import socket, os
+s = socket.create_connection(('127.0.0.1', $port)); s.recv(1000); s.sendall(os.urandom(5000)); s.close()
+s = socket.create_connection(('127.0.0.1', $port)); s.sendall(b'\xff\xff\xff\x7f' + b'x' * 100); s.close()"
+"$RT" jobs > /dev/null || fail "the coordinator stopped serving after garbage"
+echo "2. bad specs rejected at submit; wrong token and garbage refused; still serving"
+
+# --- 3. an agent killed mid-job -------------------------------------------------------------------
+long="nproc: 4\nmax_restarts: 2\nset: [train.steps=200, train.eval_interval=200, checkpoint.every_steps=20, train.log_interval=10]\n"
+printf "name: calm\n$long" > calm.yaml
+printf "name: hit\n$long" > hit.yaml
+"$RT" submit calm.yaml   # job 4: undisturbed
+wait_state 4 succeeded 120
+"$RT" submit hit.yaml    # job 5
+wait_state 5 running 10
+for _ in $(seq 200); do ls "$WORK/state.db.d/job-5/checkpoints/step-00000040" > /dev/null 2>&1 && break; sleep 0.1; done
+victim=$("$RT" job 5 --json | /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)['placements'][-1]['worker'])")
+i=${victim##*-}
+kill -9 ${agents[$((i - 1))]}
+wait_state 5 succeeded 150
+"$RT" job 5 | grep event
+"$RT" job 5 --json | /usr/bin/python3 -c "import json,sys; j=json.load(sys.stdin); assert j['restarts'] >= 1, j"
+cmp "$WORK/state.db.d/job-4/model/params.bin" "$WORK/state.db.d/job-5/model/params.bin" ||
+  fail "the restarted job's parameters differ from the undisturbed run's"
+grep -q "resumed from" "$WORK/state.db.d/logs/job-5.log" || fail "the restart did not resume from a checkpoint"
+echo "3. agent $victim killed: job 5 restarted from its checkpoint and ended bitwise equal to job 4"
+
+# --- 4. the coordinator killed mid-job -----------------------------------------------------------
+printf "name: survivor\nnproc: 2\nset: [train.steps=300, train.eval_interval=300, train.log_interval=10]\n" > surv.yaml
+"$RT" submit surv.yaml   # job 6
+wait_state 6 running 10
+sleep 2
+kill -9 $coord
+sleep 1
+start_coordinator
+wait_state 6 succeeded 120
+n=$("$RT" jobs --json | /usr/bin/python3 -c "import json,sys; print(len(json.load(sys.stdin)['jobs']))")
+[ "$n" = 6 ] || fail "after the restart the coordinator holds $n jobs, not 6"
+"$RT" job 6 --json | /usr/bin/python3 -c "import json,sys; j=json.load(sys.stdin); assert j['restarts'] == 0 and j['attempt'] == 1, j" ||
+  fail "job 6 was restarted instead of kept"
+[ "$(steps 6)" = 300 ] || fail "job 6 ended at step $(steps 6)"
+echo "4. coordinator killed and restarted: 6 jobs, job 6 kept running (attempt 1) and finished"
+echo PASS
