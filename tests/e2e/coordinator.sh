@@ -8,6 +8,8 @@
 #     the remaining slots and ends bitwise equal to an undisturbed run.
 #  4. kill -9 the coordinator mid-job and start it on the same state file: no job lost or
 #     duplicated; the running job is kept (its processes still run) and finishes.
+#  5. An elastic job (2 to 4 processes) running on 4 slots loses an agent: it restarts from its
+#     checkpoint with the 2 processes the remaining slots hold, and finishes.
 source "$(dirname "$0")/lib.sh"
 cleanup() {
   pkill -9 -f -- "--state $WORK/" 2>/dev/null || true
@@ -120,4 +122,21 @@ n=$("$RT" jobs --json | /usr/bin/python3 -c "import json,sys; print(len(json.loa
   fail "job 6 was restarted instead of kept"
 [ "$(steps 6)" = 300 ] || fail "job 6 ended at step $(steps 6)"
 echo "4. coordinator killed and restarted: 6 jobs, job 6 kept running (attempt 1) and finished"
+# --- 5. an elastic job shrinks from 4 to 2 -----------------------------------------------------------
+alive=()
+for i in 1 2 3; do kill -0 ${agents[$((i - 1))]} 2>/dev/null && alive+=($i); done
+[ ${#alive[@]} = 2 ] || fail "expected 2 agents left, found ${#alive[@]}"
+printf "name: elastic\nmin_nproc: 2\nmax_nproc: 4\nmax_restarts: 2\nset: [train.steps=200, train.eval_interval=200, checkpoint.every_steps=20]\n" > el.yaml
+"$RT" submit el.yaml     # job 7
+wait_state 7 running 10
+"$RT" job 7 --json | /usr/bin/python3 -c "import json,sys; assert json.load(sys.stdin)['world'] == 4"
+for _ in $(seq 200); do ls "$WORK/state.db.d/job-7/checkpoints/step-00000040" > /dev/null 2>&1 && break; sleep 0.1; done
+kill -9 ${agents[$((alive[1] - 1))]}
+wait_state 7 succeeded 150
+"$RT" job 7 | grep event
+"$RT" job 7 --json | /usr/bin/python3 -c "import json,sys; j=json.load(sys.stdin); assert j['world'] == 2 and j['restarts'] >= 1, j" ||
+  fail "the elastic job did not restart with 2 processes"
+grep -q "resumed from .*saved by 4 rank" "$WORK/state.db.d/logs/job-7.log" || fail "the elastic restart did not resume the 4-rank checkpoint"
+[ "$(steps 7)" = 200 ] || fail "job 7 ended at step $(steps 7)"
+echo "5. elastic job: 4 processes, an agent lost, restarted with 2 from the 4-rank checkpoint, finished"
 echo PASS
