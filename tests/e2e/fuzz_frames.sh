@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes the parameter server's frame decoder (issue 8, acceptance 4) with libFuzzer under ASan
+# Fuzzes the parameter server's frame decoder and the coordinator's message decoder (issues 8 and 9) with libFuzzer under ASan
 # and UBSan, for a bounded time (FUZZ_SECONDS, default 30), starting from a seed corpus of valid
 # frames. Fails on any crash, leak or sanitizer report.
 # Usage: fuzz_frames.sh SOURCE_DIR BUILD_DIR
@@ -15,7 +15,7 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 common=(-std=c++20 -g -O1 -I"$src" -I"$build/proto" -DBOOST_ALL_NO_LIB
-        "$src/parameter_server/wire.cc" "$src/core/status.cc" "$build/proto/ps.pb.cc"
+        "$src/parameter_server/wire.cc" "$src/core/status.cc" "$build/proto/ps.pb.cc" "$build/proto/coord.pb.cc"
         -lprotobuf -lboost_system -lpthread)
 echo "building the fuzz target with $cxx"
 "$cxx" -DRINGTRAIN_FRAME_SEEDS "$src/tests/fuzz/frame_fuzz.cc" "${common[@]}" -o "$work/seeds"

@@ -1,12 +1,17 @@
-// libFuzzer target for the parameter server's frame decoder (issue 8, acceptance 4): any bytes
-// either decode to a frame that passes every header check, or are refused with an error; nothing
-// may crash, overflow or read out of bounds (built with ASan and UBSan by tests/e2e/fuzz_frames.sh).
+// libFuzzer target for the wire decoders (issues 8 and 9, acceptance 4 of each): any bytes either
+// decode to a frame that passes every header check, or are refused with an error; nothing may
+// crash, overflow or read out of bounds (built with ASan and UBSan by tests/e2e/fuzz_frames.sh).
+// The first byte picks the decoder: even, the parameter server's frame (the rest of the bytes);
+// odd, the coordinator's message (CoordMsg, then its JSON body, as the coordinator reads them).
 // Built with -DRINGTRAIN_FRAME_SEEDS it is instead a program writing a seed corpus of valid frames.
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
+#include "coord.pb.h"
 #include "parameter_server/wire.h"
 
 namespace {
@@ -21,6 +26,17 @@ ringtrain::ps::FrameLimits Limits() {
 #ifndef RINGTRAIN_FRAME_SEEDS
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace ringtrain;
+  if (size == 0) return 0;
+  const bool coordinator = data[0] & 1;
+  ++data;
+  --size;
+  if (coordinator) {
+    proto::CoordMsg m;
+    if (!m.ParseFromArray(data, static_cast<int>(size))) return 0;
+    const nlohmann::json j = nlohmann::json::parse(m.json(), nullptr, false);
+    if (j.is_object()) (void)j.value("op", std::string());
+    return 0;
+  }
   proto::PsHeader h;
   const uint8_t* payload = nullptr;
   if (!ps::DecodeFrame(data, size, Limits(), &h, &payload).ok()) return 0;
@@ -43,7 +59,7 @@ int main(int argc, char** argv) {
   auto write = [&](proto::PsHeader h, size_t payload) {
     h.set_version(ps::kProtocolVersion);
     h.set_payload_bytes(payload);
-    std::string f = ps::EncodeHeader(h) + std::string(payload, '\x3f');
+    std::string f = std::string(1, '\0') + ps::EncodeHeader(h) + std::string(payload, '\x3f');
     const std::string path = std::string(argv[1]) + "/seed-" + std::to_string(n++);
     std::FILE* out = std::fopen(path.c_str(), "wb");
     if (!out) return;
@@ -76,6 +92,17 @@ int main(int argc, char** argv) {
   i.set_type(proto::PS_INIT);
   i.set_text("{\"workers\": 2}");
   write(i, 0);
+  proto::CoordMsg cm;  // a coordinator request, selected by the odd first byte
+  cm.set_version(1);
+  cm.set_type(proto::CO_REQUEST);
+  cm.set_json("{\"op\": \"submit\", \"spec\": {\"nproc\": 2}}");
+  std::string body;
+  cm.SerializeToString(&body);
+  if (std::FILE* out = std::fopen((std::string(argv[1]) + "/seed-coord").c_str(), "wb")) {
+    std::fputc(1, out);
+    std::fwrite(body.data(), 1, body.size(), out);
+    std::fclose(out);
+  }
   return 0;
 }
 #endif
