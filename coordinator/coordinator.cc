@@ -364,6 +364,34 @@ void Coordinator::Tick() {
     return jobs_[a].value("priority", 0) > jobs_[b].value("priority", 0);
   });
   for (int64_t id : pending) TryPlace(id);
+  // Elastic jobs grow back: a running job below max_nproc whose attempt has run a while restarts
+  // from its latest checkpoint with more processes when the slots left after every pending job
+  // had its chance would hold them. (Not a failure: max_restarts is not charged.)
+  for (auto& [id, job] : jobs_) {
+    if (job["state"] != "running" || job.value("world", 0) >= job["max_nproc"].get<int>()) continue;
+    if (now - job.value("attempt_started", now) < 2.0) continue;
+    int free = 0;
+    for (const auto& [wid, w] : workers_)
+      if (w.doc.value("alive", false) && w.conn) free += std::max(0, w.doc["slots"].get<int>() - UsedSlots(wid));
+    const int target = std::min(job["max_nproc"].get<int>(), job.value("world", 0) + free);
+    if (target <= job.value("world", 0)) continue;
+    json draining = job.value("draining", json::array());
+    for (auto& p : job["placements"]) {
+      if (p["state"] == "exited") continue;
+      auto w = workers_.find(p["worker"].get<std::string>());
+      if (w == workers_.end() || !w->second.conn) continue;
+      (void)w->second.conn->Send(proto::CO_STOP, {{"job", id}, {"attempt", job["attempt"]}});
+      json d = p;
+      d["attempt"] = job["attempt"];
+      draining.push_back(d);
+    }
+    job["draining"] = draining;
+    job["state"] = "pending";
+    job["resume"] = true;
+    Event(id, "growing", std::to_string(free) + " slot(s) free: restarting with up to " + std::to_string(target) +
+                             " process(es) from the latest checkpoint");
+    Save(id);
+  }
 }
 
 // Gang placement: all ranks of the job start together or none does; the largest process count
@@ -392,6 +420,7 @@ bool Coordinator::TryPlace(int64_t id) {
   job["world"] = n;
   job["state"] = "running";
   if (!job.contains("started")) job["started"] = Now();
+  job["attempt_started"] = Now();
   const int port = opts_.base_port + static_cast<int>((id * 131 + attempt * 17) % 2000);
   const json& w0 = workers_[where[0]].doc;
   json placements = json::array();

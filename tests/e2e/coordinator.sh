@@ -10,6 +10,7 @@
 #     duplicated; the running job is kept (its processes still run) and finishes.
 #  5. An elastic job (2 to 4 processes) running on 4 slots loses an agent: it restarts from its
 #     checkpoint with the 2 processes the remaining slots hold, and finishes.
+#  6. An elastic job started on 2 free slots grows to 4 when an agent with 2 slots joins.
 source "$(dirname "$0")/lib.sh"
 cleanup() {
   pkill -9 -f -- "--state $WORK/" 2>/dev/null || true
@@ -139,4 +140,17 @@ wait_state 7 succeeded 150
 grep -q "resumed from .*saved by 4 rank" "$WORK/state.db.d/logs/job-7.log" || fail "the elastic restart did not resume the 4-rank checkpoint"
 [ "$(steps 7)" = 200 ] || fail "job 7 ended at step $(steps 7)"
 echo "5. elastic job: 4 processes, an agent lost, restarted with 2 from the 4-rank checkpoint, finished"
+
+# --- 6. ... and grows back when slots return ------------------------------------------------------
+printf "name: regrow\nmin_nproc: 2\nmax_nproc: 4\nset: [train.steps=200, train.eval_interval=200, checkpoint.every_steps=20]\n" > grow.yaml
+"$RT" submit grow.yaml   # job 8: 2 slots left, so 2 processes
+wait_state 8 running 10
+"$RT" job 8 --json | /usr/bin/python3 -c "import json,sys; assert json.load(sys.stdin)['world'] == 2"
+"$RT" worker --slots 2 --id e2e-$$-4 > agent4.log 2>&1 &
+wait_state 8 succeeded 150
+"$RT" job 8 | grep event
+"$RT" job 8 --json | /usr/bin/python3 -c "import json,sys; j=json.load(sys.stdin); assert j['world'] == 4 and j['restarts'] == 0, j" ||
+  fail "the elastic job did not grow back to 4 processes"
+[ "$(steps 8)" = 200 ] || fail "job 8 ended at step $(steps 8)"
+echo "6. elastic job: started with 2 processes, grew to 4 when an agent with 2 slots joined, finished"
 echo PASS
