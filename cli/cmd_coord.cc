@@ -55,17 +55,12 @@ Status RunCoordinator(const CoordArgs& a) {
   o.state = a.state;
   o.heartbeat_timeout_s = a.heartbeat_timeout;
   RT_ASSIGN_OR_RETURN(o.token, ps::LoadToken(a.token_file));
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  const sigset_t set = BlockStopSignals();
   signal(SIGPIPE, SIG_IGN);
   RT_ASSIGN_OR_RETURN(auto c, coord::Coordinator::Start(o));
   std::printf("coordinator: listening on %s:%d, state %s\n", o.host.c_str(), c->port(), o.state.c_str());
   std::fflush(stdout);
-  int sig = 0;
-  sigwait(&set, &sig);
+  WaitForStopSignal(set);
   c->Stop();
   return Status::Ok();
 }

@@ -45,18 +45,12 @@ Status RunPs(const PsArgs& a) {
   o.step_log = a.step_log;
   RT_ASSIGN_OR_RETURN(o.token, ps::LoadToken(a.token_file));
   SetThreadBudget(a.threads, 1);
-  // Every thread inherits the blocked signals; the main thread takes them with sigwait.
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  const sigset_t set = BlockStopSignals();
   RT_ASSIGN_OR_RETURN(std::unique_ptr<ps::PsServer> server, ps::PsServer::Start(o));
   std::printf("ps shard %d/%d: listening on %s (frames up to %.3g MB, %d thread(s))\n", o.shard, o.shards,
               server->address().c_str(), a.max_frame_mb, a.threads);
   std::fflush(stdout);
-  int sig = 0;
-  sigwait(&set, &sig);
+  const int sig = WaitForStopSignal(set);
   std::printf("ps shard %d/%d: stopping on %s\n", o.shard, o.shards, sig == SIGTERM ? "SIGTERM" : "SIGINT");
   std::fflush(stdout);
   server->Stop();

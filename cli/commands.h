@@ -3,6 +3,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <signal.h>
 
 #include <functional>
 #include <memory>
@@ -40,6 +41,10 @@ struct Distributed {
   std::unique_ptr<coll::Communicator> comm;  // null: one process
 };
 StatusOr<Distributed> SetUpDistributed(const Config& config);
+// Daemons (ps, coordinator): BlockStopSignals() before starting any thread, so every thread
+// inherits the mask; WaitForStopSignal() then returns the SIGTERM or SIGINT that arrived.
+sigset_t BlockStopSignals();
+int WaitForStopSignal(const sigset_t& set);
 // Prefix of the error line main() prints ("" for one process, "rank 1 of 4: " in a job).
 std::string& ErrorTag();
 

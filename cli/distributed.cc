@@ -1,4 +1,5 @@
-// The data-parallel world of `train` and `bench train`, from the launch context and dist.* keys.
+// The data-parallel world of `train` and `bench train`, from the launch context and dist.* keys;
+// the stop-signal helpers of the long-running daemons (ps, coordinator).
 #include "cli/commands.h"
 #include "cluster/world.h"
 
@@ -26,6 +27,21 @@ StatusOr<Distributed> SetUpDistributed(const Config& config) {
     return comm.status().WithContext("setting up " + std::to_string(d.launch.size) + " ranks (" + d.launch.source + ")");
   d.comm = std::move(comm.value());
   return d;
+}
+
+sigset_t BlockStopSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return set;
+}
+
+int WaitForStopSignal(const sigset_t& set) {
+  int sig = 0;
+  sigwait(&set, &sig);
+  return sig;
 }
 
 }  // namespace ringtrain::cli

@@ -1,7 +1,5 @@
 #include "coordinator/coordinator.h"
 
-#include <poll.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -45,18 +43,8 @@ StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const CoordinatorOptio
   if (ec) return IoError("coordinator: creating " + c->opts_.run_root + ": " + ec.message());
   RT_ASSIGN_OR_RETURN(c->store_, Store::Open(o.state));
   RT_RETURN_IF_ERROR(c->Load());
-  boost::system::error_code bec;
-  const auto addr = asio::ip::make_address(o.host, bec);
-  if (bec) return InvalidArgument("coordinator: listen address '" + o.host + "' is not an IP address");
-  c->acceptor_ = std::make_unique<tcp::acceptor>(c->io_);
-  const tcp::endpoint ep(addr, static_cast<unsigned short>(o.port));
-  c->acceptor_->open(ep.protocol(), bec);
-  if (!bec) c->acceptor_->set_option(tcp::acceptor::reuse_address(true), bec);
-  if (!bec) c->acceptor_->bind(ep, bec);
-  if (!bec) c->acceptor_->listen(asio::socket_base::max_listen_connections, bec);
-  if (bec) return Unavailable("coordinator: cannot listen on " + o.host + ":" + std::to_string(o.port) + ": " + bec.message());
+  RT_ASSIGN_OR_RETURN(c->acceptor_, ps::Listen(c->io_, o.host, o.port, "coordinator"));
   c->port_ = c->acceptor_->local_endpoint().port();
-  c->acceptor_->non_blocking(true, bec);
   c->acceptor_thread_ = std::thread([p = c.get()] { p->AcceptLoop(); });
   c->scheduler_thread_ = std::thread([p = c.get()] { p->SchedulerLoop(); });
   return c;
@@ -98,14 +86,10 @@ void Coordinator::Stop() {
 
 void Coordinator::AcceptLoop() {
   while (!stop_) {
-    pollfd p{acceptor_->native_handle(), POLLIN, 0};
-    if (::poll(&p, 1, 100) <= 0) continue;
-    boost::system::error_code ec;
     tcp::socket sock(io_);
-    acceptor_->accept(sock, ec);
-    if (ec) continue;
-    const auto ep = sock.remote_endpoint(ec);
-    auto c = std::make_shared<Conn>(std::move(sock), ec ? "?" : ep.address().to_string() + ":" + std::to_string(ep.port()));
+    std::string peer;
+    if (!ps::AcceptWithin(*acceptor_, 100, &sock, &peer)) continue;
+    auto c = std::make_shared<Conn>(std::move(sock), peer);
     std::lock_guard<std::mutex> l(mu_);
     conns_.push_back(c);
     threads_.emplace_back([this, c] { Serve(c); });
@@ -276,20 +260,26 @@ void Coordinator::SchedulerLoop() {
   }
 }
 
-void Coordinator::FailAttempt(int64_t id, const std::string& reason, bool restart) {
+// Sends STOP for the current attempt's live processes; they stay as draining (their slots taken)
+// until they exit or their agent is lost.
+void Coordinator::StopAttempt(int64_t id) {
   json& job = jobs_[id];
   json draining = job.value("draining", json::array());
   for (auto& p : job["placements"]) {
     if (p["state"] == "exited") continue;
     auto w = workers_.find(p["worker"].get<std::string>());
-    if (w != workers_.end() && w->second.doc.value("alive", false)) {
-      if (w->second.conn) (void)w->second.conn->Send(proto::CO_STOP, {{"job", id}, {"attempt", job["attempt"]}});
-      json d = p;
-      d["attempt"] = job["attempt"];
-      draining.push_back(d);
-    }
+    if (w == workers_.end() || !w->second.doc.value("alive", false)) continue;
+    if (w->second.conn) (void)w->second.conn->Send(proto::CO_STOP, {{"job", id}, {"attempt", job["attempt"]}});
+    json d = p;
+    d["attempt"] = job["attempt"];
+    draining.push_back(d);
   }
   job["draining"] = draining;
+}
+
+void Coordinator::FailAttempt(int64_t id, const std::string& reason, bool restart) {
+  json& job = jobs_[id];
+  StopAttempt(id);
   job["reason"] = reason;
   const int restarts = job.value("restarts", 0);
   if (restart && restarts < job.value("max_restarts", 0)) {
@@ -375,17 +365,7 @@ void Coordinator::Tick() {
       if (w.doc.value("alive", false) && w.conn) free += std::max(0, w.doc["slots"].get<int>() - UsedSlots(wid));
     const int target = std::min(job["max_nproc"].get<int>(), job.value("world", 0) + free);
     if (target <= job.value("world", 0)) continue;
-    json draining = job.value("draining", json::array());
-    for (auto& p : job["placements"]) {
-      if (p["state"] == "exited") continue;
-      auto w = workers_.find(p["worker"].get<std::string>());
-      if (w == workers_.end() || !w->second.conn) continue;
-      (void)w->second.conn->Send(proto::CO_STOP, {{"job", id}, {"attempt", job["attempt"]}});
-      json d = p;
-      d["attempt"] = job["attempt"];
-      draining.push_back(d);
-    }
-    job["draining"] = draining;
+    StopAttempt(id);
     job["state"] = "pending";
     job["resume"] = true;
     Event(id, "growing", std::to_string(free) + " slot(s) free: restarting with up to " + std::to_string(target) +

@@ -71,6 +71,7 @@ class Coordinator {
   void Event(int64_t job, const std::string& kind, const std::string& reason);
   void Save(int64_t job);
   void SaveWorker(const std::string& id);
+  void StopAttempt(int64_t id);
   void FailAttempt(int64_t id, const std::string& reason, bool restart);
   bool TryPlace(int64_t id);
   int UsedSlots(const std::string& worker) const;

@@ -1,7 +1,5 @@
 #include "parameter_server/server.h"
 
-#include <poll.h>
-
 #include <algorithm>
 #include <cstdio>
 
@@ -44,16 +42,7 @@ StatusOr<std::unique_ptr<PsServer>> PsServer::Start(const PsServerOptions& o) {
     return InvalidArgument("parameter server: shard " + std::to_string(o.shard) + "/" + std::to_string(o.shards) +
                            " is not i/k with 0 <= i < k");
   std::unique_ptr<PsServer> s(new PsServer(o));
-  boost::system::error_code ec;
-  const auto addr = asio::ip::make_address(o.host, ec);
-  if (ec) return InvalidArgument("parameter server: listen address '" + o.host + "' is not an IP address");
-  s->acceptor_ = std::make_unique<tcp::acceptor>(s->io_);
-  const tcp::endpoint ep(addr, static_cast<unsigned short>(o.port));
-  s->acceptor_->open(ep.protocol(), ec);
-  if (!ec) s->acceptor_->set_option(tcp::acceptor::reuse_address(true), ec);
-  if (!ec) s->acceptor_->bind(ep, ec);
-  if (!ec) s->acceptor_->listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) return Unavailable("parameter server: cannot listen on " + o.host + ":" + std::to_string(o.port) + ": " + ec.message());
+  RT_ASSIGN_OR_RETURN(s->acceptor_, Listen(s->io_, o.host, o.port, "parameter server"));
   s->port_ = s->acceptor_->local_endpoint().port();
   if (!o.step_log.empty()) {
     s->step_log_ = std::fopen(o.step_log.c_str(), "a");
@@ -110,22 +99,11 @@ std::vector<StepRecord> PsServer::records() const {
 }
 
 void PsServer::AcceptLoop() {
-  // Polled with a timeout: closing a listening socket does not wake a thread blocked in accept().
-  boost::system::error_code ec;
-  acceptor_->non_blocking(true, ec);
   while (!stop_) {
-    pollfd p{acceptor_->native_handle(), POLLIN, 0};
-    if (::poll(&p, 1, 100) <= 0) continue;
     tcp::socket sock(io_);
-    acceptor_->accept(sock, ec);
-    if (ec) {
-      if (stop_) return;
-      if (ec != asio::error::would_block && ec != asio::error::try_again)
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));  // e.g. out of descriptors
-      continue;
-    }
-    const auto ep = sock.remote_endpoint(ec);
-    auto c = std::make_shared<Conn>(std::move(sock), ec ? "?" : ep.address().to_string() + ":" + std::to_string(ep.port()));
+    std::string peer;
+    if (!AcceptWithin(*acceptor_, 100, &sock, &peer)) continue;
+    auto c = std::make_shared<Conn>(std::move(sock), peer);
     std::lock_guard<std::mutex> l(mu_);
     if (stop_) return;
     conns_.push_back(c);

@@ -90,10 +90,10 @@ Status ParseHeader(const uint8_t* data, uint32_t len, const FrameLimits& lim, pr
   return ValidateHeader(*h, lim);
 }
 
-Status CheckLength(uint32_t len, const FrameLimits& lim) {
-  if (len == 0 || len > lim.max_header_bytes)
+Status CheckLength(uint32_t len, uint32_t max_bytes) {
+  if (len == 0 || len > max_bytes)
     return InvalidArgument("frame header length " + std::to_string(len) + " is outside [1, " +
-                           std::to_string(lim.max_header_bytes) + "]");
+                           std::to_string(max_bytes) + "]");
   return Status::Ok();
 }
 }  // namespace
@@ -102,7 +102,7 @@ Status DecodeFrame(const uint8_t* data, size_t n, const FrameLimits& lim, proto:
                    const uint8_t** payload) {
   if (n < 4) return InvalidArgument("truncated frame: " + std::to_string(n) + " bytes, no length prefix");
   const uint32_t len = ReadLe32(data);
-  RT_RETURN_IF_ERROR(CheckLength(len, lim));
+  RT_RETURN_IF_ERROR(CheckLength(len, lim.max_header_bytes));
   if (n - 4 < len) return InvalidArgument("truncated frame: header of " + std::to_string(len) + " bytes announced");
   RT_RETURN_IF_ERROR(ParseHeader(data + 4, len, lim, h));
   const size_t rest = n - 4 - len;
@@ -114,15 +114,20 @@ Status DecodeFrame(const uint8_t* data, size_t n, const FrameLimits& lim, proto:
   return Status::Ok();
 }
 
-std::string EncodeHeader(const proto::PsHeader& h) {
+namespace {
+// [u32 LE length][serialised message]
+std::string Prefixed(const google::protobuf::MessageLite& m) {
   std::string body;
-  h.SerializeToString(&body);
+  m.SerializeToString(&body);
   std::string out(4, '\0');
   const uint32_t len = static_cast<uint32_t>(body.size());
   std::memcpy(out.data(), &len, 4);
   out += body;
   return out;
 }
+}  // namespace
+
+std::string EncodeHeader(const proto::PsHeader& h) { return Prefixed(h); }
 
 FrameConn::FrameConn(tcp::socket sock, std::string peer) : sock_(std::move(sock)), peer_(std::move(peer)) {
   boost::system::error_code ec;
@@ -214,26 +219,27 @@ Status FrameConn::Send(proto::PsHeader h, const void* payload, size_t n, Clock::
 }
 
 Status FrameConn::SendMessage(const google::protobuf::MessageLite& m, Clock::time_point deadline) {
-  std::string body;
-  m.SerializeToString(&body);
-  std::string out(4, '\0');
-  const uint32_t len = static_cast<uint32_t>(body.size());
-  std::memcpy(out.data(), &len, 4);
-  out += body;
+  const std::string out = Prefixed(m);
   return SendRaw(out.data(), out.size(), deadline);
 }
 
-Status FrameConn::RecvMessage(google::protobuf::MessageLite* m, uint32_t max_bytes, Clock::time_point first_deadline,
-                              double frame_timeout_s) {
+Status FrameConn::RecvBody(std::string* body, uint32_t max_bytes, Clock::time_point first_deadline,
+                           double frame_timeout_s) {
   uint8_t pre[4];
+  // The first byte may be a long time coming (a worker computing); the rest of the frame not.
   RT_RETURN_IF_ERROR(ReadExact(pre, 1, first_deadline));
   const Clock::time_point rest = After(frame_timeout_s);
   RT_RETURN_IF_ERROR(ReadExact(pre + 1, 3, rest));
   const uint32_t len = ReadLe32(pre);
-  if (len == 0 || len > max_bytes)
-    return InvalidArgument("frame length " + std::to_string(len) + " is outside [1, " + std::to_string(max_bytes) + "]");
-  std::string body(len, '\0');
-  RT_RETURN_IF_ERROR(ReadExact(body.data(), len, rest));
+  RT_RETURN_IF_ERROR(CheckLength(len, max_bytes));
+  body->assign(len, '\0');
+  return ReadExact(body->data(), len, rest);
+}
+
+Status FrameConn::RecvMessage(google::protobuf::MessageLite* m, uint32_t max_bytes, Clock::time_point first_deadline,
+                              double frame_timeout_s) {
+  std::string body;
+  RT_RETURN_IF_ERROR(RecvBody(&body, max_bytes, first_deadline, frame_timeout_s));
   if (!m->ParseFromString(body)) return InvalidArgument("frame does not parse");
   return Status::Ok();
 }
@@ -246,16 +252,9 @@ Status FrameConn::SendRaw(const void* data, size_t n, Clock::time_point deadline
 
 Status FrameConn::RecvHeader(proto::PsHeader* h, const FrameLimits& lim, Clock::time_point first_deadline,
                              double frame_timeout_s) {
-  uint8_t pre[4];
-  // The first byte may be a long time coming (a worker computing); the rest of the frame not.
-  RT_RETURN_IF_ERROR(ReadExact(pre, 1, first_deadline));
-  const Clock::time_point rest = After(frame_timeout_s);
-  RT_RETURN_IF_ERROR(ReadExact(pre + 1, 3, rest));
-  const uint32_t len = ReadLe32(pre);
-  RT_RETURN_IF_ERROR(CheckLength(len, lim));
-  std::string body(len, '\0');
-  RT_RETURN_IF_ERROR(ReadExact(body.data(), len, rest));
-  return ParseHeader(reinterpret_cast<const uint8_t*>(body.data()), len, lim, h);
+  std::string body;
+  RT_RETURN_IF_ERROR(RecvBody(&body, lim.max_header_bytes, first_deadline, frame_timeout_s));
+  return ParseHeader(reinterpret_cast<const uint8_t*>(body.data()), static_cast<uint32_t>(body.size()), lim, h);
 }
 
 Status FrameConn::RecvPayload(void* dst, size_t n, Clock::time_point deadline) { return ReadExact(dst, n, deadline); }
@@ -281,6 +280,38 @@ StatusOr<std::pair<std::string, int>> SplitHostPort(const std::string& s, const 
   }
   if (port > 65535) return InvalidArgument(what + " '" + s + "': bad port");
   return std::make_pair(s.substr(0, c), port);
+}
+
+StatusOr<std::unique_ptr<tcp::acceptor>> Listen(asio::io_context& io, const std::string& host, int port,
+                                                const std::string& what) {
+  boost::system::error_code ec;
+  const auto addr = asio::ip::make_address(host, ec);
+  if (ec) return InvalidArgument(what + ": listen address '" + host + "' is not an IP address");
+  auto a = std::make_unique<tcp::acceptor>(io);
+  const tcp::endpoint ep(addr, static_cast<unsigned short>(port));
+  a->open(ep.protocol(), ec);
+  if (!ec) a->set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) a->bind(ep, ec);
+  if (!ec) a->listen(asio::socket_base::max_listen_connections, ec);
+  if (!ec) a->non_blocking(true, ec);
+  if (ec) return Unavailable(what + ": cannot listen on " + host + ":" + std::to_string(port) + ": " + ec.message());
+  return a;
+}
+
+bool AcceptWithin(tcp::acceptor& a, int timeout_ms, tcp::socket* sock, std::string* peer) {
+  pollfd p{a.native_handle(), POLLIN, 0};
+  if (::poll(&p, 1, timeout_ms) <= 0) return false;
+  boost::system::error_code ec;
+  tcp::socket s = a.accept(ec);
+  if (ec) {
+    if (ec != asio::error::would_block && ec != asio::error::try_again)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));  // e.g. out of descriptors
+    return false;
+  }
+  const auto ep = s.remote_endpoint(ec);
+  *peer = ec ? "?" : ep.address().to_string() + ":" + std::to_string(ep.port());
+  *sock = std::move(s);
+  return true;
 }
 
 StatusOr<tcp::socket> ConnectWithRetry(asio::io_context& io, const std::string& host, int port,

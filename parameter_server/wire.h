@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include <utility>  // before Boost 1.74 Asio, which uses std::exchange without it
@@ -74,10 +75,21 @@ class FrameConn {
 
  private:
   Status ReadExact(void* dst, size_t n, Clock::time_point deadline, bool* got_none = nullptr);
+  // A frame's length prefix and the body it announces (length checked against [1, max_bytes]).
+  Status RecvBody(std::string* body, uint32_t max_bytes, Clock::time_point first_deadline, double frame_timeout_s);
   Status WriteAll(const void* const* bufs, const size_t* lens, int count, Clock::time_point deadline);
   boost::asio::ip::tcp::socket sock_;
   std::string peer_;
 };
+
+// A listening socket on host:port (port 0: any free one), non-blocking for AcceptWithin; `what`
+// names the service in errors ("parameter server").
+StatusOr<std::unique_ptr<boost::asio::ip::tcp::acceptor>> Listen(boost::asio::io_context& io, const std::string& host,
+                                                                  int port, const std::string& what);
+// Waits up to timeout_ms for a connection on a Listen()ed socket; false when none came. Polled:
+// closing a listening socket does not wake a thread blocked in accept().
+bool AcceptWithin(boost::asio::ip::tcp::acceptor& a, int timeout_ms, boost::asio::ip::tcp::socket* sock,
+                  std::string* peer);
 
 // Connects to host:port, retrying refused connections until the deadline (a server may start
 // after its workers).

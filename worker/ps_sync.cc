@@ -86,8 +86,7 @@ StatusOr<double> ParameterServerSync::GradSumSquares() {
 }
 
 Status ParameterServerSync::AfterUpdate() {
-  return client_->Pull(step_ + 1, scales_from_, opts_.grad_clip > 0 || opts_.mode == ps::Consistency::kAsp ? scales_ : std::vector<float>{},
-                       a_.params.data());
+  return client_->Pull(step_ + 1, scales_from_, scales_, a_.params.data());
 }
 
 Status ParameterServerSync::Refresh(int64_t steps) {
@@ -96,8 +95,7 @@ Status ParameterServerSync::Refresh(int64_t steps) {
   // SSP: the last s steps are still open; apply them all (their clip factors first).
   step_ = steps - 1 + opts_.staleness;
   RT_RETURN_IF_ERROR(GradSumSquares().status());
-  return client_->Pull(steps + opts_.staleness, scales_from_, opts_.grad_clip > 0 ? scales_ : std::vector<float>{},
-                       a_.params.data());
+  return client_->Pull(steps + opts_.staleness, scales_from_, scales_, a_.params.data());
 }
 
 }  // namespace ringtrain
