@@ -35,6 +35,8 @@ struct CoordArgs {
   int slots = 1;
   std::string addr = "127.0.0.1";
   std::string id;
+  std::string gpus;
+  double connect_timeout = 60;
   std::string spec;
   int64_t job = 0;
   bool json_out = false;
@@ -66,7 +68,7 @@ Status RunCoordinator(const CoordArgs& a) {
 }
 
 // A job spec file (YAML) as the JSON the coordinator takes; `config` names a training config
-// file, whose text is sent along (relative paths are relative to the spec file).
+// file, whose text is sent along; relative paths (config, run_dir) are relative to the spec file.
 StatusOr<json> ReadSpec(const std::string& path) {
   YAML::Node n;
   try {
@@ -92,6 +94,13 @@ StatusOr<json> ReadSpec(const std::string& path) {
     } else {
       return InvalidArgument("job spec " + path + ": key " + k + " must be a value or a list");
     }
+  }
+  for (const char* k : {"run_dir", "config", "name"})
+    if (spec.contains(k) && !spec[k].is_string()) spec[k] = spec[k].dump();  // a number-like path is still a path
+  if (spec.contains("run_dir")) {
+    std::filesystem::path rd = spec["run_dir"].get<std::string>();
+    if (rd.is_relative()) rd = std::filesystem::absolute(std::filesystem::path(path).parent_path() / rd);
+    spec["run_dir"] = rd.lexically_normal().string();
   }
   if (spec.contains("config")) {
     std::filesystem::path cp = spec["config"].get<std::string>();
@@ -143,19 +152,31 @@ Status Client(const CoordArgs& a, const std::string& op) {
                   j["state"].get<std::string>().c_str(), j["world"].get<int>(), j["priority"].get<int>(),
                   j["restarts"].get<int>(), j["reason"].get<std::string>().c_str());
   } else if (op == "workers") {
-    std::printf("%-28s %-16s %5s %5s %s\n", "ID", "ADDRESS", "SLOTS", "USED", "STATE");
-    for (const auto& w : r["workers"])
-      std::printf("%-28s %-16s %5d %5d %s\n", w["id"].get<std::string>().c_str(), w["addr"].get<std::string>().c_str(),
-                  w["slots"].get<int>(), w["used"].get<int>(), w["alive"].get<bool>() ? "alive" : "lost");
+    std::printf("%-28s %-16s %5s %5s %-6s %s\n", "ID", "ADDRESS", "SLOTS", "USED", "STATE", "GPUS");
+    for (const auto& w : r["workers"]) {
+      std::string gpus;
+      for (const auto& g : w.value("gpus", json::array())) {
+        if (!gpus.empty()) gpus += ",";
+        gpus += g.get<std::string>();
+      }
+      std::printf("%-28s %-16s %5d %5d %-6s %s\n", w["id"].get<std::string>().c_str(), w["addr"].get<std::string>().c_str(),
+                  w["slots"].get<int>(), w["used"].get<int>(), w["alive"].get<bool>() ? "alive" : "lost",
+                  gpus.empty() ? "-" : gpus.c_str());
+    }
   } else if (op == "cancel") {
     std::printf("cancelled job %lld\n", (long long)a.job);
   } else {  // job
-    std::printf("job %lld (%s): %s, attempt %d, %d process(es), %d restart(s) of %d\n", (long long)a.job,
+    const int k = r.value("ps_servers", 0);
+    std::printf("job %lld (%s): %s, attempt %d, %d process(es)%s, %d restart(s) of %d\n", (long long)a.job,
                 r["name"].get<std::string>().c_str(), r["state"].get<std::string>().c_str(), r.value("attempt", 0),
-                r.value("world", 0), r.value("restarts", 0), r.value("max_restarts", 0));
+                r.value("world", 0), k ? (" and " + std::to_string(k) + " parameter server(s)").c_str() : "",
+                r.value("restarts", 0), r.value("max_restarts", 0));
     std::printf("run directory: %s\n", r.value("run_dir", std::string()).c_str());
     for (const auto& p : r["placements"])
-      std::printf("  rank %d on %s: %s%s\n", p["rank"].get<int>(), p["worker"].get<std::string>().c_str(),
+      std::printf("  %s on %s: %s%s\n",
+                  (p.contains("ps") ? "ps " + std::to_string(p["ps"].get<int>()) + " (" + p["listen"].get<std::string>() + ")"
+                                    : "rank " + std::to_string(p["rank"].get<int>())).c_str(),
+                  p["worker"].get<std::string>().c_str(),
                   p["state"].get<std::string>().c_str(),
                   p["status"].is_null() ? "" : (" (status " + std::to_string(p["status"].get<int>()) + ")").c_str());
     for (const auto& e : r["events"])
@@ -179,12 +200,22 @@ void AddCoordinator(CLI::App& app, Action& action) {
   w->add_option("--slots", a->slots, "processes this host runs at once (default 1)");
   w->add_option("--addr", a->addr, "address other hosts reach this one at (default 127.0.0.1)");
   w->add_option("--id", a->id, "agent id (default hostname:pid)");
+  w->add_option("--gpus", a->gpus, "GPU ids, comma-separated (e.g. 0,1,2,3): one process per GPU, slots = their number");
+  w->add_option("--connect-timeout", a->connect_timeout, "seconds to wait for the coordinator at start (default 60)");
   w->add_option("--token-file", a->token_file, "file holding the shared token (default: RINGTRAIN_TOKEN)");
-  w->callback([&action, a]() {
-    action = [a]() -> Status {
+  w->callback([&action, a, w]() {
+    action = [a, w]() -> Status {
       coord::AgentOptions o;
       o.coordinator = CoordinatorAddress(*a);
       o.slots = a->slots;
+      o.connect_timeout_s = a->connect_timeout;
+      std::stringstream gs(a->gpus);
+      for (std::string g; std::getline(gs, g, ',');) {
+        if (g.empty() || g.find_first_not_of("0123456789") != std::string::npos)
+          return InvalidArgument("--gpus " + a->gpus + ": expected device numbers separated by commas, e.g. 0,1,2,3");
+        o.gpus.push_back(g);
+      }
+      if (!o.gpus.empty() && w->get_option("--slots")->count() == 0) o.slots = static_cast<int>(o.gpus.size());
       o.addr = a->addr;
       o.id = a->id;
       RT_ASSIGN_OR_RETURN(o.token, ps::LoadToken(a->token_file));

@@ -40,6 +40,8 @@ struct Proc {
   int fd = -1;  // its stdout + stderr
   int64_t job = 0;
   int attempt = 0, rank = 0;
+  std::string label;    // "rank 3", "ps 0": the prefix of its log lines
+  std::string gpu;      // its CUDA_VISIBLE_DEVICES, when the agent has GPUs
   std::string pending;  // output not yet a whole line
 };
 
@@ -74,29 +76,74 @@ std::string SelfExe() {
   return buf;
 }
 
-StatusOr<Proc> Spawn(const json& s) {
+// Starts one process of a job: a training rank (`ringtrain train`), or one of its parameter
+// servers (`ringtrain ps`) when the START names a shard. `token` is the pool's token; the job's
+// servers and ranks share the token derived from it (JobToken).
+StatusOr<Proc> Spawn(const json& s, const std::string& token, const std::string& gpu) {
   const std::string run_dir = s["run_dir"];
   const int64_t job = s["job"];
   const int attempt = s["attempt"], rank = s["rank"];
+  const bool server = s.contains("ps");
   std::error_code ec;
   std::filesystem::create_directories(run_dir, ec);
   if (ec) return IoError("creating " + run_dir + ": " + ec.message());
-  // The validated config as JSON (which YAML reads), one file per rank: ranks on one host must not
-  // race on a shared file.
-  const std::string cfg = run_dir + "/.config-a" + std::to_string(attempt) + "-r" + std::to_string(rank) + ".yaml";
-  {
-    std::ofstream f(cfg);
-    f << s["config"].dump(2) << "\n";
-    if (!f) return IoError("writing " + cfg);
+  std::vector<std::string> args;
+  std::vector<std::pair<std::string, std::string>> env;
+  if (server) {
+    args = {"ringtrain", "ps", "--listen", s["listen"].get<std::string>(), "--shard",
+            std::to_string(s["ps"].get<int>()) + "/" + std::to_string(s["ps_count"].get<int>())};
+    env.push_back({"RINGTRAIN_TOKEN", JobToken(token, job, attempt)});
+  } else {
+    // The validated config as JSON (which YAML reads), one file per rank: ranks on one host must
+    // not race on a shared file.
+    const std::string cfg = run_dir + "/.config-a" + std::to_string(attempt) + "-r" + std::to_string(rank) + ".yaml";
+    {
+      std::ofstream f(cfg);
+      f << s["config"].dump(2) << "\n";
+      if (!f) return IoError("writing " + cfg);
+    }
+    args = {"ringtrain", "train", "--config", cfg, "--run-dir", run_dir};
+    if (s.value("resume", false)) {
+      args.push_back("--resume");
+      args.push_back("auto");
+    }
+    env = {{"RANK", std::to_string(rank)},
+           {"WORLD_SIZE", std::to_string(s["world"].get<int>())},
+           {"LOCAL_RANK", std::to_string(s["local_rank"].get<int>())},
+           {"LOCAL_WORLD_SIZE", std::to_string(s["local_world"].get<int>())},
+           {"MASTER_ADDR", s["master_addr"].get<std::string>()},
+           {"MASTER_PORT", std::to_string(s["master_port"].get<int>())}};
+    const std::string ps_hosts = s.value("ps_hosts", std::string());
+    if (!ps_hosts.empty()) {
+      env.push_back({"RINGTRAIN_PS_HOSTS", ps_hosts});
+      env.push_back({"RINGTRAIN_TOKEN", JobToken(token, job, attempt)});
+    }
   }
+  env.push_back({"RINGTRAIN_JOB_ID", "job-" + std::to_string(job)});
+  if (!gpu.empty()) env.push_back({"CUDA_VISIBLE_DEVICES", gpu});
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) return IoError(std::string("pipe: ") + std::strerror(errno));
   const std::string exe = SelfExe();
-  std::vector<std::string> args = {"ringtrain", "train", "--config", cfg, "--run-dir", run_dir};
-  if (s.value("resume", false)) {
-    args.push_back("--resume");
-    args.push_back("auto");
+  // The environment and argv are built before fork: the agent has threads, so the child only
+  // makes async-signal-safe calls until exec.
+  std::vector<std::string> envs;
+  for (char** e = environ; *e; ++e) {
+    const std::string kv = *e;
+    const std::string k = kv.substr(0, kv.find('='));
+    bool drop = false;
+    for (const char* v : {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+                          "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_ID",
+                          "RINGTRAIN_PS_HOSTS", "RINGTRAIN_TOKEN", "CUDA_VISIBLE_DEVICES"})
+      drop |= k == v;
+    for (const auto& kv2 : env) drop |= k == kv2.first;
+    if (!drop) envs.push_back(kv);
   }
+  for (const auto& [k, v] : env) envs.push_back(k + "=" + v);
+  std::vector<char*> argv, envp;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  for (auto& e : envs) envp.push_back(e.data());
+  envp.push_back(nullptr);
   const pid_t agent = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) return IoError(std::string("fork: ") + std::strerror(errno));
@@ -109,20 +156,7 @@ StatusOr<Proc> Spawn(const json& s) {
     signal(SIGPIPE, SIG_DFL);
     ::dup2(p[1], STDOUT_FILENO);
     ::dup2(p[1], STDERR_FILENO);
-    for (const char* v : {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
-                          "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_ID"})
-      ::unsetenv(v);
-    ::setenv("RANK", std::to_string(rank).c_str(), 1);
-    ::setenv("WORLD_SIZE", std::to_string(s["world"].get<int>()).c_str(), 1);
-    ::setenv("LOCAL_RANK", std::to_string(s["local_rank"].get<int>()).c_str(), 1);
-    ::setenv("LOCAL_WORLD_SIZE", std::to_string(s["local_world"].get<int>()).c_str(), 1);
-    ::setenv("MASTER_ADDR", s["master_addr"].get<std::string>().c_str(), 1);
-    ::setenv("MASTER_PORT", std::to_string(s["master_port"].get<int>()).c_str(), 1);
-    ::setenv("RINGTRAIN_JOB_ID", ("job-" + std::to_string(job)).c_str(), 1);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(exe.c_str(), argv.data());
+    ::execve(exe.c_str(), argv.data(), envp.data());
     _exit(127);
   }
   ::setpgid(pid, pid);
@@ -133,12 +167,17 @@ StatusOr<Proc> Spawn(const json& s) {
   pr.job = job;
   pr.attempt = attempt;
   pr.rank = rank;
+  pr.label = server ? "ps " + std::to_string(s["ps"].get<int>()) : "rank " + std::to_string(rank);
+  pr.gpu = gpu;
   return pr;
 }
 }  // namespace
 
 Status RunAgent(const AgentOptions& o) {
   if (o.slots < 1) return InvalidArgument("--slots must be at least 1");
+  if (!o.gpus.empty() && static_cast<int>(o.gpus.size()) != o.slots)
+    return InvalidArgument("--slots " + std::to_string(o.slots) + " but --gpus lists " + std::to_string(o.gpus.size()) +
+                           " device(s): one process per GPU");
   RT_ASSIGN_OR_RETURN(auto hp, ps::SplitHostPort(o.coordinator, "--coordinator"));
   char host[256] = {0};
   ::gethostname(host, sizeof host - 1);
@@ -166,7 +205,8 @@ Status RunAgent(const AgentOptions& o) {
     proto::CoordMsg m;
     m.set_version(1);
     m.set_type(proto::CO_REGISTER);
-    m.set_json(json{{"id", id}, {"host", host}, {"addr", o.addr}, {"slots", o.slots}, {"running", running}, {"exited", exited}}.dump());
+    m.set_json(json{{"id", id}, {"host", host}, {"addr", o.addr}, {"slots", o.slots}, {"gpus", o.gpus},
+                    {"running", running}, {"exited", exited}}.dump());
     RT_RETURN_IF_ERROR(conn->SendMessage(m, ps::After(10)));
     proto::CoordMsg r;
     RT_RETURN_IF_ERROR(conn->RecvMessage(&r, kMaxCoordFrame, ps::After(30), 30));
@@ -192,8 +232,17 @@ Status RunAgent(const AgentOptions& o) {
     std::fprintf(stderr, "ringtrain worker %s: registered with %s (%d slot(s))\n", id.c_str(), o.coordinator.c_str(), o.slots);
     return Status::Ok();
   };
-  Status first = connect();
-  if (!first.ok()) return first.WithContext("ringtrain worker");
+  // An agent may start before its coordinator: it waits up to connect_timeout_s for it (a
+  // refused token fails at once).
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::duration<double>(o.connect_timeout_s);
+  for (bool said = false;;) {
+    Status first = connect();
+    if (first.ok()) break;
+    if (first.code() != StatusCode::kUnavailable || std::chrono::steady_clock::now() >= give_up || g_stop.load())
+      return first.WithContext("ringtrain worker");
+    if (!said) std::fprintf(stderr, "ringtrain worker %s: waiting for the coordinator: %s\n", id.c_str(), first.message().c_str());
+    said = true;
+  }
   auto last_beat = std::chrono::steady_clock::now();
   auto last_try = last_beat;
   while (!g_stop.load()) {
@@ -223,7 +272,7 @@ Status RunAgent(const AgentOptions& o) {
       size_t at = 0;
       while (at <= cut) {
         const size_t e = p.pending.find('\n', at);
-        out += "[rank " + std::to_string(p.rank) + "] " + p.pending.substr(at, e - at) + "\n";
+        out += "[" + p.label + "] " + p.pending.substr(at, e - at) + "\n";
         at = e + 1;
       }
       p.pending.erase(0, cut + 1);
@@ -253,12 +302,30 @@ Status RunAgent(const AgentOptions& o) {
       const json j = json::parse(m.json(), nullptr, false);
       if (!j.is_object()) continue;
       if (m.type() == proto::CO_START) {
-        auto p = Spawn(j);
+        // One device per process when this host has GPUs (the coordinator never places more
+        // processes than slots, and a stopped process keeps its slot until it exits).
+        std::string gpu;
+        StatusOr<Proc> p = Unavailable("no free GPU on this agent");
+        if (!o.gpus.empty()) {
+          for (const auto& g : o.gpus) {
+            bool taken = false;
+            for (const auto& [pid, q] : procs) taken |= q.gpu == g;
+            if (!taken) {
+              gpu = g;
+              break;
+            }
+          }
+        }
+        if (o.gpus.empty() || !gpu.empty()) p = Spawn(j, o.token, gpu);
+        const std::string what = j.contains("ps") ? "ps " + std::to_string(j["ps"].get<int>()) : "rank " + std::to_string(j["rank"].get<int>());
         if (!p.ok()) {
           json e = {{"job", j["job"]}, {"attempt", j["attempt"]}, {"rank", j["rank"]}, {"status", 127}};
-          (void)link.Send(proto::CO_LOG, {{"job", j["job"]}, {"rank", j["rank"]}}, "[agent] " + p.status().message() + "\n");
+          (void)link.Send(proto::CO_LOG, {{"job", j["job"]}, {"rank", j["rank"]}}, "[agent " + id + "] " + what + ": " + p.status().message() + "\n");
           (void)link.Send(proto::CO_EXITED, e);
         } else {
+          if (!gpu.empty())
+            (void)link.Send(proto::CO_LOG, {{"job", j["job"]}, {"rank", j["rank"]}},
+                            "[agent " + id + "] " + what + " (pid " + std::to_string(p->pid) + ") on GPU " + gpu + "\n");
           procs[p->pid] = *p;
         }
       } else if (m.type() == proto::CO_STOP) {

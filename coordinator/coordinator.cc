@@ -38,6 +38,8 @@ StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(const CoordinatorOptio
   if (o.state.empty()) return InvalidArgument("coordinator: --state FILE.db is required");
   std::unique_ptr<Coordinator> c(new Coordinator(o));
   if (c->opts_.run_root.empty()) c->opts_.run_root = o.state + ".d";
+  // Agents start processes in their own working directories: hand them absolute paths.
+  c->opts_.run_root = fs::absolute(c->opts_.run_root).lexically_normal().string();
   std::error_code ec;
   fs::create_directories(c->opts_.run_root + "/logs", ec);
   if (ec) return IoError("coordinator: creating " + c->opts_.run_root + ": " + ec.message());
@@ -105,11 +107,23 @@ void Coordinator::Serve(std::shared_ptr<Conn> c) {
     proto::CoordMsg m;
     s = c->fc.RecvMessage(&m, kMaxCoordFrame, ps::After(30), 30);
     if (s.ok() && m.type() == proto::CO_REGISTER) {
-      ServeAgent(c, m);
+      try {
+        ServeAgent(c, m);
+      } catch (const json::exception& e) {  // a field of the wrong type: drop the agent's connection
+        std::fprintf(stderr, "coordinator: closing the agent connection from %s: malformed message: %s\n",
+                     c->fc.peer().c_str(), e.what());
+      }
     } else if (s.ok() && m.type() == proto::CO_REQUEST) {
       const json req = json::parse(m.json(), nullptr, false);
       std::string data;
-      auto r = req.is_object() ? Request(req, &data) : StatusOr<json>(InvalidArgument("request is not a JSON object"));
+      StatusOr<json> r = InvalidArgument("request is not a JSON object");
+      if (req.is_object()) {
+        try {
+          r = Request(req, &data);
+        } catch (const json::exception& e) {  // a field of the wrong type
+          r = InvalidArgument(std::string("malformed request: ") + e.what());
+        }
+      }
       if (r.ok()) {
         (void)c->Send(proto::CO_REPLY, *r, data);
       } else {
@@ -130,6 +144,8 @@ void Coordinator::Serve(std::shared_ptr<Conn> c) {
     }
   }
   std::lock_guard<std::mutex> l(mu_);
+  for (auto& [id, w] : workers_)
+    if (w.conn == c) w.conn.reset();  // the agent's link is gone; heartbeats decide liveness
   conns_.erase(std::remove(conns_.begin(), conns_.end(), c), conns_.end());
   c->fc.Shutdown();
 }
@@ -148,7 +164,7 @@ void Coordinator::ServeAgent(const std::shared_ptr<Conn>& c, const proto::CoordM
     Worker& w = workers_[id];
     const bool back = w.doc.contains("alive") && !w.doc["alive"].get<bool>();
     w.doc = {{"id", id}, {"host", r.value("host", "")}, {"addr", r.value("addr", "127.0.0.1")},
-             {"slots", r["slots"]}, {"alive", true}};
+             {"slots", r["slots"]}, {"gpus", r.value("gpus", json::array())}, {"alive", true}};
     w.conn = c;
     w.last_seen = Now();
     SaveWorker(id);
@@ -215,9 +231,6 @@ void Coordinator::ServeAgent(const std::shared_ptr<Conn>& c, const proto::CoordM
       std::ofstream(LogPath(j.value("job", int64_t{0})), std::ios::app) << m.data();
     }
   }
-  std::lock_guard<std::mutex> l(mu_);
-  auto it = workers_.find(id);
-  if (it != workers_.end() && it->second.conn == c) it->second.conn.reset();  // heartbeats decide liveness
 }
 
 std::string Coordinator::LogPath(int64_t job) const { return opts_.run_root + "/logs/job-" + std::to_string(job) + ".log"; }
@@ -323,6 +336,13 @@ void Coordinator::Tick() {
     for (const auto& p : job["placements"]) {
       const std::string wid = p["worker"];
       auto w = workers_.find(wid);
+      const bool server = p.contains("ps");
+      if (server && p["state"] == "exited") {  // servers run until the job stops them
+        bad = "parameter server " + std::to_string(p["ps"].get<int>()) + " on " + wid +
+              (p["status"] == -1 ? std::string(" was gone when its agent re-registered")
+                                 : " exited with status " + std::to_string(p["status"].get<int>()));
+        break;
+      }
       if (p["state"] == "exited") {
         if (p["status"] != 0) {
           bad = "rank " + std::to_string(p["rank"].get<int>()) + " on " + wid +
@@ -331,9 +351,11 @@ void Coordinator::Tick() {
           break;
         }
       } else {
-        all_ok = false;
+        all_ok &= server;
         if (w == workers_.end() || !w->second.doc.value("alive", false)) {
-          bad = "rank " + std::to_string(p["rank"].get<int>()) + "'s worker " + wid + " was lost";
+          bad = (server ? "parameter server " + std::to_string(p["ps"].get<int>())
+                        : "rank " + std::to_string(p["rank"].get<int>())) +
+                "'s worker " + wid + " was lost";
           break;
         }
       }
@@ -341,6 +363,7 @@ void Coordinator::Tick() {
     if (!bad.empty()) {
       FailAttempt(id, bad, true);
     } else if (all_ok) {
+      StopAttempt(id);  // the parameter servers, if any
       job["state"] = "succeeded";
       job["ended"] = now;
       Event(id, "succeeded", "every rank exited 0");
@@ -374,61 +397,107 @@ void Coordinator::Tick() {
   }
 }
 
-// Gang placement: all ranks of the job start together or none does; the largest process count
-// in [min_nproc, max_nproc] that fits; workers with the most free slots first (fewest nodes).
+std::vector<std::string> PlanPlacement(const std::map<std::string, int>& free, int lo, int hi, int extra) {
+  int total = 0;
+  for (const auto& [wid, f] : free) total += std::max(0, f);
+  const int n = std::min(hi, total - extra);
+  if (n < lo || n < 1) return {};
+  std::vector<std::pair<int, std::string>> left;  // (free, id), largest first, ties by id
+  for (const auto& [wid, f] : free)
+    if (f > 0) left.push_back({f, wid});
+  std::sort(left.begin(), left.end(), [](const auto& a, const auto& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; });
+  std::vector<std::string> where;
+  int need = n + extra;
+  while (need > 0) {
+    // The smallest worker that holds the rest alone, else the largest.
+    size_t pick = 0;
+    bool alone = false;
+    for (size_t i = 0; i < left.size(); ++i)
+      if (left[i].first >= need && (!alone || left[i].first < left[pick].first)) {
+        pick = i;
+        alone = true;
+      }
+    const int take = std::min(need, left[pick].first);
+    where.insert(where.end(), static_cast<size_t>(take), left[pick].second);
+    need -= take;
+    left.erase(left.begin() + static_cast<std::ptrdiff_t>(pick));
+  }
+  return where;
+}
+
+std::string JobToken(const std::string& pool_token, int64_t job, int attempt) {
+  const std::string mac = ps::HmacSha256(pool_token, "ringtrain job " + std::to_string(job) + " attempt " + std::to_string(attempt));
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : mac) {
+    out += kHex[c >> 4];
+    out += kHex[c & 15];
+  }
+  return out;
+}
+
+// Gang placement: all processes of the job (ranks, then its parameter servers) start together or
+// none does, with the largest process count in [min_nproc, max_nproc] that fits (PlanPlacement).
 bool Coordinator::TryPlace(int64_t id) {
   json& job = jobs_[id];
-  std::vector<std::pair<int, std::string>> free;
-  int total = 0;
-  for (const auto& [wid, w] : workers_) {
-    if (!w.doc.value("alive", false) || !w.conn) continue;
-    const int f = w.doc["slots"].get<int>() - UsedSlots(wid);
-    if (f > 0) {
-      free.push_back({f, wid});
-      total += f;
-    }
-  }
-  const int lo = job["min_nproc"], hi = job["max_nproc"];
-  const int n = std::min(hi, total);
-  if (n < lo) return false;
-  std::sort(free.begin(), free.end(), [](const auto& a, const auto& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; });
-  std::vector<std::string> where;
-  for (const auto& [f, wid] : free)
-    for (int k = 0; k < f && static_cast<int>(where.size()) < n; ++k) where.push_back(wid);
+  std::map<std::string, int> free;
+  for (const auto& [wid, w] : workers_)
+    if (w.doc.value("alive", false) && w.conn) free[wid] = w.doc["slots"].get<int>() - UsedSlots(wid);
+  const int k = job.value("ps_servers", 0);
+  const std::vector<std::string> where = PlanPlacement(free, job["min_nproc"], job["max_nproc"], k);
+  if (where.empty()) return false;
+  const int n = static_cast<int>(where.size()) - k;
   const int attempt = job.value("attempt", 0) + 1;
   job["attempt"] = attempt;
   job["world"] = n;
   job["state"] = "running";
   if (!job.contains("started")) job["started"] = Now();
   job["attempt_started"] = Now();
+  // Rendezvous at rank 0's host; server i listens on its host at the port after it + i.
   const int port = opts_.base_port + static_cast<int>((id * 131 + attempt * 17) % 2000);
   const json& w0 = workers_[where[0]].doc;
   json placements = json::array();
   std::map<std::string, int> local_size, local_next;
-  for (const auto& wid : where) ++local_size[wid];
-  std::string nodes;
-  for (int r = 0; r < n; ++r) {
-    placements.push_back({{"rank", r}, {"worker", where[static_cast<size_t>(r)]}, {"state", "running"}, {"status", nullptr}});
-    if (r == 0 || where[static_cast<size_t>(r)] != where[static_cast<size_t>(r - 1)])
-      nodes += (nodes.empty() ? "" : ", ") + where[static_cast<size_t>(r)];
+  for (int r = 0; r < n; ++r) ++local_size[where[static_cast<size_t>(r)]];
+  std::string nodes, ps_hosts;
+  for (size_t r = 0; r < where.size(); ++r) {
+    json p = {{"rank", static_cast<int>(r)}, {"worker", where[r]}, {"state", "running"}, {"status", nullptr}};
+    if (static_cast<int>(r) >= n) {
+      const int i = static_cast<int>(r) - n;
+      p["ps"] = i;
+      p["listen"] = workers_[where[r]].doc["addr"].get<std::string>() + ":" + std::to_string(port + 1 + i);
+      ps_hosts += (ps_hosts.empty() ? "" : ",");
+      ps_hosts += p["listen"].get<std::string>();
+    }
+    placements.push_back(p);
+    if (r == 0 || where[r] != where[r - 1]) {
+      if (!nodes.empty()) nodes += ", ";
+      nodes += where[r];
+    }
   }
   job["placements"] = placements;
   Save(id);
-  Event(id, "started", "attempt " + std::to_string(attempt) + ": " + std::to_string(n) + " process(es) on " + nodes +
+  Event(id, "started", "attempt " + std::to_string(attempt) + ": " + std::to_string(n) + " process(es)" +
+                           (k ? " and " + std::to_string(k) + " parameter server(s)" : std::string()) + " on " + nodes +
                            (job.value("resume", false) ? ", resuming from the latest checkpoint" : ""));
-  for (int r = 0; r < n; ++r) {
-    const std::string& wid = where[static_cast<size_t>(r)];
-    json start = {{"job", id},
-                  {"attempt", attempt},
-                  {"rank", r},
-                  {"world", n},
-                  {"local_rank", local_next[wid]++},
-                  {"local_world", local_size[wid]},
-                  {"master_addr", w0["addr"]},
-                  {"master_port", port},
-                  {"run_dir", job["run_dir"]},
-                  {"config", job["config"]},
-                  {"resume", job.value("resume", false)}};
+  for (const json& p : placements) {
+    const std::string wid = p["worker"];
+    const int r = p["rank"];
+    json start = {{"job", id}, {"attempt", attempt}, {"rank", r}, {"run_dir", job["run_dir"]}};
+    if (p.contains("ps")) {
+      start["ps"] = p["ps"];
+      start["ps_count"] = k;
+      start["listen"] = p["listen"];
+    } else {
+      start.update({{"world", n},
+                    {"local_rank", local_next[wid]++},
+                    {"local_world", local_size[wid]},
+                    {"master_addr", w0["addr"]},
+                    {"master_port", port},
+                    {"ps_hosts", ps_hosts},
+                    {"config", job["config"]},
+                    {"resume", job.value("resume", false)}});
+    }
     Worker& w = workers_[wid];
     if (w.conn) (void)w.conn->Send(proto::CO_START, start);
   }
@@ -436,12 +505,12 @@ bool Coordinator::TryPlace(int64_t id) {
 }
 
 StatusOr<json> Coordinator::Submit(const json& spec) {
-  static const std::vector<std::string> kKeys = {"name", "nproc", "min_nproc", "max_nproc", "priority",
+  static const std::vector<std::string> kKeys = {"name", "nproc", "min_nproc", "max_nproc", "ps_servers", "priority",
                                                  "max_restarts", "config", "set", "run_dir"};
   for (auto it = spec.begin(); it != spec.end(); ++it)
     if (std::find(kKeys.begin(), kKeys.end(), it.key()) == kKeys.end())
       return InvalidArgument("job spec: unknown key '" + it.key() + "' (known: name, nproc, min_nproc, max_nproc, "
-                             "priority, max_restarts, config, set, run_dir)");
+                             "ps_servers, priority, max_restarts, config, set, run_dir)");
   auto geti = [&](const char* k, int def) -> StatusOr<int> {
     if (!spec.contains(k)) return def;
     if (!spec[k].is_number_integer()) return InvalidArgument(std::string("job spec: ") + k + " must be an integer");
@@ -455,6 +524,8 @@ StatusOr<json> Coordinator::Submit(const json& spec) {
   RT_ASSIGN_OR_RETURN(int max_restarts, geti("max_restarts", 3));
   if (lo < 1 || hi < lo) return InvalidArgument("job spec: need 1 <= min_nproc <= max_nproc (got " + std::to_string(lo) + ", " + std::to_string(hi) + ")");
   if (max_restarts < 0) return InvalidArgument("job spec: max_restarts must be >= 0");
+  RT_ASSIGN_OR_RETURN(int ps_servers, geti("ps_servers", 0));
+  if (ps_servers < 0 || ps_servers > 256) return InvalidArgument("job spec: ps_servers must be in [0, 256]");
   // The training config: its text (the client read the file) and --set overrides, validated now.
   std::vector<std::string> sets;
   if (spec.contains("set")) {
@@ -475,15 +546,27 @@ StatusOr<json> Coordinator::Submit(const json& spec) {
   const int64_t tp = cfg.Int("parallel.tensor");
   if (lo % tp != 0 || hi % tp != 0)
     return InvalidArgument("job spec: parallel.tensor = " + std::to_string(tp) + " must divide the process count");
+  if (ps_servers > 0) {  // what the trainer would refuse with servers, refused now
+    if (tp > 1) return InvalidArgument("job spec: ps_servers does not combine with parallel.tensor > 1");
+    if (cfg.Bool("dist.zero1")) return InvalidArgument("job spec: ps_servers does not combine with dist.zero1 (the servers hold the optimizer state)");
+    if (cfg.Str("sync.mode") == "allreduce") return InvalidArgument("job spec: ps_servers needs sync.mode ps or auto, not allreduce");
+    if (!cfg.Str("sync.ps_hosts").empty())
+      return InvalidArgument("job spec: ps_servers and sync.ps_hosts both name servers; give one");
+  } else if (cfg.Str("sync.mode") == "ps" && cfg.Str("sync.ps_hosts").empty()) {
+    return InvalidArgument("job spec: sync.mode = ps needs ps_servers: K (or sync.ps_hosts)");
+  }
   std::lock_guard<std::mutex> l(mu_);
   int pool = 0;
   for (const auto& [id, w] : workers_) pool += w.doc["slots"].get<int>();
-  if (!workers_.empty() && lo > pool)
-    return InvalidArgument("job spec: needs " + std::to_string(lo) + " process(es), but the pool has " +
-                           std::to_string(pool) + " slot(s) on " + std::to_string(workers_.size()) + " worker(s)");
+  if (!workers_.empty() && lo + ps_servers > pool)
+    return InvalidArgument("job spec: needs " + std::to_string(lo) + " process(es)" +
+                           (ps_servers ? " and " + std::to_string(ps_servers) + " parameter server(s)" : std::string()) +
+                           ", but the pool has " + std::to_string(pool) + " slot(s) on " +
+                           std::to_string(workers_.size()) + " worker(s)");
   json doc = {{"name", spec.value("name", std::string("job"))},
               {"min_nproc", lo},
               {"max_nproc", hi},
+              {"ps_servers", ps_servers},
               {"priority", priority},
               {"max_restarts", max_restarts},
               {"restarts", 0},

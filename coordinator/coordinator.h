@@ -93,6 +93,17 @@ class Coordinator {
   double started_ = 0;
 };
 
+// Gang placement over the free slots of the live workers (id -> free slots): the most processes
+// in [lo, hi] that fit beside `extra` more (the job's parameter servers, placed after its ranks).
+// Returns one worker id per process, ranks first, each worker's processes adjacent; empty when
+// not even lo fit. Fewest workers first: the largest free worker is taken while none alone holds
+// what is still needed, then the smallest one that does (best fit, leaving big holes for big jobs).
+std::vector<std::string> PlanPlacement(const std::map<std::string, int>& free, int lo, int hi, int extra);
+
+// The token a job attempt's parameter servers and ranks share: derived from the pool's token
+// (HMAC-SHA256 of the job and attempt, hex), so every agent computes it and none is sent.
+std::string JobToken(const std::string& pool_token, int64_t job, int attempt);
+
 // A client of the coordinator: one authenticated request and its reply.
 StatusOr<nlohmann::json> CoordinatorRequest(const std::string& address, const std::string& token,
                                             const nlohmann::json& req, std::string* data = nullptr);

@@ -6,11 +6,16 @@
 #     a bad config key); a wrong token and garbage bytes are refused while the coordinator serves on.
 #  3. kill -9 an agent while its 4-process job runs: the job restarts from its latest checkpoint on
 #     the remaining slots and ends bitwise equal to an undisturbed run.
-#  4. kill -9 the coordinator mid-job and start it on the same state file: no job lost or
-#     duplicated; the running job is kept (its processes still run) and finishes.
+#  4. kill -9 the coordinator while two jobs run, and meanwhile kill -9 the agent of one of them
+#     and start it again (without its processes); start the coordinator on the same state file: no
+#     job lost or duplicated; the job whose processes still run is kept, the other restarts from
+#     its checkpoint; both finish bitwise equal (same spec).
 #  5. An elastic job (2 to 4 processes) running on 4 slots loses an agent: it restarts from its
 #     checkpoint with the 2 processes the remaining slots hold, and finishes.
 #  6. An elastic job started on 2 free slots grows to 4 when an agent with 2 slots joins.
+#  7. A parameter-server job (2 ranks + 1 server): the coordinator places the server, hands the
+#     ranks its address and a derived token, stops it at the end; bitwise equal to job 1 (ring).
+#  8. An agent with --gpus 0,1: one device per process (CUDA_VISIBLE_DEVICES), shown by `workers`.
 source "$(dirname "$0")/lib.sh"
 cleanup() {
   pkill -9 -f -- "--state $WORK/" 2>/dev/null || true
@@ -108,49 +113,97 @@ cmp "$WORK/state.db.d/job-4/model/params.bin" "$WORK/state.db.d/job-5/model/para
 grep -q "resumed from" "$WORK/state.db.d/logs/job-5.log" || fail "the restart did not resume from a checkpoint"
 echo "3. agent $victim killed: job 5 restarted from its checkpoint and ended bitwise equal to job 4"
 
-# --- 4. the coordinator killed mid-job -----------------------------------------------------------
-printf "name: survivor\nnproc: 2\nset: [train.steps=300, train.eval_interval=300, train.log_interval=10]\n" > surv.yaml
-"$RT" submit surv.yaml   # job 6
+# --- 4. the coordinator killed mid-job; an agent loses its processes meanwhile --------------------
+surv="nproc: 2\nmax_restarts: 2\nset: [train.steps=200, train.eval_interval=200, checkpoint.every_steps=20, train.log_interval=10]\n"
+printf "name: survivor\n$surv" > surv.yaml
+printf "name: revived\n$surv" > rev.yaml
+"$RT" submit surv.yaml   # job 6: its processes run on through the outage
+"$RT" submit rev.yaml    # job 7: its agent is restarted without them
 wait_state 6 running 10
-sleep 2
+wait_state 7 running 10
+for _ in $(seq 200); do ls "$WORK/state.db.d/job-7/checkpoints/step-00000040" > /dev/null 2>&1 && break; sleep 0.1; done
+w6=$("$RT" job 6 --json | /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)['placements'][0]['worker'])")
+w7=$("$RT" job 7 --json | /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)['placements'][0]['worker'])")
+[ "$w6" != "$w7" ] || fail "jobs 6 and 7 share agent $w6"
 kill -9 $coord
+i=${w7##*-}
+kill -9 ${agents[$((i - 1))]}     # its processes die with it (PDEATHSIG)
+sleep 0.5
+"$RT" worker --slots 2 --id "$w7" > agent$i.log 2>&1 &   # waits for the coordinator
+agents[$((i - 1))]=$!
 sleep 1
 start_coordinator
 wait_state 6 succeeded 120
+wait_state 7 succeeded 120
 n=$("$RT" jobs --json | /usr/bin/python3 -c "import json,sys; print(len(json.load(sys.stdin)['jobs']))")
-[ "$n" = 6 ] || fail "after the restart the coordinator holds $n jobs, not 6"
+[ "$n" = 7 ] || fail "after the restart the coordinator holds $n jobs, not 7"
 "$RT" job 6 --json | /usr/bin/python3 -c "import json,sys; j=json.load(sys.stdin); assert j['restarts'] == 0 and j['attempt'] == 1, j" ||
   fail "job 6 was restarted instead of kept"
-[ "$(steps 6)" = 300 ] || fail "job 6 ended at step $(steps 6)"
-echo "4. coordinator killed and restarted: 6 jobs, job 6 kept running (attempt 1) and finished"
+"$RT" job 7 | grep event
+"$RT" job 7 --json | /usr/bin/python3 -c "import json,sys; j=json.load(sys.stdin); assert j['restarts'] == 1 and 'gone when its agent re-registered' in j['reason'], j" ||
+  fail "job 7 was not restarted after its processes were found gone"
+grep -q "resumed from" "$WORK/state.db.d/logs/job-7.log" || fail "job 7 did not resume from a checkpoint"
+for j in 6 7; do [ "$(steps $j)" = 200 ] || fail "job $j ended at step $(steps $j)"; done
+cmp "$WORK/state.db.d/job-6/model/params.bin" "$WORK/state.db.d/job-7/model/params.bin" ||
+  fail "the restarted job 7 differs from job 6"
+echo "4. coordinator killed and restarted: 7 jobs; job 6 kept (attempt 1), job 7 (processes gone) restarted from its checkpoint; bitwise equal"
 # --- 5. an elastic job shrinks from 4 to 2 -----------------------------------------------------------
 alive=()
 for i in 1 2 3; do kill -0 ${agents[$((i - 1))]} 2>/dev/null && alive+=($i); done
 [ ${#alive[@]} = 2 ] || fail "expected 2 agents left, found ${#alive[@]}"
 printf "name: elastic\nmin_nproc: 2\nmax_nproc: 4\nmax_restarts: 2\nset: [train.steps=200, train.eval_interval=200, checkpoint.every_steps=20]\n" > el.yaml
-"$RT" submit el.yaml     # job 7
-wait_state 7 running 10
-"$RT" job 7 --json | /usr/bin/python3 -c "import json,sys; assert json.load(sys.stdin)['world'] == 4"
-for _ in $(seq 200); do ls "$WORK/state.db.d/job-7/checkpoints/step-00000040" > /dev/null 2>&1 && break; sleep 0.1; done
+"$RT" submit el.yaml     # job 8
+wait_state 8 running 10
+"$RT" job 8 --json | /usr/bin/python3 -c "import json,sys; assert json.load(sys.stdin)['world'] == 4"
+for _ in $(seq 200); do ls "$WORK/state.db.d/job-8/checkpoints/step-00000040" > /dev/null 2>&1 && break; sleep 0.1; done
 kill -9 ${agents[$((alive[1] - 1))]}
-wait_state 7 succeeded 150
-"$RT" job 7 | grep event
-"$RT" job 7 --json | /usr/bin/python3 -c "import json,sys; j=json.load(sys.stdin); assert j['world'] == 2 and j['restarts'] >= 1, j" ||
+wait_state 8 succeeded 150
+"$RT" job 8 | grep event
+"$RT" job 8 --json | /usr/bin/python3 -c "import json,sys; j=json.load(sys.stdin); assert j['world'] == 2 and j['restarts'] >= 1, j" ||
   fail "the elastic job did not restart with 2 processes"
-grep -q "resumed from .*saved by 4 rank" "$WORK/state.db.d/logs/job-7.log" || fail "the elastic restart did not resume the 4-rank checkpoint"
-[ "$(steps 7)" = 200 ] || fail "job 7 ended at step $(steps 7)"
+grep -q "resumed from .*saved by 4 rank" "$WORK/state.db.d/logs/job-8.log" || fail "the elastic restart did not resume the 4-rank checkpoint"
+[ "$(steps 8)" = 200 ] || fail "job 8 ended at step $(steps 8)"
 echo "5. elastic job: 4 processes, an agent lost, restarted with 2 from the 4-rank checkpoint, finished"
 
 # --- 6. ... and grows back when slots return ------------------------------------------------------
 printf "name: regrow\nmin_nproc: 2\nmax_nproc: 4\nset: [train.steps=200, train.eval_interval=200, checkpoint.every_steps=20]\n" > grow.yaml
-"$RT" submit grow.yaml   # job 8: 2 slots left, so 2 processes
-wait_state 8 running 10
-"$RT" job 8 --json | /usr/bin/python3 -c "import json,sys; assert json.load(sys.stdin)['world'] == 2"
+"$RT" submit grow.yaml   # job 9: 2 slots left, so 2 processes
+wait_state 9 running 10
+"$RT" job 9 --json | /usr/bin/python3 -c "import json,sys; assert json.load(sys.stdin)['world'] == 2"
 "$RT" worker --slots 2 --id e2e-$$-4 > agent4.log 2>&1 &
-wait_state 8 succeeded 150
-"$RT" job 8 | grep event
-"$RT" job 8 --json | /usr/bin/python3 -c "import json,sys; j=json.load(sys.stdin); assert j['world'] == 4 and j['restarts'] == 0, j" ||
+wait_state 9 succeeded 150
+"$RT" job 9 | grep event
+"$RT" job 9 --json | /usr/bin/python3 -c "import json,sys; j=json.load(sys.stdin); assert j['world'] == 4 and j['restarts'] == 0, j" ||
   fail "the elastic job did not grow back to 4 processes"
-[ "$(steps 8)" = 200 ] || fail "job 8 ended at step $(steps 8)"
+[ "$(steps 9)" = 200 ] || fail "job 9 ended at step $(steps 9)"
 echo "6. elastic job: started with 2 processes, grew to 4 when an agent with 2 slots joined, finished"
+# --- 7. a parameter-server job ------------------------------------------------------------------
+printf "name: ps\nnproc: 2\nps_servers: 1\nset: [train.steps=60, train.eval_interval=60]\n" > ps.yaml
+"$RT" submit ps.yaml     # job 10: job 1's training with a server instead of ring all-reduce
+wait_state 10 succeeded 120
+"$RT" job 10
+"$RT" job 10 --json | /usr/bin/python3 -c "
+import json,sys
+j = json.load(sys.stdin)
+ps = [p for p in j['placements'] if 'ps' in p]
+assert j['world'] == 2 and len(ps) == 1 and ps[0]['state'] == 'exited', j" || fail "job 10 did not run 2 ranks and 1 server"
+grep -q "parameter servers" "$WORK/state.db.d/logs/job-10.log" || fail "job 10's ranks did not train against the server"
+cmp "$WORK/state.db.d/job-1/model/params.bin" "$WORK/state.db.d/job-10/model/params.bin" ||
+  fail "the PS job's parameters differ from the ring job's"
+used_ok
+echo "7. parameter-server job: 2 ranks + 1 server placed, server stopped at the end, bitwise equal to job 1"
+
+# --- 8. an agent with GPUs -------------------------------------------------------------------------
+for pid in "${agents[@]}"; do kill -9 $pid 2>/dev/null || true; done
+pkill -9 -f -- "--id e2e-$$-" 2>/dev/null || true
+"$RT" worker --gpus 0,1 --id e2e-$$-gpu > agentg.log 2>&1 &
+for _ in $(seq 50); do "$RT" workers | grep -q "e2e-$$-gpu .* alive  0,1" && break; sleep 0.2; done
+"$RT" workers | grep "e2e-$$-gpu" | grep -q " 2 .* alive  0,1" || { "$RT" workers; fail "the GPU agent is not listed with 2 slots and GPUs 0,1"; }
+printf "name: gpus\nnproc: 2\nset: [train.steps=5, train.eval_interval=5]\n" > gpus.yaml
+"$RT" submit gpus.yaml   # job 11
+wait_state 11 succeeded 60
+grep -q "rank 0 (pid [0-9]*) on GPU [01]" "$WORK/state.db.d/logs/job-11.log" &&
+  [ "$(grep -o "rank [01] (pid [0-9]*) on GPU [01]" "$WORK/state.db.d/logs/job-11.log" | awk '{print $NF}' | sort -u | wc -l)" = 2 ] ||
+  { cat "$WORK/state.db.d/logs/job-11.log"; fail "the two ranks did not get one GPU each"; }
+echo "8. an agent with --gpus 0,1: 2 slots, one device per process"
 echo PASS
