@@ -31,6 +31,7 @@ struct AllreduceArgs {
   double factor = 2;
   std::string algorithm = "auto";
   std::string transport = "auto";
+  std::string segment = "1M";
   std::string bind;
   int iters = 20;
   int warmup = 5;
@@ -92,6 +93,11 @@ Status Run(const AllreduceArgs& a) {
   wo.transport = a.transport;
   wo.tcp_bind = a.bind;
   wo.comm.deadline_s = a.deadline;
+  {
+    RT_ASSIGN_OR_RETURN(std::vector<int64_t> seg, ParseSizes(a.segment, 2));
+    if (seg.size() != 1 || seg[0] < 64) return InvalidArgument("--segment: one size of at least 64 bytes, e.g. 256K");
+    wo.comm.segment_bytes = static_cast<size_t>(seg[0]);
+  }
   RT_ASSIGN_OR_RETURN(wo.comm.algorithm, coll::ParseAlgorithm(a.algorithm));
   const std::string transport = ResolveTransport(lc, a.transport);
   RT_ASSIGN_OR_RETURN(auto comm, MakeWorld(lc, wo));
@@ -181,8 +187,9 @@ void AddBenchAllreduce(CLI::App* bench, Action& action) {
   c->add_option("--sizes", a->sizes, "byte range lo:hi (geometric) or a list, e.g. 1K:64M or 1M,4M");
   c->add_option("--factor", a->factor, "growth factor for a lo:hi range (default 2)");
   c->add_option("--algorithm", a->algorithm, "auto, ring, halving_doubling or tree");
-  c->add_option("--transport", a->transport, "auto (mpi under mpirun, else tcp), mpi or tcp");
+  c->add_option("--transport", a->transport, "auto (shm when every rank is on this host, else mpi under mpirun, else tcp), shm, mpi or tcp");
   c->add_option("--bind", a->bind, "TCP: address or interface to listen on");
+  c->add_option("--segment", a->segment, "ring: largest single message (default 1M)");
   c->add_option("--iters", a->iters, "timed iterations per size (default 20)");
   c->add_option("--warmup", a->warmup, "untimed iterations per size (default 5)");
   c->add_option("--deadline", a->deadline, "collective deadline in seconds (default 300)");

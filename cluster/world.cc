@@ -2,18 +2,33 @@
 
 #include "collectives/local/local_transport.h"
 #include "collectives/mpi/mpi_transport.h"
+#include "collectives/shm/shm_transport.h"
 #include "collectives/tcp/tcp_transport.h"
 
 namespace ringtrain {
 
+namespace {
+// The transport that starts a job's ranks (and, for shm, agrees on the segment's name).
+std::string NetworkTransport(const LaunchContext& c) { return c.under_mpirun && coll::MpiAvailable() ? "mpi" : "tcp"; }
+}  // namespace
+
 std::string ResolveTransport(const LaunchContext& c, const std::string& requested) {
   if (requested != "auto") return requested;
   if (c.size == 1) return "local";
-  return c.under_mpirun && coll::MpiAvailable() ? "mpi" : "tcp";
+  // Every rank on this host: shared memory, unless /dev/shm is too small for the rings.
+  if (c.local_size == c.size && coll::ShmTransport::Fits(c.size, coll::ShmOptions{}.ring_bytes)) return "shm";
+  return NetworkTransport(c);
 }
 
 StatusOr<std::unique_ptr<coll::Communicator>> MakeWorld(const LaunchContext& c, const WorldOptions& o) {
-  const std::string t = ResolveTransport(c, o.transport);
+  std::string t = ResolveTransport(c, o.transport);
+  const bool shm = t == "shm";
+  if (shm) {
+    if (c.size > 1 && c.local_size != c.size)
+      return InvalidArgument("transport 'shm' needs every rank on one host (" + std::to_string(c.local_size) + " of " +
+                             std::to_string(c.size) + " ranks are on this one)");
+    t = c.size == 1 ? "local" : NetworkTransport(c);
+  }
   std::shared_ptr<coll::Transport> transport;
   if (t == "local") {
     if (c.size != 1) return InvalidArgument("the local transport runs one process; this job has " + std::to_string(c.size));
@@ -35,7 +50,13 @@ StatusOr<std::unique_ptr<coll::Communicator>> MakeWorld(const LaunchContext& c, 
     RT_ASSIGN_OR_RETURN(auto tcp, coll::TcpTransport::Create(to));
     transport = tcp;
   } else {
-    return InvalidArgument("unknown transport '" + t + "' (auto, mpi or tcp)");
+    return InvalidArgument("unknown transport '" + t + "' (auto, mpi, tcp or shm)");
+  }
+  if (shm && c.size > 1) {
+    coll::ShmOptions so;
+    so.connect_timeout_s = o.connect_timeout_s;
+    RT_ASSIGN_OR_RETURN(auto st, coll::ShmTransport::CreateOver(transport, so));
+    transport = st;
   }
   return std::make_unique<coll::Communicator>(transport, o.comm);
 }

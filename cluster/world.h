@@ -1,5 +1,6 @@
-// The world communicator of this process, built from the launch context: the MPI transport under
-// mpirun (when built with MPI), TCP with rendezvous at MASTER_ADDR:MASTER_PORT otherwise.
+// The world communicator of this process, built from the launch context: shared memory when every
+// rank is on this host (started over MPI or TCP), else the MPI transport under mpirun (when built
+// with MPI), TCP with rendezvous at MASTER_ADDR:MASTER_PORT otherwise.
 #pragma once
 
 #include <memory>
@@ -11,7 +12,7 @@
 namespace ringtrain {
 
 struct WorldOptions {
-  std::string transport = "auto";  // auto | mpi | tcp
+  std::string transport = "auto";  // auto | mpi | tcp | shm
   std::string tcp_bind;            // address or interface for TCP data connections
   double connect_timeout_s = 300;
   coll::CommOptions comm;

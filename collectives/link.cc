@@ -95,17 +95,50 @@ Status Link::DiagnoseTimeout(int from) {
 Status Link::Recv(int from, void* data, size_t bytes) {
   FrameHeader h;
   Status s = t_->Recv(members_[from], proto_.context, &h, data, bytes, deadline_);
-  if (s.code() == StatusCode::kDeadlineExceeded) return DiagnoseTimeout(from);
-  if (s.code() == StatusCode::kAborted) return Fail(s, /*propagate=*/false);
-  if (s.code() == StatusCode::kUnavailable) {
-    Status root = t_->PendingAbort(proto_.context, Clock::now() + kRootCauseWait);
-    if (!root.ok()) return Fail(root, /*propagate=*/false);
+  return Finish(s, h, from, bytes, /*rejected=*/false);
+}
+
+bool Link::Matches(const FrameHeader& h) const {
+  return h.magic == proto_.magic && h.seq == proto_.seq && h.op == proto_.op && h.dtype == proto_.dtype &&
+         h.reduce == proto_.reduce && h.root == proto_.root && h.count == proto_.count;
+}
+
+Status Link::RecvReduce(int from, uint8_t* data, size_t bytes, DataType t, ReduceOp op, uint8_t* tmp) {
+  const size_t es = DataTypeSize(t);
+  if (!t_->direct_receive()) {
+    RT_RETURN_IF_ERROR(Recv(from, tmp, bytes));
+    ReduceInto(data, tmp, bytes / es, t, op);
+    return Status::Ok();
   }
-  if (s.code() == StatusCode::kUnavailable)
-    return Fail(Unavailable(Describe() + ": " + s.message() + " (detected by rank " + std::to_string(me_) + ")"));
-  const bool same = h.magic == proto_.magic && h.seq == proto_.seq && h.op == proto_.op && h.dtype == proto_.dtype &&
-                    h.reduce == proto_.reduce && h.root == proto_.root && h.count == proto_.count;
-  if (!s.ok() || !same || h.bytes != bytes) {
+  // Reduced piece by piece straight out of the transport's buffer, once the header checked out.
+  FrameHeader h;
+  bool rejected = false;
+  Status s = t_->RecvDirect(
+      members_[from], proto_.context, &h,
+      [&](const FrameHeader& fh, size_t off, const uint8_t* d, size_t n) -> Status {
+        if (off == 0 && (!Matches(fh) || fh.bytes != bytes)) {
+          rejected = true;
+          return Aborted("mismatched frame");
+        }
+        ReduceInto(data + off, d, n / es, t, op);
+        return Status::Ok();
+      },
+      deadline_);
+  return Finish(s, h, from, bytes, rejected);
+}
+
+Status Link::Finish(const Status& s, const FrameHeader& h, int from, size_t bytes, bool rejected) {
+  if (!rejected) {
+    if (s.code() == StatusCode::kDeadlineExceeded) return DiagnoseTimeout(from);
+    if (s.code() == StatusCode::kAborted) return Fail(s, /*propagate=*/false);
+    if (s.code() == StatusCode::kUnavailable) {
+      Status root = t_->PendingAbort(proto_.context, Clock::now() + kRootCauseWait);
+      if (!root.ok()) return Fail(root, /*propagate=*/false);
+      return Fail(Unavailable(Describe() + ": " + s.message() + " (detected by rank " + std::to_string(me_) + ")"));
+    }
+  }
+  const bool same = Matches(h);
+  if (rejected || !s.ok() || !same || h.bytes != bytes) {
     std::ostringstream os;
     os << "mismatched collective on " << comm_name_ << ": rank " << me_ << " called " << Summary(proto_) << " but "
        << t_->PeerName(members_[from]) << " called " << Summary(h);

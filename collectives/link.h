@@ -29,6 +29,9 @@ class Link {
   Status Send(int to, const void* data, size_t bytes);
   // Receives exactly `bytes` from communicator rank `from`.
   Status Recv(int from, void* data, size_t bytes);
+  // Receives exactly `bytes` from `from` and reduces them into data (elements of t, op): straight
+  // out of the transport's buffer when it has a direct receive, else through tmp (bytes long).
+  Status RecvReduce(int from, uint8_t* data, size_t bytes, DataType t, ReduceOp op, uint8_t* tmp);
   // Send then receive; safe in rings because sends never wait for the receiver.
   Status SendRecv(int to, const void* sdata, size_t sbytes, int from, void* rdata, size_t rbytes);
 
@@ -44,6 +47,11 @@ class Link {
   // ones that did not arrive (not merely the blocked neighbour).
   Status DiagnoseTimeout(int from);
   std::string Summary(const FrameHeader& h) const;
+  // Whether a received header belongs to this call (same context, sequence, operation, count...).
+  bool Matches(const FrameHeader& h) const;
+  // Turns a receive's outcome into this call's error (timeout diagnosis, abort, dead peer,
+  // mismatched collective); rejected: the header failed Matches during a direct receive.
+  Status Finish(const Status& s, const FrameHeader& h, int from, size_t bytes, bool rejected);
 
   Transport* t_;
   const std::vector<int>& members_;

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,20 @@ class Transport {
   // Thread-safe for distinct (peer, context) pairs.
   virtual Status Recv(int peer, uint32_t context, FrameHeader* h, void* buf, size_t cap,
                       Clock::time_point deadline) = 0;
+
+  // Payload pieces of a received frame, in order: (its header, offset in the payload, bytes, n).
+  // Called once with n = 0 for an empty payload. A non-OK return rejects the frame: the rest of
+  // it is skipped and RecvDirect returns that status.
+  using PayloadSink = std::function<Status(const FrameHeader& h, size_t offset, const uint8_t* data, size_t n)>;
+  // Whether RecvDirect hands payloads over in place, without a copy (the shared-memory transport:
+  // a reduction reads straight out of its ring). Link falls back to Recv + a scratch buffer.
+  virtual bool direct_receive() const { return false; }
+  // Recv, but the payload goes to sink instead of a buffer (only when direct_receive()).
+  virtual Status RecvDirect(int peer, uint32_t context, FrameHeader* h, const PayloadSink& sink,
+                            Clock::time_point deadline) {
+    (void)peer, (void)context, (void)h, (void)sink, (void)deadline;
+    return Internal(std::string(kind()) + " transport has no direct receive");
+  }
 
   // Aborted(text) once an abort frame for `context` has arrived (waiting for one until `until`),
   // else OK. Lets a rank whose own failure is a consequence (a peer that quit after an error, its

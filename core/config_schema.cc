@@ -77,8 +77,8 @@ const std::vector<ConfigKey>& ConfigSchema() {
       {"schedule.step_size", T::kInt, "1000", 1, 1e12, {}, "step decay: steps between decays"},
       {"schedule.gamma", T::kFloat, "0.1", 0, 1, {}, "step / exponential decay factor"},
       // Data parallelism (the process count comes from the launcher: mpirun, srun, ringtrain launch)
-      {"dist.transport", T::kString, "auto", -1e300, 1e300, {"auto", "mpi", "tcp"},
-       "collective transport: auto is mpi under mpirun (when built with MPI), tcp otherwise"},
+      {"dist.transport", T::kString, "auto", -1e300, 1e300, {"auto", "mpi", "tcp", "shm"},
+       "collective transport: auto is shm when every rank is on this host, else mpi under mpirun (when built with MPI), else tcp"},
       {"dist.bind", T::kString, "", -1e300, 1e300, {}, "tcp: local address or interface for data connections (empty: any)"},
       {"dist.deadline_s", T::kFloat, "300", 0.001, 1e9, {}, "seconds a collective waits for its peers before failing"},
       {"dist.algorithm", T::kString, "auto", -1e300, 1e300, {"auto", "ring", "halving_doubling", "tree"},

@@ -30,8 +30,7 @@ Status HalvingDoublingAllReduce(Link& l, uint8_t* data, int64_t count, DataType 
     if (r & mask) lv = Level{partner, mid, hi, lo, mid};
     if (lv.give1 > lv.give0) RT_RETURN_IF_ERROR(l.Send(partner, data + lv.give0 * es, (lv.give1 - lv.give0) * es));
     if (lv.keep1 > lv.keep0) {
-      RT_RETURN_IF_ERROR(l.Recv(partner, tmp, (lv.keep1 - lv.keep0) * es));
-      ReduceInto(data + lv.keep0 * es, tmp, lv.keep1 - lv.keep0, t, op);
+      RT_RETURN_IF_ERROR(l.RecvReduce(partner, data + lv.keep0 * es, (lv.keep1 - lv.keep0) * es, t, op, tmp));
     }
     levels.push_back(lv);
     lo = lv.keep0;

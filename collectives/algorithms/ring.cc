@@ -1,7 +1,9 @@
 // Ring reduce-scatter / all-gather / all-reduce. With n ranks the buffer is cut into n blocks; in
 // each of n-1 steps every rank sends one block to rank+1 and receives one from rank-1. Messages are
-// cut into segments of at most segment_bytes; a step sends all its segments first (sends never wait
-// for the receiver), so a rank reduces segment k while segment k+1 is already in flight.
+// cut into segments of at most segment_bytes. A step keeps kWindow segments of its outgoing block
+// in flight ahead of the one it receives (sends never wait for the receiver), so a rank reduces
+// segment k while the next ones are already on the way, and a transport with bounded buffers
+// (shared memory) never has to hold more than the window.
 #include <algorithm>
 #include <cstring>
 
@@ -15,6 +17,29 @@ int Mod(int a, int n) { return ((a % n) + n) % n; }
 
 int64_t SegmentElems(size_t esize, size_t segment_bytes) {
   return std::max<int64_t>(1, static_cast<int64_t>(segment_bytes / esize));
+}
+
+constexpr int64_t kWindow = 2;  // outgoing segments sent ahead of each receive
+
+// One ring step: the segments of [s0, s1) go to `next` while those of [r0, r1) arrive, each
+// handed to recv(c, d) (elements [c, d)); kWindow sends run ahead of the receives.
+template <typename RecvFn>
+Status RingStep(Link& l, const uint8_t* data, size_t es, int64_t seg, int next, int64_t s0, int64_t s1, int64_t r0,
+                int64_t r1, RecvFn recv) {
+  int64_t a = s0;
+  auto send_one = [&]() -> Status {
+    const int64_t b = std::min(s1, a + seg);
+    Status st = l.Send(next, data + a * es, static_cast<size_t>(b - a) * es);
+    a = b;
+    return st;
+  };
+  for (int64_t k = 0; k < kWindow && a < s1; ++k) RT_RETURN_IF_ERROR(send_one());
+  for (int64_t c = r0; c < r1; c += seg) {
+    RT_RETURN_IF_ERROR(recv(c, std::min(r1, c + seg)));
+    if (a < s1) RT_RETURN_IF_ERROR(send_one());
+  }
+  while (a < s1) RT_RETURN_IF_ERROR(send_one());
+  return Status::Ok();
 }
 
 }  // namespace
@@ -36,14 +61,11 @@ Status RingReduceScatter(Link& l, uint8_t* data, int64_t count, DataType t, Redu
     const int sb = Mod(r - step - 1, n), rb = Mod(r - step - 2, n);
     const int64_t s0 = BlockBegin(count, n, sb), s1 = BlockBegin(count, n, sb + 1);
     const int64_t r0 = BlockBegin(count, n, rb), r1 = BlockBegin(count, n, rb + 1);
-    // The whole outgoing block is final, so all its segments go out first; incoming segments
-    // are then reduced one by one while the later ones are still arriving.
-    for (int64_t a = s0; a < s1; a += seg) RT_RETURN_IF_ERROR(l.Send(next, data + a * es, std::min(seg, s1 - a) * es));
-    for (int64_t c = r0; c < r1; c += seg) {
-      const int64_t d = std::min(r1, c + seg);
-      RT_RETURN_IF_ERROR(l.Recv(prev, tmp, (d - c) * es));
-      ReduceInto(data + c * es, tmp, d - c, t, op);
-    }
+    // The whole outgoing block is final (reduced in the previous step), so its segments may go
+    // out in any order relative to the incoming ones, which are reduced one by one.
+    RT_RETURN_IF_ERROR(RingStep(l, data, es, seg, next, s0, s1, r0, r1, [&](int64_t c, int64_t d) {
+      return l.RecvReduce(prev, data + c * es, static_cast<size_t>(d - c) * es, t, op, tmp);
+    }));
   }
   return Status::Ok();
 }
@@ -58,9 +80,9 @@ Status RingAllGather(Link& l, uint8_t* data, int64_t count, size_t es, size_t se
     const int sb = Mod(r - step, n), rb = Mod(r - step - 1, n);
     const int64_t s0 = BlockBegin(count, n, sb), s1 = BlockBegin(count, n, sb + 1);
     const int64_t r0 = BlockBegin(count, n, rb), r1 = BlockBegin(count, n, rb + 1);
-    for (int64_t a = s0; a < s1; a += seg) RT_RETURN_IF_ERROR(l.Send(next, data + a * es, std::min(seg, s1 - a) * es));
-    for (int64_t c = r0; c < r1; c += seg)
-      RT_RETURN_IF_ERROR(l.Recv(prev, data + c * es, (std::min(r1, c + seg) - c) * es));
+    RT_RETURN_IF_ERROR(RingStep(l, data, es, seg, next, s0, s1, r0, r1, [&](int64_t c, int64_t d) {
+      return l.Recv(prev, data + c * es, static_cast<size_t>(d - c) * es);
+    }));
   }
   return Status::Ok();
 }

@@ -28,8 +28,7 @@ Status BinomialReduce(Link& l, uint8_t* data, int64_t count, DataType t, ReduceO
   for (int mask = 1; mask < n; mask <<= 1) {
     if (v & mask) return l.Send((v - mask + root) % n, data, bytes);
     if (v + mask < n) {
-      RT_RETURN_IF_ERROR(l.Recv((v + mask + root) % n, tmp, bytes));
-      ReduceInto(data, tmp, count, t, op);
+      RT_RETURN_IF_ERROR(l.RecvReduce((v + mask + root) % n, data, bytes, t, op, tmp));
     }
   }
   return Status::Ok();

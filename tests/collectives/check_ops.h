@@ -41,7 +41,11 @@ inline bool IsAllReduce(Op op) { return op <= Op::kAsyncSum; }
 // Rank r's input element i: an integer in [-15, 15].
 inline float Input(int64_t i, int r) { return static_cast<float>((i * 7 + r * 13) % 31 - 15); }
 
-inline std::vector<int64_t> Counts(int n) { return {0, 1, 7, n - 1, 1000003, 16 << 20}; }
+// large: include 16M elements (many segments, frames larger than any transport buffer).
+inline std::vector<int64_t> Counts(int n, bool large = true) {
+  if (!large) return {0, 1, 7, n - 1, 1000003};
+  return {0, 1, 7, n - 1, 1000003, 16 << 20};
+}
 
 // Runs op on every rank of comm and checks rank comm.rank()'s result for `count`.
 inline Status RunAndCheck(Communicator& comm, Op op, int64_t count) {
@@ -136,29 +140,32 @@ inline Status RunAndCheck(Communicator& comm, Op op, int64_t count) {
   }
 }
 
+enum class Via { kLocal, kTcp, kShm };  // the transport a case runs on
+
 struct Case {
   Op op;
   int n;
   Algorithm algo;
-  bool tcp;
+  Via via;
 };
 
 // gtest prints parameters with this (found by argument-dependent lookup), not as raw bytes.
 inline void PrintTo(const Case& c, std::ostream* os) {
-  *os << OpLabel(c.op) << " n=" << c.n << " " << coll::AlgorithmName(c.algo) << (c.tcp ? " tcp" : " local");
+  *os << OpLabel(c.op) << " n=" << c.n << " " << coll::AlgorithmName(c.algo)
+      << (c.via == Via::kTcp ? " tcp" : c.via == Via::kShm ? " shm" : " local");
 }
 
-inline std::vector<Case> AllCases(bool tcp) {
+inline std::vector<Case> AllCases(Via via) {
   std::vector<Case> cases;
   for (int n = 1; n <= 8; ++n) {
     for (Op op : {Op::kSum, Op::kAvg, Op::kMax, Op::kMin, Op::kAsyncSum}) {
       for (Algorithm a : {Algorithm::kRing, Algorithm::kHalvingDoubling, Algorithm::kTree, Algorithm::kAuto}) {
         if (a == Algorithm::kHalvingDoubling && (n & (n - 1)) != 0) continue;  // power-of-two sizes only
-        cases.push_back({op, n, a, tcp});
+        cases.push_back({op, n, a, via});
       }
     }
     for (Op op : {Op::kReduceScatter, Op::kAllGather, Op::kBroadcast, Op::kReduce, Op::kBarrier, Op::kSendRecv})
-      cases.push_back({op, n, Algorithm::kAuto, tcp});
+      cases.push_back({op, n, Algorithm::kAuto, via});
   }
   return cases;
 }

@@ -28,7 +28,7 @@ float Input(int64_t i, int r) { return static_cast<float>((i * 7 + r * 13) % 31 
 // Split 8 ranks into "TP" groups of 2 (color r/2) and "DP" groups (color r%2, reversed key order).
 // Each sub-group runs every operation of check_ops.h exactly, like a world of its size, on the
 // in-process transport and on TCP.
-class CollectiveSplit : public ::testing::TestWithParam<bool> {};
+class CollectiveSplit : public ::testing::TestWithParam<testing::Via> {};
 
 TEST_P(CollectiveSplit, SubGroupsBehaveLikeWorlds) {
   const int n = 8;
@@ -63,12 +63,19 @@ TEST_P(CollectiveSplit, SubGroupsBehaveLikeWorlds) {
     if ((r == 0) != (none == nullptr)) return Internal("negative color should give no communicator");
     return Status::Ok();
   };
-  auto st = GetParam() ? testing::RunTcpRanks(n, fn) : RunRanks(n, fn);
+  auto st = GetParam() == testing::Via::kTcp   ? testing::RunTcpRanks(n, fn)
+            : GetParam() == testing::Via::kShm ? testing::RunShmRanks(n, fn)
+                                               : RunRanks(n, fn);
   for (int r = 0; r < n; ++r) EXPECT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r].message();
 }
 
-INSTANTIATE_TEST_SUITE_P(Transports, CollectiveSplit, ::testing::Values(false, true),
-                         [](const auto& info) { return std::string(info.param ? "Tcp" : "Local"); });
+INSTANTIATE_TEST_SUITE_P(Transports, CollectiveSplit,
+                         ::testing::Values(testing::Via::kLocal, testing::Via::kTcp, testing::Via::kShm),
+                         [](const auto& info) {
+                           return std::string(info.param == testing::Via::kTcp   ? "Tcp"
+                                              : info.param == testing::Via::kShm ? "Shm"
+                                                                                 : "Local");
+                         });
 
 TEST(CollectiveTypes, Int64Bf16Fp16AndDouble) {
   for (int n : {2, 3, 4}) {
@@ -297,6 +304,70 @@ TEST(CollectiveTcp, MissingRankAtSetUpTimesOutNamingIt) {
   ASSERT_FALSE(t.ok());
   EXPECT_TRUE(Contains(t.status().message(), "1")) << t.status().message();
   EXPECT_EQ(t.status().code(), StatusCode::kDeadlineExceeded) << t.status().message();
+}
+
+// Shared memory: a rank that closes its transport mid-stream (as an exiting process would be seen)
+// is named by every survivor, promptly.
+TEST(CollectiveFaultsShm, DeadRankIsNamedByEverySurvivor) {
+  const int n = 4, victim = 2;
+  coll::CommOptions opts;
+  opts.deadline_s = 30;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto st = testing::RunShmRanksWith(
+      n, [&](Communicator& c, coll::ShmTransport& t) { return AllReduceThenDie(c, victim, [&] { t.Close(); }); }, opts,
+      coll::ShmOptions{}.ring_bytes, /*leave_together=*/false);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(took, 20.0);
+  EXPECT_TRUE(st[victim].ok()) << st[victim].message();
+  ExpectSurvivorsReport(st, victim, {"allreduce #4", "rank 2 (pid ", "closed its transport"});
+}
+
+// The direct receive (reducing straight out of the ring) must reject a mismatched frame before
+// touching the buffer, and both ranks report it.
+TEST(CollectiveFaultsShm, MismatchReportedOnEveryRankAndBufferUntouched) {
+  coll::CommOptions opts;
+  opts.deadline_s = 20;
+  opts.algorithm = coll::Algorithm::kRing;
+  std::vector<float> kept(2);
+  auto st = testing::RunShmRanksWith(
+      2,
+      [&](Communicator& c, coll::ShmTransport&) -> Status {
+        std::vector<float> x(1000, 1.f);
+        Status s = c.AllReduce(x.data(), c.rank() == 0 ? 1000 : 999, DataType::kF32, ReduceOp::kSum);
+        kept[static_cast<size_t>(c.rank())] = x[0];
+        return s;
+      },
+      opts, coll::ShmOptions{}.ring_bytes, /*leave_together=*/false);
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_FALSE(st[r].ok()) << "rank " << r;
+    EXPECT_TRUE(Contains(st[r].message(), "mismatched collective")) << st[r].message();
+    EXPECT_EQ(kept[static_cast<size_t>(r)], 1.f) << "rank " << r << " reduced a frame it should have rejected";
+  }
+}
+
+// Rings far smaller than the messages: every frame streams through in chunks and most of each
+// send overflows into memory, drained by the progress thread; results stay exact.
+TEST(CollectiveShm, TinyRingsStreamLargeFramesExactly) {
+  for (int n : {2, 3, 5}) {
+    for (testing::Op op : {testing::Op::kSum, testing::Op::kAsyncSum, testing::Op::kBroadcast, testing::Op::kAllGather,
+                           testing::Op::kReduce, testing::Op::kSendRecv}) {
+      auto st = testing::RunShmRanks(
+          n, [&](Communicator& c) { return testing::RunAndCheck(c, op, 1000003); }, {}, /*ring_bytes=*/4096);
+      for (int r = 0; r < n; ++r) EXPECT_TRUE(st[r].ok()) << "n " << n << " rank " << r << ": " << st[r].message();
+    }
+  }
+}
+
+// A segment name nobody creates: a clear error after the timeout, naming it.
+TEST(CollectiveShm, MissingSegmentIsOneClearError) {
+  coll::ShmOptions o;
+  o.rank = 1;
+  o.size = 2;
+  o.name = "/ringtrain-test-nobody-" + std::to_string(::getpid());
+  o.connect_timeout_s = 0.3;
+  auto t = coll::ShmTransport::Create(o);
+  ASSERT_FALSE(t.ok());
+  EXPECT_TRUE(Contains(t.status().message(), o.name)) << t.status().message();
 }
 
 }  // namespace

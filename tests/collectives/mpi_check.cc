@@ -17,7 +17,7 @@ int main() {
   }
   const int n = (*t)->size(), r = (*t)->rank();
   int failures = 0, checks = 0;
-  for (const testing::Case& c : testing::AllCases(false)) {
+  for (const testing::Case& c : testing::AllCases(testing::Via::kLocal)) {
     if (c.n != n) continue;
     coll::CommOptions opts;
     opts.algorithm = c.algo;

@@ -1,13 +1,15 @@
 #!/bin/bash
-# The same short data-parallel training started by `ringtrain launch --nproc 2` (TCP transport) and
-# by `mpirun -np 2` (MPI transport) ends with the same final losses, bitwise (the same ring
-# algorithm sums in the same order over either transport), and both match one process at the
-# global batch up to float rounding. Only rank 0 prints progress and writes the run directory.
+# The same short data-parallel training started by `ringtrain launch --nproc 2` (TCP transport, and
+# shared memory, the default on one host) and by `mpirun -np 2` (MPI transport) ends with the same
+# final losses, bitwise (the same ring algorithm sums in the same order over every transport), and
+# all match one process at the global batch up to float rounding. Only rank 0 prints progress and
+# writes the run directory.
 source "$(dirname "$0")/lib.sh"
 args=(--set train.steps=30 --set train.eval_interval=15 --set train.log_interval=10 --set dist.bucket_mb=0.05
       --set model.dropout=0.1 --set dist.deadline_s=60)
 
-"$RT" launch --nproc 2 -- train "${args[@]}" --run-dir "$WORK/launch" > launch.log 2>&1 || { cat launch.log; fail "launch --nproc 2 failed"; }
+"$RT" launch --nproc 2 -- train "${args[@]}" --set dist.transport=tcp --run-dir "$WORK/launch" > launch.log 2>&1 ||
+  { cat launch.log; fail "launch --nproc 2 failed"; }
 grep -q "^\[rank 0\] done: 30 steps" launch.log || { cat launch.log; fail "no summary line from rank 0"; }
 ! grep -q "^\[rank 1\] step" launch.log || { cat launch.log; fail "rank 1 printed progress"; }
 grep -q "data parallel: 2 ranks, gradient sync allreduce (tcp" launch.log || { cat launch.log; fail "no data-parallel line"; }
@@ -28,10 +30,13 @@ for k in ("final_train_loss", "final_val_loss"):
 PY
 }
 compare launch "$WORK/launch" one-process "$WORK/one" 1e-5
+"$RT" launch --nproc 2 -- train "${args[@]}" --run-dir "$WORK/shm" > shm.log 2>&1 || { cat shm.log; fail "launch (shm) failed"; }
+grep -q "gradient sync allreduce (shm" shm.log || { cat shm.log; fail "launch on one host did not default to shared memory"; }
+compare launch-tcp "$WORK/launch" launch-shm "$WORK/shm" 0
 
 if ! command -v mpirun >/dev/null; then echo "mpirun not installed: the mpirun leg is not run"; exit 0; fi
 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 300 mpirun --oversubscribe -np 2 \
-  -x RINGTRAIN_THREADS "$RT" train "${args[@]}" --run-dir "$WORK/mpi" > mpi.log 2>&1 || { cat mpi.log; fail "mpirun -np 2 failed"; }
+  -x RINGTRAIN_THREADS "$RT" train "${args[@]}" --set dist.transport=mpi --run-dir "$WORK/mpi" > mpi.log 2>&1 || { cat mpi.log; fail "mpirun -np 2 failed"; }
 grep -q "gradient sync allreduce (mpi" mpi.log || { cat mpi.log; fail "mpirun run did not use the MPI transport"; }
 compare launch "$WORK/launch" mpirun "$WORK/mpi" 0
-echo "dp launchers: launch and mpirun agree bitwise, and with one process at the global batch"
+echo "dp launchers: launch (tcp, shm) and mpirun agree bitwise, and with one process at the global batch"

@@ -108,7 +108,7 @@ timeout 300 sbatch --wait --ntasks=4 --overcommit --chdir "$WORK" --output "$WOR
   "$REPO/examples/slurm/train.sbatch" "${args[@]}" --set parallel.tensor=2 --run-dir "$WORK/slurm-tp" > sbatch-tp.log 2>&1 ||
   { cat sbatch-tp.log tp-*.out; fail "sbatch TP job failed"; }
 cat tp-*.out
-grep -q "tensor parallel: 2 ranks per group (2 heads each), 2 group(s) (tcp)" tp-*.out || fail "the TP job did not run TP=2 x DP=2"
+grep -Eq "tensor parallel: 2 ranks per group \(2 heads each\), 2 group\(s\) \((tcp|shm)\)" tp-*.out || fail "the TP job did not run TP=2 x DP=2"
 "$RT" launch --nproc 4 -- train "${args[@]}" --set parallel.tensor=2 --run-dir "$WORK/launch-tp" > launch-tp.log 2>&1 ||
   { cat launch-tp.log; fail "launch TP failed"; }
 same_losses "$WORK/slurm-tp" "$WORK/launch-tp"

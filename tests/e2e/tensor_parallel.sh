@@ -4,7 +4,8 @@
 #     clear line and a non-zero exit;
 #   - `mpirun -np 4 ringtrain train --set parallel.tensor=2` (TP=2 x DP=2, MPI transport) ends with
 #     the parameters of one process at the same global batch, within 1e-5, after 20 steps;
-#   - `ringtrain launch --nproc 4` (TCP) gives the mpirun run's parameters bitwise;
+#   - `ringtrain launch --nproc 4` (shared memory, the default on one host) gives the mpirun
+#     run's parameters bitwise;
 #   - its checkpoint resumes at TP=1 x DP=4 and TP=4 x DP=1 and ends within 1e-5 of the
 #     uninterrupted run, and exports to safetensors that start a TP=2 run as they start TP=1.
 source "$(dirname "$0")/lib.sh"
@@ -48,7 +49,7 @@ PY
 if command -v mpirun >/dev/null; then
   OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 300 mpirun --oversubscribe -np 4 \
     -x RINGTRAIN_THREADS "$RT" train "${common[@]}" --set train.steps=20 --set train.batch_size=8 \
-    --set parallel.tensor=2 --run-dir "$WORK/mpi" > mpi.log 2>&1 || { cat mpi.log; fail "mpirun -np 4 failed"; }
+    --set parallel.tensor=2 --set dist.transport=mpi --run-dir "$WORK/mpi" > mpi.log 2>&1 || { cat mpi.log; fail "mpirun -np 4 failed"; }
   grep -q "tensor parallel: 2 ranks per group (2 heads each), 2 group(s) (mpi)" mpi.log ||
     { cat mpi.log; fail "no tensor-parallel line (mpi)"; }
   grep -q "data parallel: 2 ranks" mpi.log || { cat mpi.log; fail "no data-parallel line"; }
@@ -60,8 +61,8 @@ fi
 
 "$RT" launch --nproc 4 -- train "${common[@]}" --set train.steps=20 --set train.batch_size=8 --set parallel.tensor=2 \
   --run-dir "$WORK/launch" > launch.log 2>&1 || { cat launch.log; fail "launch --nproc 4 failed"; }
-grep -q "tensor parallel: 2 ranks per group (2 heads each), 2 group(s) (tcp)" launch.log ||
-  { cat launch.log; fail "no tensor-parallel line (launch)"; }
+grep -q "tensor parallel: 2 ranks per group (2 heads each), 2 group(s) (shm)" launch.log ||
+  { cat launch.log; fail "no tensor-parallel line (launch, shared memory)"; }
 compare "launch TP=2 x DP=2" "$WORK/launch" "one process" "$WORK/one" 1e-5
 if [ -d "$WORK/mpi" ]; then compare "launch" "$WORK/launch" "mpirun" "$WORK/mpi" 0; fi
 

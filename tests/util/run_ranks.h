@@ -2,13 +2,18 @@
 // returns each rank's Status. The harness for collectives, sync engines and tensor parallelism.
 #pragma once
 
+#include <unistd.h>
+
+#include <atomic>
 #include <functional>
+#include <string>
 #include <memory>
 #include <thread>
 #include <vector>
 
 #include "collectives/communicator.h"
 #include "collectives/local/local_transport.h"
+#include "collectives/shm/shm_transport.h"
 #include "collectives/tcp/tcp_transport.h"
 
 namespace ringtrain::testing {
@@ -37,27 +42,19 @@ inline int FreePort() {
   return a.local_endpoint().port();
 }
 
-// Like RunRanks, over real TCP connections on loopback (one TcpTransport per thread, rendezvous
-// at 127.0.0.1:<free port>); fn also gets the rank's transport (to Close() it, as a dying process
-// would). A rank whose transport cannot be built returns that error. With leave_together, ranks
-// that succeeded meet in a barrier before tearing down their sockets, which would otherwise look
-// like deaths to ranks still finishing.
-inline std::vector<Status> RunTcpRanksWith(
-    int n, const std::function<Status(coll::Communicator&, coll::TcpTransport&)>& fn, coll::CommOptions opts = {},
-    bool leave_together = true) {
-  const int port = FreePort();
+// One thread per rank: make(r) builds rank r's transport (an error is that rank's result), fn
+// runs on a Communicator over it. With leave_together, ranks that succeeded meet in a barrier
+// before tearing their transports down, which would otherwise look like deaths to ranks still
+// finishing.
+template <typename T>
+std::vector<Status> RunTransportRanks(int n, const std::function<StatusOr<std::shared_ptr<T>>(int)>& make,
+                                      const std::function<Status(coll::Communicator&, T&)>& fn,
+                                      coll::CommOptions opts, bool leave_together) {
   std::vector<Status> out(n);
   std::vector<std::thread> threads;
   for (int r = 0; r < n; ++r) {
     threads.emplace_back([&, r] {
-      coll::TcpOptions o;
-      o.rank = r;
-      o.size = n;
-      o.master_addr = "127.0.0.1";
-      o.master_port = port;
-      o.bind = "127.0.0.1";
-      o.connect_timeout_s = 60;
-      auto t = coll::TcpTransport::Create(o);
+      auto t = make(r);
       if (!t.ok()) {
         out[r] = t.status();
         return;
@@ -71,9 +68,53 @@ inline std::vector<Status> RunTcpRanksWith(
   return out;
 }
 
+// Like RunRanks, over real TCP connections on loopback (one TcpTransport per thread, rendezvous
+// at 127.0.0.1:<free port>); fn also gets the rank's transport (to Close() it, as a dying process
+// would).
+inline std::vector<Status> RunTcpRanksWith(
+    int n, const std::function<Status(coll::Communicator&, coll::TcpTransport&)>& fn, coll::CommOptions opts = {},
+    bool leave_together = true) {
+  const int port = FreePort();
+  std::function<StatusOr<std::shared_ptr<coll::TcpTransport>>(int)> make = [&](int r) {
+    coll::TcpOptions o;
+    o.rank = r;
+    o.size = n;
+    o.master_addr = "127.0.0.1";
+    o.master_port = port;
+    o.bind = "127.0.0.1";
+    o.connect_timeout_s = 60;
+    return coll::TcpTransport::Create(o);
+  };
+  return RunTransportRanks<coll::TcpTransport>(n, make, fn, opts, leave_together);
+}
+
 inline std::vector<Status> RunTcpRanks(int n, const std::function<Status(coll::Communicator&)>& fn,
                                        coll::CommOptions opts = {}) {
   return RunTcpRanksWith(n, [&](coll::Communicator& c, coll::TcpTransport&) { return fn(c); }, opts);
+}
+
+// Like RunRanks, over the shared-memory transport: one ShmTransport per thread on a fresh segment
+// (the same code path as separate processes; the kernel does not care). ring_bytes is per pair.
+inline std::vector<Status> RunShmRanksWith(
+    int n, const std::function<Status(coll::Communicator&, coll::ShmTransport&)>& fn, coll::CommOptions opts = {},
+    size_t ring_bytes = coll::ShmOptions{}.ring_bytes, bool leave_together = true) {
+  static std::atomic<int> serial{0};
+  const std::string name = "/ringtrain-test-" + std::to_string(::getpid()) + "-" + std::to_string(serial++);
+  std::function<StatusOr<std::shared_ptr<coll::ShmTransport>>(int)> make = [&](int r) {
+    coll::ShmOptions o;
+    o.rank = r;
+    o.size = n;
+    o.name = name;
+    o.ring_bytes = ring_bytes;
+    o.connect_timeout_s = 60;
+    return coll::ShmTransport::Create(o);
+  };
+  return RunTransportRanks<coll::ShmTransport>(n, make, fn, opts, leave_together);
+}
+
+inline std::vector<Status> RunShmRanks(int n, const std::function<Status(coll::Communicator&)>& fn,
+                                       coll::CommOptions opts = {}, size_t ring_bytes = coll::ShmOptions{}.ring_bytes) {
+  return RunShmRanksWith(n, [&](coll::Communicator& c, coll::ShmTransport&) { return fn(c); }, opts, ring_bytes);
 }
 
 }  // namespace ringtrain::testing
