@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "coordinator/request.h"
 #include "core/config.h"
 #include "parameter_server/auth.h"
 
@@ -114,12 +115,11 @@ void Coordinator::Serve(std::shared_ptr<Conn> c) {
                      c->fc.peer().c_str(), e.what());
       }
     } else if (s.ok() && m.type() == proto::CO_REQUEST) {
-      const json req = json::parse(m.json(), nullptr, false);
-      std::string data;
-      StatusOr<json> r = InvalidArgument("request is not a JSON object");
-      if (req.is_object()) {
+      std::string data, op;
+      StatusOr<json> r = ParseRequest(m.json(), &op);
+      if (r.ok()) {
         try {
-          r = Request(req, &data);
+          r = Request(*r, &data);
         } catch (const json::exception& e) {  // a field of the wrong type
           r = InvalidArgument(std::string("malformed request: ") + e.what());
         }
@@ -588,7 +588,7 @@ StatusOr<json> Coordinator::Submit(const json& spec) {
 }
 
 StatusOr<json> Coordinator::Request(const json& req, std::string* data) {
-  const std::string op = req.value("op", "");
+  const std::string op = req["op"].get<std::string>();  // ParseRequest checked it
   if (op == "submit") {
     if (!req.contains("spec") || !req["spec"].is_object()) return InvalidArgument("submit: no job spec");
     return Submit(req["spec"]);

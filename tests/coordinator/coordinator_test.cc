@@ -213,7 +213,11 @@ TEST_F(CoordinatorTest, SpecErrorsAreRejectedAtSubmit) {
   EXPECT_NE(SubmitError({{"ps_servers", 1}, {"set", json::array({"dist.zero1=true"})}}).find("dist.zero1"), std::string::npos);
   EXPECT_NE(SubmitError({{"ps_servers", 1}, {"set", json::array({"sync.mode=allreduce"})}}).find("allreduce"), std::string::npos);
   EXPECT_NE(SubmitError({{"set", json::array({"sync.mode=ps"})}}).find("needs ps_servers"), std::string::npos);
-  // A field of the wrong type is an error, and the coordinator keeps serving.
+  // A field of the wrong type is an error, and the coordinator keeps serving (the first one is the
+  // input libFuzzer found: "op" as a number).
+  auto bad_op = Ask({{"op", 8056365317048056365.0}});
+  ASSERT_FALSE(bad_op.ok());
+  EXPECT_NE(bad_op.status().message().find("\"op\" string"), std::string::npos) << bad_op.status().message();
   EXPECT_NE(SubmitError({{"name", 5}}).find("malformed request"), std::string::npos);
   auto jobs = Ask({{"op", "jobs"}});
   ASSERT_TRUE(jobs.ok()) << jobs.status().message();

@@ -31,7 +31,7 @@ PY
 }
 compare launch "$WORK/launch" one-process "$WORK/one" 1e-5
 "$RT" launch --nproc 2 -- train "${args[@]}" --run-dir "$WORK/shm" > shm.log 2>&1 || { cat shm.log; fail "launch (shm) failed"; }
-grep -q "gradient sync allreduce (shm" shm.log || { cat shm.log; fail "launch on one host did not default to shared memory"; }
+grep -q "gradient sync allreduce ($LOCAL_TRANSPORT" shm.log || { cat shm.log; fail "launch on one host did not default to $LOCAL_TRANSPORT"; }
 compare launch-tcp "$WORK/launch" launch-shm "$WORK/shm" 0
 
 if ! command -v mpirun >/dev/null; then echo "mpirun not installed: the mpirun leg is not run"; exit 0; fi

@@ -13,3 +13,11 @@ export RINGTRAIN_THREADS=${RINGTRAIN_THREADS:-1}
 fail() { echo "FAIL: $*" >&2; exit 1; }
 skip() { echo "SKIP: $*"; exit 77; }
 json_get() { /usr/bin/python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
+# The transport `dist.transport=auto` picks for ranks that share this host: shared memory when
+# /dev/shm holds twice the rings of 4 ranks (ShmTransport::Fits), else TCP (say so).
+if [ "$(df -k --output=avail /dev/shm 2>/dev/null | tail -1 || echo 0)" -ge 131072 ] 2>/dev/null; then
+  LOCAL_TRANSPORT=shm
+else
+  LOCAL_TRANSPORT=tcp
+  echo "note: /dev/shm is too small for the shared-memory transport here; local ranks use TCP"
+fi

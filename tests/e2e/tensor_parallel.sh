@@ -61,8 +61,8 @@ fi
 
 "$RT" launch --nproc 4 -- train "${common[@]}" --set train.steps=20 --set train.batch_size=8 --set parallel.tensor=2 \
   --run-dir "$WORK/launch" > launch.log 2>&1 || { cat launch.log; fail "launch --nproc 4 failed"; }
-grep -q "tensor parallel: 2 ranks per group (2 heads each), 2 group(s) (shm)" launch.log ||
-  { cat launch.log; fail "no tensor-parallel line (launch, shared memory)"; }
+grep -q "tensor parallel: 2 ranks per group (2 heads each), 2 group(s) ($LOCAL_TRANSPORT)" launch.log ||
+  { cat launch.log; fail "no tensor-parallel line (launch, $LOCAL_TRANSPORT)"; }
 compare "launch TP=2 x DP=2" "$WORK/launch" "one process" "$WORK/one" 1e-5
 if [ -d "$WORK/mpi" ]; then compare "launch" "$WORK/launch" "mpirun" "$WORK/mpi" 0; fi
 

@@ -2,7 +2,8 @@
 // decode to a frame that passes every header check, or are refused with an error; nothing may
 // crash, overflow or read out of bounds (built with ASan and UBSan by tests/e2e/fuzz_frames.sh).
 // The first byte picks the decoder: even, the parameter server's frame (the rest of the bytes);
-// odd, the coordinator's message (CoordMsg, then its JSON body, as the coordinator reads them).
+// odd, the coordinator's message (CoordMsg, then its JSON body through coord::ParseRequest, the
+// check the coordinator runs on every request).
 // Built with -DRINGTRAIN_FRAME_SEEDS it is instead a program writing a seed corpus of valid frames.
 #include <cstdint>
 #include <cstdio>
@@ -12,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "coord.pb.h"
+#include "coordinator/request.h"
 #include "parameter_server/wire.h"
 
 namespace {
@@ -33,8 +35,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (coordinator) {
     proto::CoordMsg m;
     if (!m.ParseFromArray(data, static_cast<int>(size))) return 0;
-    const nlohmann::json j = nlohmann::json::parse(m.json(), nullptr, false);
-    if (j.is_object()) (void)j.value("op", std::string());
+    // The coordinator's own request check: an error for any body, never an exception.
+    std::string op;
+    auto r = coord::ParseRequest(m.json(), &op);
+    if (r.ok() && (!r->is_object() || !(*r)["op"].is_string())) __builtin_trap();
     return 0;
   }
   proto::PsHeader h;
