@@ -1,7 +1,8 @@
 #!/bin/bash
 # Data-parallel throughput on one machine (issue 5's benchmark): `ringtrain bench train` with
 # 1 rank x 1 thread against 2 ranks x 1 thread at the same per-rank batch, the 2 ranks started by
-# mpirun (MPI transport) and by `ringtrain launch` (TCP transport). Prints aggregate tokens/s,
+# mpirun and by `ringtrain launch` (both on the default transport: shared memory on one host; add
+# --set dist.transport=mpi|tcp to compare). Prints aggregate tokens/s,
 # the ratio to 1 rank, and the share of each step spent in exposed (not hidden) communication:
 # all of the wait after backward ("exposed"), and the part left after the slowest rank finished
 # its backward ("transfer"; the rest is load imbalance between the ranks).
