@@ -1,6 +1,7 @@
 // `ringtrain launch --nproc N [--ps K] [--master-port P] [--grace S] -- train ...`: the local launcher.
 // Starts N processes of this binary with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR
-// and MASTER_PORT set (so they use the TCP transport), prefixes every line they print with their rank,
+// and MASTER_PORT set (they meet over TCP at MASTER_ADDR:MASTER_PORT and then, all being on this
+// host, use shared memory by default), prefixes every line they print with their rank,
 // forwards SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 to them, and when one fails stops the
 // others (SIGTERM, then SIGKILL after the grace period) and exits with the failed rank's status.
 // Each rank runs in its own process group, which is killed at the end, and dies with the launcher
@@ -348,7 +349,7 @@ Status Launch(const LaunchArgs& a) {
 
 void AddLaunch(CLI::App& app, Action& action) {
   auto args = std::make_shared<LaunchArgs>();
-  CLI::App* cmd = app.add_subcommand("launch", "start N local ranks of a command (TCP transport): launch --nproc N -- train ...");
+  CLI::App* cmd = app.add_subcommand("launch", "start N local ranks of a command (rendezvous over TCP): launch --nproc N -- train ...");
   cmd->add_option("--nproc", args->nproc, "number of processes")->required();
   cmd->add_option("--ps", args->ps, "also start K parameter-server shards on loopback (sync.mode ps)");
   cmd->add_option("--master-port", args->master_port, "rendezvous port (default: a free one)");

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Data-parallel training on 2 processes under Open MPI: `examples/mpirun/train.sh [train args]`.
-# mpirun starts the ranks; ringtrain reads OMPI_COMM_WORLD_* and uses the MPI transport. With no
-# arguments it trains the built-in default. RINGTRAIN names the binary (default: the build tree's,
+# mpirun starts the ranks; ringtrain reads OMPI_COMM_WORLD_* and uses the MPI transport, or shared
+# memory (started over MPI) when every rank is on one host. With no arguments it trains the
+# built-in default. RINGTRAIN names the binary (default: the build tree's,
 # else ringtrain on PATH); NP the process count (default 2).
 # Tensor parallelism: `NP=4 examples/mpirun/train.sh --set parallel.tensor=2` trains TP=2 x DP=2
 # (adjacent ranks form a tensor-parallel group).
