@@ -76,6 +76,11 @@ std::string SelfExe() {
   return buf;
 }
 
+// How logs name the process a START describes: "rank 3", or "ps 0" for a parameter server.
+std::string Label(const json& s) {
+  return s.contains("ps") ? "ps " + std::to_string(s["ps"].get<int>()) : "rank " + std::to_string(s["rank"].get<int>());
+}
+
 // Starts one process of a job: a training rank (`ringtrain train`), or one of its parameter
 // servers (`ringtrain ps`) when the START names a shard. `token` is the pool's token; the job's
 // servers and ranks share the token derived from it (JobToken).
@@ -167,7 +172,7 @@ StatusOr<Proc> Spawn(const json& s, const std::string& token, const std::string&
   pr.job = job;
   pr.attempt = attempt;
   pr.rank = rank;
-  pr.label = server ? "ps " + std::to_string(s["ps"].get<int>()) : "rank " + std::to_string(rank);
+  pr.label = Label(s);
   pr.gpu = gpu;
   return pr;
 }
@@ -317,7 +322,7 @@ Status RunAgent(const AgentOptions& o) {
           }
         }
         if (o.gpus.empty() || !gpu.empty()) p = Spawn(j, o.token, gpu);
-        const std::string what = j.contains("ps") ? "ps " + std::to_string(j["ps"].get<int>()) : "rank " + std::to_string(j["rank"].get<int>());
+        const std::string what = Label(j);
         if (!p.ok()) {
           json e = {{"job", j["job"]}, {"attempt", j["attempt"]}, {"rank", j["rank"]}, {"status", 127}};
           (void)link.Send(proto::CO_LOG, {{"job", j["job"]}, {"rank", j["rank"]}}, "[agent " + id + "] " + what + ": " + p.status().message() + "\n");

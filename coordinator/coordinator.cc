@@ -336,16 +336,13 @@ void Coordinator::Tick() {
     for (const auto& p : job["placements"]) {
       const std::string wid = p["worker"];
       auto w = workers_.find(wid);
+      // Servers run until the job stops them, so any exit of one is a failure.
       const bool server = p.contains("ps");
-      if (server && p["state"] == "exited") {  // servers run until the job stops them
-        bad = "parameter server " + std::to_string(p["ps"].get<int>()) + " on " + wid +
-              (p["status"] == -1 ? std::string(" was gone when its agent re-registered")
-                                 : " exited with status " + std::to_string(p["status"].get<int>()));
-        break;
-      }
+      const std::string who = server ? "parameter server " + std::to_string(p["ps"].get<int>())
+                                     : "rank " + std::to_string(p["rank"].get<int>());
       if (p["state"] == "exited") {
-        if (p["status"] != 0) {
-          bad = "rank " + std::to_string(p["rank"].get<int>()) + " on " + wid +
+        if (server || p["status"] != 0) {
+          bad = who + " on " + wid +
                 (p["status"] == -1 ? std::string(" was gone when its agent re-registered")
                                    : " exited with status " + std::to_string(p["status"].get<int>()));
           break;
@@ -353,9 +350,7 @@ void Coordinator::Tick() {
       } else {
         all_ok &= server;
         if (w == workers_.end() || !w->second.doc.value("alive", false)) {
-          bad = (server ? "parameter server " + std::to_string(p["ps"].get<int>())
-                        : "rank " + std::to_string(p["rank"].get<int>())) +
-                "'s worker " + wid + " was lost";
+          bad = who + "'s worker " + wid + " was lost";
           break;
         }
       }
@@ -426,14 +421,7 @@ std::vector<std::string> PlanPlacement(const std::map<std::string, int>& free, i
 }
 
 std::string JobToken(const std::string& pool_token, int64_t job, int attempt) {
-  const std::string mac = ps::HmacSha256(pool_token, "ringtrain job " + std::to_string(job) + " attempt " + std::to_string(attempt));
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : mac) {
-    out += kHex[c >> 4];
-    out += kHex[c & 15];
-  }
-  return out;
+  return ps::ToHex(ps::HmacSha256(pool_token, "ringtrain job " + std::to_string(job) + " attempt " + std::to_string(attempt)));
 }
 
 // Gang placement: all processes of the job (ranks, then its parameter servers) start together or

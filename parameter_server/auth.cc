@@ -37,16 +37,18 @@ std::string RandomBytes32() {
   return s;
 }
 
-std::string RandomTokenHex() {
+std::string ToHex(const std::string& bytes) {
   static const char* kHex = "0123456789abcdef";
-  const std::string b = RandomBytes32();
   std::string out;
-  for (unsigned char c : b) {
+  out.reserve(2 * bytes.size());
+  for (unsigned char c : bytes) {
     out += kHex[c >> 4];
     out += kHex[c & 15];
   }
   return out;
 }
+
+std::string RandomTokenHex() { return ToHex(RandomBytes32()); }
 
 std::string HmacSha256(const std::string& key, const std::string& msg) {
   unsigned char out[EVP_MAX_MD_SIZE];

@@ -19,6 +19,8 @@ StatusOr<std::string> LoadToken(const std::string& token_file);
 
 // 32 random bytes from OpenSSL's CSPRNG.
 std::string RandomBytes32();
+// Lower-case hexadecimal, two digits per byte.
+std::string ToHex(const std::string& bytes);
 // 64 hexadecimal digits of fresh random bytes (ringtrain launch's per-job token).
 std::string RandomTokenHex();
 std::string HmacSha256(const std::string& key, const std::string& msg);

@@ -89,15 +89,20 @@ bool ShmTransport::Fits(int size, size_t ring_bytes) {
          2.0 * static_cast<double>(SegmentBytes(size, ring_bytes));
 }
 
+// The ordered pair (from, to), from != to, as an index in [0, Pairs(size)).
+size_t ShmTransport::PairIndex(int from, int to) const {
+  return static_cast<size_t>(from) * static_cast<size_t>(size_ - 1) + static_cast<size_t>(to < from ? to : to - 1);
+}
+
+// Layout after the header: every pair's data ring, then every pair's control ring.
 ShmTransport::Ring* ShmTransport::DataRing(int from, int to) const {
-  const size_t idx = static_cast<size_t>(from) * static_cast<size_t>(size_ - 1) + static_cast<size_t>(to < from ? to : to - 1);
-  return reinterpret_cast<Ring*>(static_cast<uint8_t*>(base_) + HeaderBytes(size_) + idx * (kRingHead + ring_bytes_));
+  return reinterpret_cast<Ring*>(static_cast<uint8_t*>(base_) + HeaderBytes(size_) +
+                                 PairIndex(from, to) * (kRingHead + ring_bytes_));
 }
 
 ShmTransport::Ring* ShmTransport::CtlRing(int from, int to) const {
-  const size_t idx = static_cast<size_t>(from) * static_cast<size_t>(size_ - 1) + static_cast<size_t>(to < from ? to : to - 1);
   return reinterpret_cast<Ring*>(static_cast<uint8_t*>(base_) + HeaderBytes(size_) + Pairs(size_) * (kRingHead + ring_bytes_) +
-                                 idx * (kRingHead + kCtlRingBytes));
+                                 PairIndex(from, to) * (kRingHead + kCtlRingBytes));
 }
 
 StatusOr<std::shared_ptr<ShmTransport>> ShmTransport::Create(const ShmOptions& o) {
@@ -346,7 +351,7 @@ static bool PeekRecord(ShmTransport::Ring* r, Rec* rec) {
   }
 }
 
-void ShmTransport::PollControl() {
+Status ShmTransport::PollControl(uint32_t context, bool stuck_too) {
   std::lock_guard<std::mutex> l(ctl_in_mu_);
   for (int peer = 0; peer < size_; ++peer) {
     if (peer == rank_) continue;
@@ -370,23 +375,22 @@ void ShmTransport::PollControl() {
       text.clear();
     }
   }
+  auto ab = aborts_.find(context);
+  if (ab != aborts_.end()) return Aborted(ab->second);
+  if (stuck_too && stuck_.count(context)) return DeadlineExceeded("a peer reported a stuck collective");
+  return Status::Ok();
 }
 
 Status ShmTransport::PendingAbort(uint32_t context, Clock::time_point until) {
-  for (uint64_t spin = 0;; ++spin) {
-    PollControl();
-    {
-      std::lock_guard<std::mutex> l(ctl_in_mu_);
-      auto it = aborts_.find(context);
-      if (it != aborts_.end()) return Aborted(it->second);
-    }
-    if (Clock::now() >= until) return Status::Ok();
+  for (;;) {
+    Status s = PollControl(context, /*stuck_too=*/false);
+    if (!s.ok() || Clock::now() >= until) return s;
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
 }
 
 std::vector<std::string> ShmTransport::StuckNotices(uint32_t context) {
-  PollControl();
+  (void)PollControl(context, /*stuck_too=*/false);
   std::lock_guard<std::mutex> l(ctl_in_mu_);
   auto it = stuck_.find(context);
   return it == stuck_.end() ? std::vector<std::string>{} : it->second;
@@ -399,13 +403,7 @@ Status ShmTransport::WaitRecord(Ring* r, int peer, uint32_t context, Clock::time
     PumpAll();
     if ((spin & 15) == 15) {
       const auto now = Clock::now();
-      if (!in_frame) {
-        PollControl();
-        std::lock_guard<std::mutex> l(ctl_in_mu_);
-        auto ab = aborts_.find(context);
-        if (ab != aborts_.end()) return Aborted(ab->second);
-        if (stuck_.count(context)) return DeadlineExceeded("a peer reported a stuck collective");
-      }
+      if (!in_frame) RT_RETURN_IF_ERROR(PollControl(context, /*stuck_too=*/true));
       if (now - last_check > std::chrono::milliseconds(20)) {
         last_check = now;
         if (PeerGone(peer) && r->head.load(std::memory_order_acquire) == r->tail.load(std::memory_order_relaxed))

@@ -91,8 +91,10 @@ class ShmTransport : public Transport {
   // Streams overflowed frames into their rings (try-lock: never blocks a caller).
   void PumpAll();
   void ProgressLoop();
-  // Moves arrived control frames of every peer into aborts_/stuck_.
-  void PollControl();
+  // Moves arrived control frames of every peer into aborts_/stuck_, then returns Aborted if an
+  // abort for `context` arrived (and, with stuck_too, DeadlineExceeded for a stuck notice).
+  Status PollControl(uint32_t context, bool stuck_too);
+  size_t PairIndex(int from, int to) const;
   bool PeerGone(int peer) const;
   // Waits until ring r (from peer) holds a record; Unavailable / Aborted / DeadlineExceeded as Recv.
   Status WaitRecord(Ring* r, int peer, uint32_t context, Clock::time_point deadline, bool in_frame);
