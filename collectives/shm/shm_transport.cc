@@ -289,6 +289,7 @@ Status ShmTransport::Send(int peer, const FrameHeader& h, const void* payload) {
     const auto* b = static_cast<const uint8_t*>(payload);
     std::lock_guard<std::mutex> l(stash_mu_);
     stash_[{peer, h.context}].emplace_back(h, std::vector<uint8_t>(b, b + h.bytes));
+    stash_gen_.fetch_add(1, std::memory_order_release);
     return Status::Ok();
   }
   Pending p;
@@ -396,10 +397,12 @@ std::vector<std::string> ShmTransport::StuckNotices(uint32_t context) {
   return it == stuck_.end() ? std::vector<std::string>{} : it->second;
 }
 
-Status ShmTransport::WaitRecord(Ring* r, int peer, uint32_t context, Clock::time_point deadline, bool in_frame) {
+Status ShmTransport::WaitRecord(Ring* r, int peer, uint32_t context, Clock::time_point deadline, bool in_frame,
+                               const uint64_t* stash_seen) {
   auto last_check = Clock::now();
   for (uint64_t spin = 0;; ++spin) {
     if (r->head.load(std::memory_order_acquire) != r->tail.load(std::memory_order_relaxed)) return Status::Ok();
+    if (stash_seen && stash_gen_.load(std::memory_order_acquire) != *stash_seen) return Status::Ok();
     PumpAll();
     if ((spin & 15) == 15) {
       const auto now = Clock::now();
@@ -419,6 +422,10 @@ Status ShmTransport::RecvFrame(int peer, uint32_t context, FrameHeader* h, const
   if (peer < 0 || peer >= size_) return Internal("shm receive from rank " + std::to_string(peer));
   Ring* r = peer == rank_ ? nullptr : DataRing(peer, rank_);
   for (;;) {
+    // Read before looking at the stash: a frame stashed after the look changes it, so the wait
+    // below cannot miss it (a concurrent receiver on another context may take our frame off the
+    // ring between our look at the stash and our look at the ring).
+    const uint64_t stash_seen = stash_gen_.load(std::memory_order_acquire);
     {  // A frame another receiver set aside for this context.
       std::unique_lock<std::mutex> l(stash_mu_);
       auto it = stash_.find({peer, context});
@@ -466,11 +473,12 @@ Status ShmTransport::RecvFrame(int peer, uint32_t context, FrameHeader* h, const
       }
       std::lock_guard<std::mutex> sl(stash_mu_);
       stash_[{peer, fh.context}].emplace_back(fh, std::move(keep));
+      stash_gen_.fetch_add(1, std::memory_order_release);
       continue;
     }
     if (l.owns_lock()) {
       l.unlock();
-      RT_RETURN_IF_ERROR(WaitRecord(r, peer, context, deadline, /*in_frame=*/false));
+      RT_RETURN_IF_ERROR(WaitRecord(r, peer, context, deadline, /*in_frame=*/false, &stash_seen));
     } else {
       std::this_thread::yield();  // another receiver is reading this peer's ring
       if (Clock::now() >= deadline) return DeadlineExceeded("timed out waiting for " + PeerName(peer));

@@ -96,8 +96,10 @@ class ShmTransport : public Transport {
   Status PollControl(uint32_t context, bool stuck_too);
   size_t PairIndex(int from, int to) const;
   bool PeerGone(int peer) const;
-  // Waits until ring r (from peer) holds a record; Unavailable / Aborted / DeadlineExceeded as Recv.
-  Status WaitRecord(Ring* r, int peer, uint32_t context, Clock::time_point deadline, bool in_frame);
+  // Waits until ring r (from peer) holds a record, or (with stash_seen) until another receiver
+  // stashed a frame since stash_gen_ was *stash_seen; Unavailable / Aborted / DeadlineExceeded as Recv.
+  Status WaitRecord(Ring* r, int peer, uint32_t context, Clock::time_point deadline, bool in_frame,
+                    const uint64_t* stash_seen = nullptr);
   // Receives the next frame of `context` from peer; payload pieces go to sink (nullptr: the frame
   // was stashed for another context and the loop goes on).
   Status RecvFrame(int peer, uint32_t context, FrameHeader* h, const PayloadSink& sink, Clock::time_point deadline);
@@ -117,6 +119,9 @@ class ShmTransport : public Transport {
   std::mutex ctl_out_mu_, ctl_in_mu_;
   std::map<std::pair<int, uint32_t>, std::deque<std::pair<FrameHeader, std::vector<uint8_t>>>> stash_;  // in_mu_
   std::mutex stash_mu_;
+  // Bumped (under stash_mu_) whenever a frame is stashed: a receiver that found no frame of its
+  // own and waits on the ring also wakes for one a concurrent receiver set aside for it.
+  std::atomic<uint64_t> stash_gen_{0};
   std::vector<FrameHeader> ctl_h_;     // per peer: a control frame being read (ctl_in_mu_)
   std::vector<std::string> ctl_text_;
   std::map<uint32_t, std::string> aborts_;  // ctl_in_mu_

@@ -77,6 +77,57 @@ INSTANTIATE_TEST_SUITE_P(Transports, CollectiveSplit,
                                                                                  : "Local");
                          });
 
+// Two threads of each rank use two communicators of the same transport at once (the trainer's
+// gradient sync next to its asynchronous checkpoint writer): frames of one context arriving while
+// the other thread reads the peer's stream must reach their receiver, never be left waiting for a
+// deadline. Small messages make the interleaving dense, large ones overflow rings mid-frame; the short deadline turns a lost frame into
+// a failure within seconds instead of a hang.
+class CollectiveConcurrent : public ::testing::TestWithParam<testing::Via> {};
+
+TEST_P(CollectiveConcurrent, TwoThreadsOnTwoCommunicatorsNeverLoseFrames) {
+  const int n = 3, iters = 400;
+  coll::CommOptions opts;
+  opts.deadline_s = 20;
+  auto fn = [&](Communicator& world) -> Status {
+    RT_ASSIGN_OR_RETURN(auto other, world.Split(0, world.rank()));
+    const int r = world.rank();
+    auto loop = [&](Communicator& c, int salt) -> Status {
+      for (int it = 0; it < iters; ++it) {
+        // Mostly small; every 50th a frame larger than a shared-memory ring (streamed in pieces).
+        const int64_t count = it % 50 == 49 ? 1500007 : 1 + (it * 37 + salt) % 300;
+        std::vector<float> v(static_cast<size_t>(count));
+        for (int64_t i = 0; i < count; ++i) v[static_cast<size_t>(i)] = Input(i + it + salt, r);
+        RT_RETURN_IF_ERROR(c.AllReduce(v.data(), count, DataType::kF32, ReduceOp::kSum));
+        for (int64_t i = 0; i < count; ++i) {
+          float want = 0;
+          for (int q = 0; q < n; ++q) want += Input(i + it + salt, q);
+          if (v[static_cast<size_t>(i)] != want)
+            return Internal("iteration " + std::to_string(it) + " salt " + std::to_string(salt) + ": wrong sum");
+        }
+      }
+      return Status::Ok();
+    };
+    Status side;
+    std::thread t([&] { side = loop(*other, 11); });
+    Status main = loop(world, 0);
+    t.join();
+    RT_RETURN_IF_ERROR(main);
+    return side;
+  };
+  auto st = GetParam() == testing::Via::kTcp   ? testing::RunTcpRanks(n, fn, opts)
+            : GetParam() == testing::Via::kShm ? testing::RunShmRanks(n, fn, opts)
+                                               : RunRanks(n, fn, opts);
+  for (int r = 0; r < n; ++r) EXPECT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r].message();
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, CollectiveConcurrent,
+                         ::testing::Values(testing::Via::kLocal, testing::Via::kTcp, testing::Via::kShm),
+                         [](const auto& info) {
+                           return std::string(info.param == testing::Via::kTcp   ? "Tcp"
+                                              : info.param == testing::Via::kShm ? "Shm"
+                                                                                 : "Local");
+                         });
+
 TEST(CollectiveTypes, Int64Bf16Fp16AndDouble) {
   for (int n : {2, 3, 4}) {
     auto st = RunRanks(n, [&](Communicator& c) -> Status {
