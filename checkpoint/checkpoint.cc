@@ -17,6 +17,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include "checkpoint.pb.h"
+#include "checkpoint/file_io.h"
 #include "checkpoint/model_file.h"  // WriteFileAtomic
 #include "core/crc32c.h"
 #include "datasets/token_data.h"  // ReadFile
@@ -53,20 +54,6 @@ void CrashHook(const char* point, int64_t step) {
 }
 
 std::string Errno(const std::string& what) { return what + ": " + std::strerror(errno); }
-
-Status WriteAll(int fd, const void* data, size_t n, const std::string& path) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, std::min<size_t>(n, 1 << 20));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return IoError(Errno("writing " + path));
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  return Status::Ok();
-}
 
 Status FsyncPath(const std::string& path, bool dir) {
   const int fd = ::open(path.c_str(), dir ? O_RDONLY | O_DIRECTORY : O_RDONLY);
@@ -106,21 +93,21 @@ Status WriteShard(const std::string& dir, const std::string& name, int rank, con
   const std::string path = dir + "/" + name;
   shard->set_name(name);
   shard->set_rank(rank);
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) return IoError(Errno("creating " + path));
+  RT_ASSIGN_OR_RETURN(auto out, SequentialFileWriter::Create(path));
   uint64_t offset = 0;
   Status s;
   // Elements [begin, end) of `box` (null: the whole tensor) from src.
   auto put = [&](const std::string& tensor, const float* src, int64_t begin, int64_t end, const TensorBox* box) {
     if (!s.ok()) return;
     const size_t bytes = static_cast<size_t>(end - begin) * sizeof(float);
-    s = WriteAll(fd, src, bytes, path);
+    uint32_t crc = 0;
+    s = out->Append(src, bytes, &crc);
     proto::Slice* sl = shard->add_slices();
     sl->set_tensor(tensor);
     sl->set_begin(static_cast<uint64_t>(begin));
     sl->set_end(static_cast<uint64_t>(end));
     sl->set_offset(offset);
-    sl->set_crc32c(Crc32c(src, bytes));
+    sl->set_crc32c(crc);
     if (box) {
       for (int64_t d : box->start) sl->add_box_start(d);
       for (int64_t d : box->shape) sl->add_box_shape(d);
@@ -146,8 +133,7 @@ Status WriteShard(const std::string& dir, const std::string& name, int rank, con
       }
     }
   }
-  if (s.ok() && ::fsync(fd) != 0) s = IoError(Errno("fsync " + path));
-  ::close(fd);
+  if (s.ok()) s = out->Finish();  // the rest, fsync
   shard->set_bytes(offset);
   return s;
 }
@@ -224,13 +210,7 @@ StatusOr<CheckpointMeta> TryLoad(const std::string& dir, CheckpointContent& c) {
     TensorBox box;
   };
   std::map<std::string, std::vector<Where>> by_tensor;
-  std::map<std::string, int> fds;
-  struct Closer {
-    std::map<std::string, int>& f;
-    ~Closer() {
-      for (auto& [k, fd] : f) ::close(fd);
-    }
-  } closer{fds};
+  std::map<std::string, std::unique_ptr<RangeReader>> readers;  // by path, opened on first use
   for (const auto& sh : m.shards()) {
     const std::string path = dir + "/" + sh.name();
     struct stat st{};
@@ -254,28 +234,23 @@ StatusOr<CheckpointMeta> TryLoad(const std::string& dir, CheckpointContent& c) {
       by_tensor[sl.tensor()].push_back({&sh, &sl, std::move(box)});
     }
   }
-  std::vector<uint8_t> buf;
-  // Reads slice w into buf, CRC-checked.
+  const uint8_t* slice_bytes = nullptr;
+  // Reads slice w (slice_bytes points at it until the next read), CRC-checked.
   auto read_slice = [&](const std::string& tensor, const Where& w) -> Status {
     const std::string path = dir + "/" + w.file->name();
-    auto it = fds.find(path);
-    if (it == fds.end()) {
-      const int opened = ::open(path.c_str(), O_RDONLY);
-      if (opened < 0) return DataLoss("checkpoint shard " + path + ": " + std::strerror(errno));
-      it = fds.emplace(path, opened).first;
+    auto it = readers.find(path);
+    if (it == readers.end()) {
+      auto opened = RangeReader::Open(path);
+      if (!opened.ok()) return DataLoss("checkpoint shard " + opened.status().message());
+      it = readers.emplace(path, std::move(*opened)).first;
     }
-    const int fd = it->second;
     const size_t n = (w.slice->end() - w.slice->begin()) * sizeof(float);
     if (w.slice->end() < w.slice->begin() || w.slice->offset() + n > w.file->bytes())
       return DataLoss("checkpoint " + mpath + ": slice of " + tensor + " lies outside " + path);
-    buf.resize(n);
-    size_t got = 0;
-    while (got < n) {
-      const ssize_t r = ::pread(fd, buf.data() + got, n - got, static_cast<off_t>(w.slice->offset() + got));
-      if (r <= 0) return DataLoss("checkpoint shard " + path + ": short read of tensor " + tensor);
-      got += static_cast<size_t>(r);
-    }
-    if (Crc32c(buf.data(), n) != w.slice->crc32c())
+    auto got = it->second->Read(w.slice->offset(), n);
+    if (!got.ok()) return DataLoss("checkpoint shard " + got.status().message() + " (reading tensor " + tensor + ")");
+    slice_bytes = *got;
+    if (Crc32c(slice_bytes, n) != w.slice->crc32c())
       return DataLoss("checkpoint shard " + path + ": CRC mismatch in tensor " + tensor + " elements [" +
                       std::to_string(w.slice->begin()) + ", " + std::to_string(w.slice->end()) + ") (corrupt)");
     return Status::Ok();
@@ -293,7 +268,7 @@ StatusOr<CheckpointMeta> TryLoad(const std::string& dir, CheckpointContent& c) {
         const size_t b = std::max<size_t>(lo, w.slice->begin()), e = std::min<size_t>(hi, w.slice->end());
         if (b >= e) continue;
         RT_RETURN_IF_ERROR(read_slice(tensor, w));
-        std::memcpy(dst + (b - lo), buf.data() + (b - w.slice->begin()) * sizeof(float), (e - b) * sizeof(float));
+        std::memcpy(dst + (b - lo), slice_bytes + (b - w.slice->begin()) * sizeof(float), (e - b) * sizeof(float));
         covered += e - b;
         continue;
       }
@@ -332,7 +307,7 @@ StatusOr<CheckpointMeta> TryLoad(const std::string& dir, CheckpointContent& c) {
                 read = true;
               }
               std::memcpy(dst + (i - static_cast<int64_t>(lo)) + (a - g0) + (jb - j0),
-                          buf.data() + static_cast<size_t>(jb - sbeg) * sizeof(float),
+                          slice_bytes + static_cast<size_t>(jb - sbeg) * sizeof(float),
                           static_cast<size_t>(je - jb) * sizeof(float));
               covered += static_cast<size_t>(je - jb);
             }
@@ -355,15 +330,20 @@ StatusOr<CheckpointMeta> TryLoad(const std::string& dir, CheckpointContent& c) {
                                dst + (static_cast<size_t>(br.local) - lo)));
     return Status::Ok();
   };
-  for (const ParamSpec& s : L.specs())
+  // Tensor by tensor: the parameter, then its moments in this rank's optimizer states. That is the
+  // order WriteShard lays them out, so a load in the saved layout reads each file front to back.
+  for (const ParamSpec& s : L.specs()) {
     RT_RETURN_IF_ERROR(fetch_local("param/" + s.name, s, 0, static_cast<size_t>(s.numel), c.params + s.offset));
-  for (OptimState* st : c.states) {
-    const size_t n = std::max(st->m.size(), st->v.size());
-    for (const Piece& p : PiecesOf(L, st->base, st->base + n)) {
-      const ParamSpec& spec = L.spec(p.spec);
-      const size_t at = spec.offset + p.begin - st->base;
-      if (c.has_m) RT_RETURN_IF_ERROR(fetch_local("optim.m/" + spec.name, spec, p.begin, p.end, st->m.data() + at));
-      if (c.has_v) RT_RETURN_IF_ERROR(fetch_local("optim.v/" + spec.name, spec, p.begin, p.end, st->v.data() + at));
+    for (OptimState* st : c.states) {
+      const size_t n = std::max(st->m.size(), st->v.size());
+      const size_t b = std::max(st->base, s.offset), e = std::min(st->base + n, s.offset + static_cast<size_t>(s.numel));
+      if (b >= e) continue;
+      for (const Piece& p : PiecesOf(L, b, e)) {
+        const ParamSpec& spec = L.spec(p.spec);
+        const size_t at = spec.offset + p.begin - st->base;
+        if (c.has_m) RT_RETURN_IF_ERROR(fetch_local("optim.m/" + spec.name, spec, p.begin, p.end, st->m.data() + at));
+        if (c.has_v) RT_RETURN_IF_ERROR(fetch_local("optim.v/" + spec.name, spec, p.begin, p.end, st->v.data() + at));
+      }
     }
   }
   CheckpointMeta meta;

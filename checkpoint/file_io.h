@@ -1,0 +1,97 @@
+// Large-file I/O for checkpoint shards without the page cache's extra copy. Filling fresh page-cache
+// pages is the slow part of a buffered write or a cold buffered read on the machines measured (a
+// copy into or out of newly backed memory, plus dirty-page throttling); O_DIRECT moves the bytes
+// between the device and buffers this process already owns. Where a filesystem refuses O_DIRECT
+// (tmpfs, some network filesystems) both fall back to ordinary buffered I/O.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "core/status.h"
+
+namespace ringtrain {
+
+// Sequential writer: the caller's bytes are copied into aligned staging buffers which a background
+// thread writes while the caller fills the next one.
+class SequentialFileWriter {
+ public:
+  // Creates (truncates) path. buffer_bytes is rounded up to 4 KiB; two buffers are used.
+  static StatusOr<std::unique_ptr<SequentialFileWriter>> Create(const std::string& path,
+                                                                size_t buffer_bytes = 8 << 20);
+  ~SequentialFileWriter();  // without Finish: stops the thread and closes (the file is incomplete)
+  SequentialFileWriter(const SequentialFileWriter&) = delete;
+  SequentialFileWriter& operator=(const SequentialFileWriter&) = delete;
+
+  // Appends n bytes. With crc, also folds them into *crc (CRC32C, as Crc32c(data, n, *crc)) while
+  // they are in cache. Errors of earlier background writes surface here or in Finish.
+  Status Append(const void* data, size_t n, uint32_t* crc = nullptr);
+  // Writes what is left, sets the file's exact length, fsyncs and closes. Call once.
+  Status Finish();
+  uint64_t bytes() const { return total_; }
+  // Whether writes bypass the page cache (O_DIRECT accepted by the filesystem).
+  bool direct() const { return direct_; }
+
+ private:
+  SequentialFileWriter() = default;
+  struct AlignedFree {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  // Hands buf_[cur_] (fill_ bytes, padded to 4 KiB when direct) to the writer thread after the
+  // previous write finished, then switches to the other buffer.
+  Status Submit();
+  Status WaitIdle();  // the background write in flight, if any, has finished; returns its status
+  Status WriteOut(const uint8_t* p, size_t n);  // on the writer thread (or the caller's, at the end)
+  void Loop();
+
+  std::string path_;
+  int fd_ = -1;
+  std::atomic<bool> direct_{false};  // cleared by the writer thread if a write refuses O_DIRECT
+  size_t cap_ = 0;
+  std::unique_ptr<uint8_t, AlignedFree> buf_[2];
+  int cur_ = 0;
+  size_t fill_ = 0;
+  uint64_t total_ = 0;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  const uint8_t* job_ = nullptr;  // the buffer the thread writes (mu_)
+  size_t job_bytes_ = 0;
+  bool busy_ = false, stop_ = false;
+  Status error_;  // the first failed background write (mu_)
+  std::thread thread_;
+};
+
+// Reads byte ranges of one file, O_DIRECT when the filesystem allows it, into an aligned buffer it
+// owns (reused from call to call).
+class RangeReader {
+ public:
+  static StatusOr<std::unique_ptr<RangeReader>> Open(const std::string& path);
+  ~RangeReader();
+  RangeReader(const RangeReader&) = delete;
+  RangeReader& operator=(const RangeReader&) = delete;
+  // Bytes [offset, offset + n) of the file; the pointer stays valid until the next Read. A file
+  // that ends before offset + n is a DataLoss error naming it.
+  StatusOr<const uint8_t*> Read(uint64_t offset, size_t n);
+  bool direct() const { return direct_; }
+
+ private:
+  RangeReader() = default;
+  struct AlignedFree {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  std::string path_;
+  int fd_ = -1;
+  bool direct_ = false;
+  std::unique_ptr<uint8_t, AlignedFree> buf_;
+  size_t cap_ = 0;
+};
+
+}  // namespace ringtrain
