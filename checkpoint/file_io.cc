@@ -145,18 +145,20 @@ StatusOr<std::unique_ptr<RangeReader>> RangeReader::Open(const std::string& path
 }
 
 RangeReader::~RangeReader() {
+  if (prefetch_.joinable()) prefetch_.join();
   if (fd_ >= 0) ::close(fd_);
 }
 
-StatusOr<const uint8_t*> RangeReader::Read(uint64_t offset, size_t n) {
+Status RangeReader::ReadInto(Buffer& b, uint64_t offset, size_t n, const uint8_t** out) {
   for (;;) {
-    const uint64_t a0 = direct_ ? offset / kAlign * kAlign : offset;
-    const size_t span = direct_ ? RoundUp(static_cast<size_t>(offset - a0) + n) : n;
-    if (span > cap_) {
-      cap_ = RoundUp(std::max(span, cap_ * 3 / 2));
-      buf_.reset(static_cast<uint8_t*>(std::aligned_alloc(kAlign, cap_)));
-      if (!buf_) {
-        cap_ = 0;
+    const bool direct = direct_;
+    const uint64_t a0 = direct ? offset / kAlign * kAlign : offset;
+    const size_t span = direct ? RoundUp(static_cast<size_t>(offset - a0) + n) : n;
+    if (span > b.cap || !b.p) {
+      b.cap = RoundUp(std::max(span, b.cap * 3 / 2));
+      b.p.reset(static_cast<uint8_t*>(std::aligned_alloc(kAlign, b.cap)));
+      if (!b.p) {
+        b.cap = 0;
         return IoError("allocating a " + std::to_string(span) + "-byte read buffer for " + path_);
       }
     }
@@ -164,23 +166,48 @@ StatusOr<const uint8_t*> RangeReader::Read(uint64_t offset, size_t n) {
     size_t got = 0;
     bool refused = false;
     while (got < need) {
-      const ssize_t r = ::pread(fd_, buf_.get() + got, span - got, static_cast<off_t>(a0 + got));
+      const ssize_t r = ::pread(fd_, b.p.get() + got, span - got, static_cast<off_t>(a0 + got));
       if (r < 0 && errno == EINTR) continue;
-      if (r < 0 && errno == EINVAL && direct_) {
+      if (r < 0 && errno == EINVAL && direct) {
         refused = true;
         break;
       }
       if (r < 0) return IoError(Errno("reading " + path_));
-      if (r == 0 || (direct_ && r % kAlign != 0 && got + static_cast<size_t>(r) < need))
+      if (r == 0 || (direct && r % kAlign != 0 && got + static_cast<size_t>(r) < need))
         return DataLoss(path_ + ": the file ends before byte " + std::to_string(offset + n) + " (truncated)");
       got += static_cast<size_t>(r);
     }
-    if (!refused) return static_cast<const uint8_t*>(buf_.get() + (offset - a0));
+    if (!refused) {
+      *out = b.p.get() + (offset - a0);
+      return Status::Ok();
+    }
     // Opened with O_DIRECT, but reads refuse it: read through the page cache from now on.
     const int fl = ::fcntl(fd_, F_GETFL);
     if (fl < 0 || ::fcntl(fd_, F_SETFL, fl & ~O_DIRECT) != 0) return IoError(Errno("reading " + path_));
     direct_ = false;
   }
+}
+
+void RangeReader::Prefetch(uint64_t offset, size_t n) {
+  if (prefetch_.joinable()) prefetch_.join();  // an earlier one nobody asked for
+  pf_offset_ = offset;
+  pf_bytes_ = n;
+  pf_out_ = nullptr;
+  prefetch_ = std::thread([this, offset, n] { pf_status_ = ReadInto(spare_, offset, n, &pf_out_); });
+}
+
+StatusOr<const uint8_t*> RangeReader::Read(uint64_t offset, size_t n) {
+  if (prefetch_.joinable()) {
+    prefetch_.join();
+    if (pf_offset_ == offset && pf_bytes_ == n) {
+      std::swap(cur_, spare_);  // the caller's old pointer (into cur_) is no longer needed
+      RT_RETURN_IF_ERROR(pf_status_);
+      return pf_out_;
+    }
+  }
+  const uint8_t* out = nullptr;
+  RT_RETURN_IF_ERROR(ReadInto(cur_, offset, n, &out));
+  return out;
 }
 
 }  // namespace ringtrain

@@ -69,29 +69,44 @@ class SequentialFileWriter {
   std::thread thread_;
 };
 
-// Reads byte ranges of one file, O_DIRECT when the filesystem allows it, into an aligned buffer it
-// owns (reused from call to call).
+// Reads byte ranges of one file, O_DIRECT when the filesystem allows it, into aligned buffers it
+// owns. Prefetch starts reading a range the caller will ask for next on a helper thread, so the
+// device works while the caller checks and copies the current one.
 class RangeReader {
  public:
   static StatusOr<std::unique_ptr<RangeReader>> Open(const std::string& path);
-  ~RangeReader();
+  ~RangeReader();  // waits for a prefetch in flight
   RangeReader(const RangeReader&) = delete;
   RangeReader& operator=(const RangeReader&) = delete;
   // Bytes [offset, offset + n) of the file; the pointer stays valid until the next Read. A file
   // that ends before offset + n is a DataLoss error naming it.
   StatusOr<const uint8_t*> Read(uint64_t offset, size_t n);
+  // Starts reading [offset, offset + n) in the background; a Read of exactly that range takes it
+  // (another Read waits for it and discards it). Errors surface in that Read.
+  void Prefetch(uint64_t offset, size_t n);
   bool direct() const { return direct_; }
 
  private:
-  RangeReader() = default;
   struct AlignedFree {
     void operator()(uint8_t* p) const { std::free(p); }
   };
+  struct Buffer {
+    std::unique_ptr<uint8_t, AlignedFree> p;
+    size_t cap = 0;
+  };
+  RangeReader() = default;
+  // Reads the range into b; *out points at its first byte.
+  Status ReadInto(Buffer& b, uint64_t offset, size_t n, const uint8_t** out);
+
   std::string path_;
   int fd_ = -1;
-  bool direct_ = false;
-  std::unique_ptr<uint8_t, AlignedFree> buf_;
-  size_t cap_ = 0;
+  std::atomic<bool> direct_{false};  // cleared if a read refuses O_DIRECT
+  Buffer cur_, spare_;               // cur_: what the last Read returned; spare_: the prefetch's
+  std::thread prefetch_;
+  uint64_t pf_offset_ = 0;
+  size_t pf_bytes_ = 0;
+  const uint8_t* pf_out_ = nullptr;
+  Status pf_status_;  // written by the prefetch thread, read after joining it
 };
 
 }  // namespace ringtrain

@@ -1,9 +1,9 @@
 // SequentialFileWriter and RangeReader (checkpoint shard I/O with O_DIRECT): every byte written
 // comes back, whatever the sizes of the appends relative to the 4 KiB blocks and the staging
 // buffers; the CRC folded in while appending equals Crc32c of the bytes; the file has its exact
-// length (the O_DIRECT tail padding is cut off); ranges at any offset read back exactly; a range
-// past the end is an error naming the file. Run on the test's temporary directory (O_DIRECT on a
-// disk filesystem) and on /dev/shm (tmpfs refuses O_DIRECT: the buffered fallback).
+// length (the O_DIRECT tail padding is cut off); ranges at any offset read back exactly, also when
+// prefetched; a range past the end is an error naming the file. Run on the temporary directory
+// (O_DIRECT on a disk filesystem) and on /dev/shm (tmpfs may refuse O_DIRECT: the fallback).
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -79,6 +79,25 @@ TEST(FileIo, ReaderReturnsExactRangesAndNamesATruncatedFile) {
       ASSERT_TRUE(got.ok()) << dir << " [" << off << ", +" << n << "): " << got.status().message();
       EXPECT_EQ(std::string(reinterpret_cast<const char*>(*got), n), data.substr(off, n)) << dir << " at " << off;
     }
+    // Prefetched ranges: taken when asked for, discarded when another range is read instead; the
+    // pointer of the previous Read stays intact while the next range is being prefetched.
+    auto first = (*r)->Read(100, 3000);
+    ASSERT_TRUE(first.ok());
+    (*r)->Prefetch(3100, 9000);
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(*first), 3000), data.substr(100, 3000));
+    auto taken = (*r)->Read(3100, 9000);
+    ASSERT_TRUE(taken.ok());
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(*taken), 9000), data.substr(3100, 9000));
+    (*r)->Prefetch(20000, 100);
+    auto other = (*r)->Read(777, 5000);
+    ASSERT_TRUE(other.ok());
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(*other), 5000), data.substr(777, 5000));
+    (*r)->Prefetch(49000, 1001);  // past the end: the error belongs to the Read that takes it
+    auto fine = (*r)->Read(0, 10);
+    ASSERT_TRUE(fine.ok()) << fine.status().message();
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(*fine), 10), data.substr(0, 10));
+    (*r)->Prefetch(49000, 1001);
+    EXPECT_FALSE((*r)->Read(49000, 1001).ok());
     auto past = (*r)->Read(49000, 1001);
     ASSERT_FALSE(past.ok()) << dir;
     EXPECT_NE(past.status().message().find(path), std::string::npos) << past.status().message();
