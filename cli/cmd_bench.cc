@@ -5,6 +5,7 @@
 // not pass/fail.
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -25,6 +26,7 @@ struct BenchArgs {
   int steps = 20;
   int warmup = 3;
   bool json = false;
+  bool barrier_before_sync = false;
   std::string checkpoint_dir;
 };
 
@@ -40,12 +42,14 @@ Status BenchTrain(const BenchArgs& a) {
   opts.checkpoint_root = a.checkpoint_dir;
   opts.ps_hosts = dist.launch.ps_hosts;
   opts.job_id = "bench";
+  opts.barrier_before_sync = a.barrier_before_sync;
   RT_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(config, opts));
   for (int i = 0; i < a.warmup; ++i) RT_RETURN_IF_ERROR(trainer->Step(i).status());
   std::vector<double> ms, save_ms;  // save_ms: steps that included a checkpoint save
-  double loss = 0, exposed_ms = 0, skew_ms = 0;
+  double loss = 0, exposed_ms = 0, skew_ms = 0, comm_ms = 0, hidden_ms = 0, sent_bytes = 0;
   // On one host (a shared steady clock) the wait for the slowest rank's backward is split off.
-  const bool one_host = dist.comm && dist.launch.local_size == dist.launch.size;
+  // (RINGTRAIN_SHARED_CLOCK=1: ranks in network namespaces of one host, as bench scaling starts them.)
+  const bool one_host = dist.comm && (dist.launch.local_size == dist.launch.size || std::getenv("RINGTRAIN_SHARED_CLOCK"));
   for (int i = 0; i < a.steps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     RT_ASSIGN_OR_RETURN(loss, trainer->Step(a.warmup + i));
@@ -53,6 +57,10 @@ Status BenchTrain(const BenchArgs& a) {
     const double step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     (!a.checkpoint_dir.empty() && trainer->last_step_saved() ? save_ms : ms).push_back(step_ms);
     exposed_ms += trainer->last_exposed_comm_s() * 1000.0;
+    comm_ms += trainer->last_comm_busy_s() * 1000.0;
+    // Communication that ran while backward still computed: busy time beyond the wait after it.
+    hidden_ms += std::max(0.0, trainer->last_comm_busy_s() - trainer->last_exposed_comm_s()) * 1000.0;
+    sent_bytes += static_cast<double>(trainer->last_bytes_sent());
     if (one_host) {  // outside the timed step
       double last_ready = trainer->last_backward_end_s();
       RT_RETURN_IF_ERROR(dist.comm->AllReduce(&last_ready, 1, coll::DataType::kF64, coll::ReduceOp::kMax));
@@ -68,14 +76,17 @@ Status BenchTrain(const BenchArgs& a) {
   for (double m : save_ms) save_total += m;
   const int world = trainer->world_size();
   // The job is as fast as its slowest rank; exposed communication is averaged over ranks.
-  double sums[3] = {total, exposed_ms, skew_ms};
+  double sums[6] = {total, exposed_ms, skew_ms, comm_ms, hidden_ms, sent_bytes};
   if (world > 1) {
     RT_RETURN_IF_ERROR(dist.comm->AllReduce(&sums[0], 1, coll::DataType::kF64, coll::ReduceOp::kMax));
-    RT_RETURN_IF_ERROR(dist.comm->AllReduce(&sums[1], 2, coll::DataType::kF64, coll::ReduceOp::kAvg));
+    RT_RETURN_IF_ERROR(dist.comm->AllReduce(&sums[1], 5, coll::DataType::kF64, coll::ReduceOp::kAvg));
   }
   total = sums[0];
   exposed_ms = sums[1];
   skew_ms = sums[2];
+  comm_ms = sums[3];
+  hidden_ms = sums[4];
+  sent_bytes = sums[5];
   const double mean = total / static_cast<double>(ms.size());
   std::sort(ms.begin(), ms.end());
   const double median = ms[ms.size() / 2];
@@ -111,11 +122,18 @@ Status BenchTrain(const BenchArgs& a) {
                         {"sync", trainer->sync().name()},
                         {"exposed_comm_ms_per_step", exposed_ms / static_cast<double>(a.steps)},
                         {"exposed_comm_share", exposed_share},
+                        // Averages over ranks: time communication was in progress per step, the
+                        // part of it hidden behind backward, and payload bytes sent per step.
+                        {"comm_ms_per_step", comm_ms / static_cast<double>(a.steps)},
+                        {"hidden_comm_ms_per_step", hidden_ms / static_cast<double>(a.steps)},
+                        {"bytes_sent_per_step", sent_bytes / static_cast<double>(a.steps)},
                         // The part of the exposed wait spent waiting for the slowest rank's
                         // backward (load imbalance), and the rest: communication proper.
                         {"skew_wait_ms_per_step", one_host ? nlohmann::json(skew_ms / a.steps) : nlohmann::json()},
                         {"exposed_transfer_share",
                          one_host ? nlohmann::json((exposed_ms - skew_ms) / total) : nlohmann::json()},
+                        {"transfer_ms_per_step",
+                         one_host ? nlohmann::json((exposed_ms - skew_ms) / static_cast<double>(a.steps)) : nlohmann::json()},
                         {"final_loss", loss},
                         {"tensor_parallel", tp},
                         {"data_parallel", trainer->data_parallel()},
@@ -168,12 +186,16 @@ void AddBench(CLI::App& app, Action& action) {
   train->add_option("--steps", args->steps, "timed steps (default 20)");
   train->add_option("--warmup", args->warmup, "untimed warm-up steps (default 3)");
   train->add_flag("--json", args->json, "print one JSON object");
+  train->add_flag("--barrier-before-sync", args->barrier_before_sync,
+                  "ranks wait for each other after backward, so the sync time is communication alone "
+                  "(with --set dist.overlap=false)");
   train->add_option("--checkpoint-dir", args->checkpoint_dir,
                     "save checkpoints here (checkpoint.every_steps, checkpoint.async) and report the stall");
   train->callback([&action, args]() { action = [args]() { return BenchTrain(*args); }; });
   AddBenchAllreduce(bench, action);
   AddBenchCheckpoint(bench, action);
   AddBenchPs(bench, action);
+  AddBenchScaling(bench, action);
 }
 
 }  // namespace ringtrain::cli

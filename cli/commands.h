@@ -30,6 +30,8 @@ void AddExport(CLI::App& app, Action& action);
 void AddBenchCheckpoint(CLI::App* bench, Action& action);
 void AddPs(CLI::App& app, Action& action);
 void AddBenchPs(CLI::App* bench, Action& action);
+// `bench scaling` (cmd_bench_scaling.cc).
+void AddBenchScaling(CLI::App* bench, Action& action);
 // coordinator, worker, submit, jobs, job, cancel, logs, workers
 void AddCoordinator(CLI::App& app, Action& action);
 

@@ -147,7 +147,9 @@ void Communicator::WorkerLoop() {
       task = std::move(queue_.front());
       queue_.pop_front();
     }
+    const auto started = Clock::now();
     task();
+    async_busy_ns_.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - started).count());
     {
       std::lock_guard<std::mutex> lock(mu_);
       --pending_;

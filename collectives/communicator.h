@@ -10,6 +10,7 @@
 // execute in program order on every rank. Buffers given to an I* call must stay valid until Wait().
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -65,6 +66,11 @@ class Communicator {
   int size() const { return static_cast<int>(members_.size()); }
   const std::string& name() const { return name_; }
   const char* transport_kind() const { return t_->kind(); }
+  // Payload bytes this rank's transport sent for collectives so far (all communicators on it).
+  uint64_t transport_bytes_sent() const { return t_->bytes_sent(); }
+  // Seconds the asynchronous calls (I*) of this communicator have spent running so far: the time
+  // communication was in progress, whether hidden behind compute or waited for.
+  double async_busy_s() const { return static_cast<double>(async_busy_ns_.load()) * 1e-9; }
   const CommOptions& options() const { return opts_; }
   void set_deadline(double seconds) { opts_.deadline_s = seconds; }
   void set_algorithm(Algorithm a) { opts_.algorithm = a; }
@@ -133,6 +139,7 @@ class Communicator {
   std::condition_variable cv_;
   std::deque<std::packaged_task<Status()>> queue_;
   int pending_ = 0;  // queued or running async calls
+  std::atomic<int64_t> async_busy_ns_{0};
   bool stop_ = false;
   std::thread worker_;
 };

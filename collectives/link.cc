@@ -52,6 +52,7 @@ Status Link::Send(int to, const void* data, size_t bytes) {
   FrameHeader h = proto_;
   h.bytes = bytes;
   Status s = t_->Send(members_[to], h, data);
+  if (s.ok() && members_[to] != t_->rank()) t_->CountSent(bytes);
   if (!s.ok()) {
     // A peer that quit after another rank's failure: report that root cause if it reached us.
     Status root = t_->PendingAbort(proto_.context, Clock::now() + kRootCauseWait);

@@ -4,6 +4,7 @@
 // or sequence number) instead of reducing the wrong bytes.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -42,6 +43,11 @@ class Transport {
   virtual int size() const = 0;
   // "mpi", "tcp" or "local" (for progress lines and benchmarks).
   virtual const char* kind() const = 0;
+
+  // Payload bytes the collectives of every communicator on this transport sent to other ranks
+  // (counted by Link; benchmarks report it per step).
+  uint64_t bytes_sent() const { return bytes_sent_.load(std::memory_order_relaxed); }
+  void CountSent(uint64_t n) { bytes_sent_.fetch_add(n, std::memory_order_relaxed); }
 
   // Sends one frame (h.bytes of payload) to peer. Returns once `payload` may be reused. It must
   // not wait for the peer to post a receive (the receiving side buffers), so a ring in which every
@@ -82,6 +88,9 @@ class Transport {
 
   // How error messages name a peer: "rank 3", or "rank 3 (10.0.0.2:29500)".
   virtual std::string PeerName(int peer) const { return "rank " + std::to_string(peer); }
+
+ private:
+  std::atomic<uint64_t> bytes_sent_{0};
 };
 
 }  // namespace ringtrain::coll

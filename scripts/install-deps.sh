@@ -11,7 +11,8 @@ packages=(
   libgtest-dev libgmock-dev zlib1g-dev libssl-dev libsqlite3-dev
   libprotobuf-dev protobuf-compiler libboost-dev libboost-system-dev
   openmpi-bin libopenmpi-dev
-  iproute2  # network namespaces for the TCP transport test
+  iproute2  # network namespaces: the TCP transport test, bench scaling --emulate (ip, tc)
+  gnuplot-nox  # bench scaling draws its plots (SVG, PNG) with gnuplot
   munge slurmctld slurmd slurm-client  # the real-Slurm end-to-end test (daemons on localhost)
   python3  # the end-to-end test scripts read JSON with /usr/bin/python3
   clang-14 libclang-rt-14-dev  # libFuzzer for the parameter server's frame decoder (tests/e2e/fuzz_frames.sh)

@@ -23,10 +23,12 @@ void ParameterServerSync::BeginStep(int64_t step) {
   step_ = step;
   pushed_.clear();
   run_b_ = run_e_ = 0;
+  first_push_ = {};
 }
 
 void ParameterServerSync::Flush() {
   if (run_b_ < run_e_) {
+    if (first_push_ == std::chrono::steady_clock::time_point{}) first_push_ = std::chrono::steady_clock::now();
     client_->Push(step_, run_b_, run_e_, a_.grads.data());
     pushed_.push_back({run_b_, run_e_});
   }
@@ -59,8 +61,11 @@ Status ParameterServerSync::Finish() {
     if (b > at) client_->Push(step_, at, b, a_.grads.data());
     at = std::max(at, e);
   }
+  if (first_push_ == std::chrono::steady_clock::time_point{}) first_push_ = std::chrono::steady_clock::now();
   if (at < a_.layout.total()) client_->Push(step_, at, a_.layout.total(), a_.grads.data());
-  return client_->WaitPushes();
+  Status st = client_->WaitPushes();
+  busy_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - first_push_).count();
+  return st;
 }
 
 StatusOr<double> ParameterServerSync::GradSumSquares() {
@@ -77,7 +82,9 @@ StatusOr<double> ParameterServerSync::GradSumSquares() {
   scales_.clear();
   scales_from_ = norms_known_;
   if (step_ >= norms_known_) {
+    const auto t0 = std::chrono::steady_clock::now();
     RT_ASSIGN_OR_RETURN(std::vector<double> sq, client_->Norms(norms_known_, need - 1, step_));
+    busy_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     for (double s : sq) scales_.push_back(ClipScale(std::sqrt(s), opts_.grad_clip));
     if (!sq.empty()) last_sq_ = sq.back();
     norms_known_ += static_cast<int64_t>(sq.size());
@@ -86,7 +93,10 @@ StatusOr<double> ParameterServerSync::GradSumSquares() {
 }
 
 Status ParameterServerSync::AfterUpdate() {
-  return client_->Pull(step_ + 1, scales_from_, scales_, a_.params.data());
+  const auto t0 = std::chrono::steady_clock::now();
+  Status st = client_->Pull(step_ + 1, scales_from_, scales_, a_.params.data());
+  busy_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return st;
 }
 
 Status ParameterServerSync::Refresh(int64_t steps) {

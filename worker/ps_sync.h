@@ -10,6 +10,7 @@
 // The trainer updates nothing itself under this engine (Owned() is empty).
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <vector>
 
@@ -43,6 +44,8 @@ class ParameterServerSync final : public GradientSync {
   bool Lockstep() const override { return opts_.mode == ps::Consistency::kBsp; }
   Status Refresh(int64_t steps) override;
   ps::PsClient& client() { return *client_; }
+  double CommBusySeconds() const override { return busy_s_; }
+  uint64_t BytesSent() const override { return client_->bytes_pushed(); }
 
  private:
   void Flush();  // pushes the bucket being gathered
@@ -55,6 +58,8 @@ class ParameterServerSync final : public GradientSync {
   int64_t step_ = 0;
   size_t run_b_ = 0, run_e_ = 0;  // the bucket being gathered (adjacent ready ranges)
   Ranges pushed_;                 // ranges pushed this step
+  std::chrono::steady_clock::time_point first_push_{};  // this step's first push (pushes run in the background)
+  double busy_s_ = 0;               // pushes (first push to all acknowledged), norms and pulls
   int64_t norms_known_ = 0;       // global norms (and clip factors) known for steps < this
   int64_t scales_from_ = 0;
   std::vector<float> scales_;     // clip factors to send with the next pull

@@ -394,6 +394,8 @@ StatusOr<double> Trainer::Step(int64_t step) {
   }
   loss /= accum_;
   const std::string where = "gradient sync at step " + std::to_string(step + 1);
+  if (opts_.barrier_before_sync && world_ > 1)
+    RT_RETURN_IF_ERROR(opts_.comm->Barrier().WithContext("barrier before the gradient sync at step " + std::to_string(step + 1)));
   const auto t0 = Clock::now();
   RT_RETURN_IF_ERROR(sync_->Finish().WithContext(where));
   const auto t_synced = Clock::now();
@@ -401,6 +403,9 @@ StatusOr<double> Trainer::Step(int64_t step) {
   last_backward_end_s_ = std::chrono::duration<double>(t0.time_since_epoch()).count();
   last_synced_s_ = std::chrono::duration<double>(t_synced.time_since_epoch()).count();
   RT_ASSIGN_OR_RETURN(double sq, sync_->GradSumSquares());
+  // Under PS the norm is a round trip to the servers (they have summed every worker's push):
+  // communication, not compute. (All-reduce sync: a local sum and one 8-byte all-reduce.)
+  if (ps_) exposed += std::chrono::duration<double>(Clock::now() - t_synced).count();
   if (tp_ > 1)
     RT_RETURN_IF_ERROR(tp_comm_->AllReduce(&sq, 1, coll::DataType::kF64, coll::ReduceOp::kSum)
                            .WithContext("gradient norm over the tensor-parallel group"));
@@ -420,6 +425,12 @@ StatusOr<double> Trainer::Step(int64_t step) {
     last_dp_bytes_ = moved - ps_bytes_seen_;
     ps_bytes_seen_ = moved;
   }
+  const double busy = sync_->CommBusySeconds();
+  last_comm_busy_s_ = busy - comm_busy_seen_s_;
+  comm_busy_seen_s_ = busy;
+  const uint64_t sent = sync_->BytesSent();
+  last_bytes_sent_ = sent - bytes_sent_seen_;
+  bytes_sent_seen_ = sent;
   if (tp_ > 1) last_tp_bytes_ += sizeof(double);  // the gradient norm
   if (tp_ > 1 && dp_ > 2) {
     // Replicated parameters (LayerNorms, position embedding, row-parallel biases) get the same

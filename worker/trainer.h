@@ -25,6 +25,9 @@ class ParameterServerSync;
 struct TrainOptions {
   std::string run_dir;     // empty: no files written (benchmarks, ranks other than 0)
   bool print = true;       // progress and summary lines on stdout
+  // Benchmarks: after backward every rank waits for all others before the gradient sync starts,
+  // so the sync's time is communication alone (use with dist.overlap=false).
+  bool barrier_before_sync = false;
   // The group this process trains with (not owned; null or size 1: alone) and the number of
   // ranks on this node (threads = 0 splits the cores between them). With parallel.tensor = T the
   // trainer splits it into tensor-parallel groups of T adjacent ranks and data-parallel groups of
@@ -87,6 +90,10 @@ class Trainer {
   // gradient sync after backward (which includes waiting for slower ranks to finish theirs), the
   // parameter all-gather (ZeRO-1) and the loss average.
   double last_exposed_comm_s() const { return last_exposed_s_; }
+  // Seconds the gradient sync's communication was in progress during the last step (hidden behind
+  // backward or waited for), and payload bytes this rank sent for it.
+  double last_comm_busy_s() const { return last_comm_busy_s_; }
+  uint64_t last_bytes_sent() const { return last_bytes_sent_; }
   // Steady-clock times (seconds) of the last step: backward done on this rank, gradients synced.
   // On one host the clock is shared, so max over ranks of backward_end tells how much of the wait
   // was for the slowest rank rather than for the transfer.
@@ -154,6 +161,8 @@ class Trainer {
   std::vector<float> replicated_buf_;
   uint64_t last_tp_bytes_ = 0, last_dp_bytes_ = 0, ps_bytes_seen_ = 0;
   double last_exposed_s_ = 0, last_backward_end_s_ = 0, last_synced_s_ = 0;
+  double last_comm_busy_s_ = 0, comm_busy_seen_s_ = 0;
+  uint64_t last_bytes_sent_ = 0, bytes_sent_seen_ = 0;
   std::vector<std::pair<size_t, size_t>> decay_ranges_;
   int accum_ = 1;
   double last_grad_norm_ = 0;
