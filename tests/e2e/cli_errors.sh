@@ -79,4 +79,13 @@ expect_error "label count mismatch" "has 20 images but lab19.gz has 19 labels" -
   --set data.synthetic.train_images=20 --set data.synthetic.test_images=10 >syn.log 2>&1 || { cat syn.log; fail "tiny CNN training failed"; }
 expect_error "image size does not match the model" "images are 1x28x28, the model expects 1x16x16" -- \
   "$RT" eval --model syn --set data.source=mnist --set data.images=img.gz --set data.labels=lab.gz --set data.train_count=15
+expect_error "scaling: bad worker count" "--workers: '0' is not a count from 1 to 250" -- "$RT" bench scaling --workers 0,2
+expect_error "scaling: bad bandwidth" "bandwidth '1gbps': expected a number with kbit, mbit or gbit" -- \
+  "$RT" bench scaling --emulate 1gbps
+expect_error "scaling: bad latency" "latency '3 days': expected a number with s, ms or us" -- \
+  "$RT" bench scaling --model "1gbit,3 days"
+expect_error "scaling: unknown sync mode" "--sync: 'allgather' is neither ring nor ps" -- "$RT" bench scaling --sync ring,allgather
+expect_error "scaling: PS under mpirun" "parameter-server points need --launcher local" -- \
+  "$RT" bench scaling --launcher mpirun --sync ps
+expect_error "scaling: missing config" "--config nope.yaml: no such file" -- "$RT" bench scaling --config nope.yaml
 echo "all error cases passed"
