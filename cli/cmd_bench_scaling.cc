@@ -17,6 +17,9 @@
 //   ring  2(n-1)/n * M/B + 2(n-1) * alpha,
 //   ps    per direction max(M/B, n*M/(k*B)) + alpha, push then pull,
 // M the gradient bytes, B the link bandwidth (--emulate, or --model BW,LAT on a real cluster).
+// With parallel.tensor = t > 1, a replica spans t workers (n/t replicas sync gradients), the
+// baseline is one replica, and the TP all-reduces add 2(t-1)/t * P/B + 2(t-1) * alpha per
+// all-reduce ((4 L + 3) per micro-step), P the closed-form TP payload bench train reports.
 // A failing point stops the run with an error naming it; the namespaces are removed in every case.
 #include <fcntl.h>
 #include <signal.h>
@@ -45,6 +48,7 @@
 
 #include "cli/commands.h"
 #include "cluster/netns_cluster.h"
+#include "core/config.h"
 
 namespace ringtrain::cli {
 
@@ -152,9 +156,14 @@ struct Result {
   double step_ms = 0, items_per_s = 0, comm_ms = 0, exposed_ms = 0, hidden_ms = 0, bytes_sent = 0;
   double transfer_ms = NAN;  // communication after the slowest worker's backward (shared clock)
   double num_params = 0;
+  double dp_bytes = 0;        // gradient bytes a rank all-reduces per step (its arena)
+  int tp = 1;                 // tensor-parallel degree
+  double tp_payload = 0;      // closed-form TP all-reduce payload per rank per step
+  double tp_bytes = 0;        // measured TP all-reduce payload per rank per step
   std::string unit = "tokens";
   // Derived against the 1-worker point, and the model.
   double efficiency = 0, pred_comm_ms = NAN, pred_step_ms = NAN, pred_items_per_s = NAN, pred_efficiency = NAN;
+  double pred_tp_ms = 0;  // the tensor-parallel all-reduces inside forward and backward
   std::string Series() const { return p.sync == "ring" ? "ring" : "ps" + std::to_string(p.servers); }
 };
 
@@ -301,16 +310,28 @@ StatusOr<Result> ParseResult(const Point& pt, const std::string& log) {
   r.bytes_sent = j.value("bytes_sent_per_step", 0.0);
   if (j.contains("transfer_ms_per_step") && j["transfer_ms_per_step"].is_number()) r.transfer_ms = j["transfer_ms_per_step"].get<double>();
   r.num_params = j.value("num_params", 0.0);
+  r.dp_bytes = j.value("dp_allreduce_bytes_per_step", 0.0);
+  r.tp = j.value("tensor_parallel", 1);
+  r.tp_payload = j.value("tp_closed_form_blocks_bytes", 0.0) + j.value("tp_closed_form_embedding_output_ce_bytes", 0.0);
+  r.tp_bytes = j.value("tp_allreduce_bytes_per_step", 0.0);
   return r;
 }
 
-// The closed forms, in ms.
-double PredictedCommMs(const Point& p, double grad_bytes, const Link& l) {
-  if (!l.known || (p.workers == 1 && p.sync == "ring")) return 0;
-  const double n = p.workers, B = l.bps / 8.0;
+// The closed forms, in ms: the gradient sync of n data-parallel replicas (workers / tp).
+double PredictedCommMs(const Point& p, int tp, double grad_bytes, const Link& l) {
+  const double n = p.workers / tp, B = l.bps / 8.0;
+  if (!l.known || (n == 1 && p.sync == "ring")) return 0;
   if (p.sync == "ring") return 1e3 * (2 * (n - 1) / n * grad_bytes / B + 2 * (n - 1) * l.alpha_s);
   const double per_dir = std::max(grad_bytes / B, n * grad_bytes / (p.servers * B)) + l.alpha_s;
   return 1e3 * 2 * per_dir;
+}
+
+// Tensor parallelism: the ring all-reduces of its payload inside forward and backward,
+// 2(t-1)/t * P/B, plus 2(t-1) latencies for each of the (4 L + 3) * accum all-reduces of a step.
+double PredictedTpMs(int tp, double payload, int layers, int accum, const Link& l) {
+  if (!l.known || tp <= 1) return 0;
+  const double t = tp;
+  return 1e3 * (2 * (t - 1) / t * payload / (l.bps / 8.0) + (4.0 * layers + 3.0) * accum * 2 * (t - 1) * l.alpha_s);
 }
 
 std::string Fmt(double v, int digits = 3) {
@@ -329,7 +350,8 @@ Status WriteCsv(const std::string& path, const std::vector<Result>& rs) {
   std::ofstream f(path);
   if (!f) return IoError("creating " + path);
   f << "workers,sync,ps_servers,step_ms,items_per_s,unit,efficiency,compute_ms,comm_ms,exposed_comm_ms,hidden_comm_ms,"
-       "transfer_ms,bytes_sent_per_worker,gradient_bytes,predicted_comm_ms,predicted_step_ms,comm_measured_to_predicted\n";
+       "transfer_ms,bytes_sent_per_worker,gradient_bytes,tensor_parallel,tp_bytes_per_worker,predicted_tp_comm_ms,"
+       "predicted_comm_ms,predicted_step_ms,comm_measured_to_predicted\n";
   for (const auto& r : rs) {
     // Measured against the model: the communication once every worker was ready (transfer) where
     // the ranks share a clock, else all the time communication was in progress.
@@ -337,8 +359,9 @@ Status WriteCsv(const std::string& path, const std::vector<Result>& rs) {
     const double ratio = r.pred_comm_ms > 0 ? measured / r.pred_comm_ms : NAN;
     f << r.p.workers << ',' << r.p.sync << ',' << r.p.servers << ',' << Fmt(r.step_ms) << ',' << Fmt(r.items_per_s, 1) << ','
       << r.unit << ',' << Fmt(r.efficiency, 4) << ',' << Fmt(r.step_ms - r.exposed_ms) << ',' << Fmt(r.comm_ms) << ','
-      << Fmt(r.exposed_ms) << ',' << Fmt(r.hidden_ms) << ',' << Fmt(r.transfer_ms) << ',' << Fmt(r.bytes_sent, 0) << ',' << Fmt(r.num_params * 4, 0) << ','
-      << Fmt(r.pred_comm_ms) << ',' << Fmt(r.pred_step_ms) << ',' << Fmt(ratio, 3) << '\n';
+      << Fmt(r.exposed_ms) << ',' << Fmt(r.hidden_ms) << ',' << Fmt(r.transfer_ms) << ',' << Fmt(r.bytes_sent, 0) << ','
+      << Fmt(r.tp > 1 && r.dp_bytes > 0 ? r.dp_bytes : r.num_params * 4, 0) << ',' << r.tp << ',' << Fmt(r.tp_bytes, 0) << ','
+      << Fmt(r.pred_tp_ms) << ',' << Fmt(r.pred_comm_ms) << ',' << Fmt(r.pred_step_ms) << ',' << Fmt(ratio, 3) << '\n';
   }
   f.close();
   if (!f) return IoError("writing " + path);
@@ -444,12 +467,21 @@ Status RunScaling(const ScalingArgs& a) {
   const Link link = mod.known ? mod : emu;
   if (!a.config.empty() && !fs::exists(a.config)) return NotFound("--config " + a.config + ": no such file");
 
-  // Points: every sync mode at every worker count; the 1-worker ring point (no communication) is
-  // the compute baseline and runs even when 1 is not in --workers.
+  // The model's shape: tensor-parallel degree (one replica spans tp workers), layers, accumulation.
+  RT_ASSIGN_OR_RETURN(Config cfg, Config::Load(a.config, a.sets));
+  const int tp = static_cast<int>(cfg.Int("parallel.tensor"));
+  const int layers = static_cast<int>(cfg.Int("model.n_layer")), accum = static_cast<int>(cfg.Int("train.grad_accum"));
+  if (tp > 1 && ps) return InvalidArgument("--sync ps: parameter servers do not combine with parallel.tensor > 1");
+  for (int n : workers)
+    if (n % tp != 0)
+      return InvalidArgument("--workers: " + std::to_string(n) + " is not a multiple of parallel.tensor = " + std::to_string(tp));
+
+  // Points: every sync mode at every worker count; one replica with ring (no gradient sync) is the
+  // compute baseline and runs even when it is not in --workers.
   std::vector<Point> points;
-  points.push_back({1, "ring", 0});
+  points.push_back({tp, "ring", 0});
   for (int n : workers) {
-    if (ring && n > 1) points.push_back({n, "ring", 0});
+    if (ring && n > tp) points.push_back({n, "ring", 0});
     if (ps)
       for (int k : servers) points.push_back({n, "ps", k});
   }
@@ -578,7 +610,8 @@ Status RunScaling(const ScalingArgs& a) {
         break;
       }
     RT_ASSIGN_OR_RETURN(Result r, ParseResult(pt, rank0));
-    r.pred_comm_ms = link.known ? PredictedCommMs(pt, r.num_params * 4, link) : NAN;
+    r.pred_comm_ms = link.known ? PredictedCommMs(pt, tp, tp > 1 && r.dp_bytes > 0 ? r.dp_bytes : r.num_params * 4, link) : NAN;
+    r.pred_tp_ms = PredictedTpMs(tp, r.tp_payload, layers, accum, link);
     std::printf(" %.1f ms/step, %.0f %s/s, communication %.1f ms/step (exposed %.1f, after the slowest backward %s)%s\n",
                 r.step_ms, r.items_per_s, r.unit.c_str(), r.comm_ms, r.exposed_ms, Fmt(r.transfer_ms, 1).c_str(),
                 std::isfinite(r.pred_comm_ms) && r.pred_comm_ms > 0 ? (", model " + Fmt(r.pred_comm_ms, 1) + " ms").c_str() : "");
@@ -589,18 +622,20 @@ Status RunScaling(const ScalingArgs& a) {
     cluster->Teardown();
     cluster.reset();
   }
-  // Derived figures against the 1-worker point.
+  // Derived figures against the one-replica point. The model's compute is that point's step time
+  // less its predicted tensor-parallel communication (none without TP).
   const Result* base = nullptr;
   for (const auto& r : results)
-    if (r.p.workers == 1 && r.p.sync == "ring") base = &r;
-  if (!base) return Internal("no 1-worker point");
-  const double compute1 = base->step_ms, items1 = base->items_per_s;
+    if (r.p.workers == tp && r.p.sync == "ring") base = &r;
+  if (!base) return Internal("no one-replica point");
+  const double base_ms = base->step_ms, items1 = base->items_per_s, compute1 = base_ms - base->pred_tp_ms;
   for (auto& r : results) {
-    r.efficiency = r.items_per_s / (r.p.workers * items1);
+    const double replicas = static_cast<double>(r.p.workers / tp);
+    r.efficiency = r.items_per_s / (replicas * items1);
     if (link.known) {
-      r.pred_step_ms = compute1 + r.pred_comm_ms;
-      r.pred_efficiency = compute1 / r.pred_step_ms;
-      r.pred_items_per_s = r.p.workers * items1 * r.pred_efficiency;
+      r.pred_step_ms = compute1 + r.pred_tp_ms + r.pred_comm_ms;
+      r.pred_efficiency = base_ms / r.pred_step_ms;
+      r.pred_items_per_s = replicas * items1 * r.pred_efficiency;
     }
   }
   // The 1-worker ring point belongs to the ring series only when ring was asked for.

@@ -44,10 +44,9 @@ class GradientSync {
   virtual bool Lockstep() const { return true; }
   // After the last of `steps` steps, every worker having finished: fetch the final parameters.
   virtual Status Refresh(int64_t steps) { (void)steps; return Status::Ok(); }
-  // Cumulative seconds communication was in progress (hidden behind backward or waited for) and
-  // payload bytes this rank sent, for benchmarks; the trainer takes per-step differences.
+  // Cumulative seconds communication was in progress (hidden behind backward or waited for), for
+  // benchmarks; the trainer takes per-step differences.
   virtual double CommBusySeconds() const { return 0; }
-  virtual uint64_t BytesSent() const { return 0; }
   // Arena ranges GradSumSquares leaves out (sorted, disjoint). Tensor parallelism: replicated
   // tensors on every TP rank but the first, so a sum over the TP group counts them once.
   void set_norm_skip(Ranges r) { norm_skip_ = std::move(r); }
@@ -88,8 +87,7 @@ class AllReduceSync final : public GradientSync {
   Status Finish() override;
   const Ranges& Owned() const override { return owned_; }
   double CommBusySeconds() const override { return comm_->async_busy_s() + plain_busy_s_; }
-  uint64_t BytesSent() const override { return comm_->transport_bytes_sent(); }
-  StatusOr<double> GradSumSquares() override;
+StatusOr<double> GradSumSquares() override;
   Status AfterUpdate() override;
   size_t num_buckets() const { return buckets_.size(); }
 

@@ -45,7 +45,7 @@ class ParameterServerSync final : public GradientSync {
   Status Refresh(int64_t steps) override;
   ps::PsClient& client() { return *client_; }
   double CommBusySeconds() const override { return busy_s_; }
-  uint64_t BytesSent() const override { return client_->bytes_pushed(); }
+
 
  private:
   void Flush();  // pushes the bucket being gathered

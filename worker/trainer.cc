@@ -428,7 +428,9 @@ StatusOr<double> Trainer::Step(int64_t step) {
   const double busy = sync_->CommBusySeconds();
   last_comm_busy_s_ = busy - comm_busy_seen_s_;
   comm_busy_seen_s_ = busy;
-  const uint64_t sent = sync_->BytesSent();
+  // Everything this rank's transport sent for collectives (gradient sync, tensor parallelism, the
+  // loss average), plus what it pushed to parameter servers.
+  const uint64_t sent = (opts_.comm ? opts_.comm->transport_bytes_sent() : 0) + (ps_ ? ps_->client().bytes_pushed() : 0);
   last_bytes_sent_ = sent - bytes_sent_seen_;
   bytes_sent_seen_ = sent;
   if (tp_ > 1) last_tp_bytes_ += sizeof(double);  // the gradient norm

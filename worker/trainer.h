@@ -91,7 +91,8 @@ class Trainer {
   // parameter all-gather (ZeRO-1) and the loss average.
   double last_exposed_comm_s() const { return last_exposed_s_; }
   // Seconds the gradient sync's communication was in progress during the last step (hidden behind
-  // backward or waited for), and payload bytes this rank sent for it.
+  // backward or waited for), and payload bytes this rank sent (collectives of every kind, and
+  // pushes to parameter servers).
   double last_comm_busy_s() const { return last_comm_busy_s_; }
   uint64_t last_bytes_sent() const { return last_bytes_sent_; }
   // Steady-clock times (seconds) of the last step: backward done on this rank, gradients synced.

@@ -6,7 +6,9 @@
 #     and M), the model columns equal the closed forms recomputed here, and the plots are valid
 #     images: every PNG is decoded by the decoder below (chunk CRCs, zlib, scanline filters) and is
 #     not blank; every SVG parses as XML with drawn paths.
-#  2. No namespace of the run is left afterwards.
+#  2. No namespace of the run is left afterwards. With parallel.tensor=2 (a replica spans 2
+#     workers) the bytes sent equal the TP payload plus the replicas' gradient sync, and the TP
+#     and DP model terms equal their closed forms.
 #  3. A worker killed mid-run (kill -9) makes the run fail with an error naming it, and again no
 #     namespace is left.
 source "$(dirname "$0")/lib.sh"
@@ -112,6 +114,31 @@ for name in ("throughput", "efficiency", "breakdown"):
 EOF
 [ -z "$(comm -13 <(echo "$before") <(ours))" ] || fail "namespaces left after the run: $(comm -13 <(echo "$before") <(ours))"
 echo "ok: emulated scaling run, results and plots valid, no namespace left"
+
+# --- tensor parallelism: a replica spans 2 workers ------------------------------------------------
+"$RT" bench scaling --config "$cfg" --set train.batch_size=2 --set parallel.tensor=2 --workers 2,4 --sync ring \
+  --emulate 1gbit,0.1ms --steps 2 --warmup 1 --point-timeout 300 --out tp > tp.log 2>&1 ||
+  { cat tp.log; for f in tp/logs/*; do echo "== $f"; tail -5 "$f"; done; fail "bench scaling with TP failed"; }
+layers=$(awk '/n_layer:/ {print $2}' "$cfg")
+/usr/bin/python3 - tp/results.csv "$layers" <<'EOF2' || fail "TP results are wrong (above)"
+import csv, sys
+rows = {int(r["workers"]): r for r in csv.DictReader(open(sys.argv[1]))}
+L, B, alpha = int(sys.argv[2]), 1e9 / 8, 0.1e-3
+assert sorted(rows) == [2, 4], sorted(rows)
+for n, r in rows.items():
+    assert int(r["tensor_parallel"]) == 2
+    P, M = float(r["tp_bytes_per_worker"]), float(r["gradient_bytes"])
+    # a 2-rank ring all-reduce sends its payload once; 4 workers are 2 replicas syncing M
+    want = P + (M if n == 4 else 0)
+    got = float(r["bytes_sent_per_worker"])
+    assert abs(got - want) <= 0.01 * want, f"n={n}: sent {got}, expected {want}"
+    tp_ms = 1e3 * (P / B + (4 * L + 3) * 2 * alpha)
+    assert abs(float(r["predicted_tp_comm_ms"]) - tp_ms) <= 1e-3 * tp_ms, f"n={n}: TP model {r['predicted_tp_comm_ms']} vs {tp_ms}"
+    dp_ms = 1e3 * (M / B + 2 * alpha) if n == 4 else 0.0
+    assert abs(float(r["predicted_comm_ms"]) - dp_ms) <= 1e-3 * max(dp_ms, 1), f"n={n}: DP model {r['predicted_comm_ms']} vs {dp_ms}"
+print("ok: tensor-parallel points, bytes and model terms")
+EOF2
+[ -z "$(comm -13 <(echo "$before") <(ours))" ] || fail "namespaces left after the TP run"
 
 # --- 3. a worker dies -----------------------------------------------------------------------------
 "$RT" bench scaling --config "$cfg" --set train.batch_size=4 --workers 4 --sync ring \
