@@ -5,8 +5,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "core/crc32c.h"
 
@@ -16,6 +16,21 @@ namespace {
 constexpr size_t kAlign = 4096;  // O_DIRECT: buffer address, length and file offset
 size_t RoundUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 std::string Errno(const std::string& what) { return what + ": " + std::strerror(errno); }
+
+// Opens path with flags | O_DIRECT, or without O_DIRECT where the filesystem refuses it at open.
+int OpenMaybeDirect(const std::string& path, int flags, bool* direct) {
+  int fd = ::open(path.c_str(), flags | O_DIRECT, 0644);
+  *direct = fd >= 0;
+  if (fd < 0 && errno == EINVAL) fd = ::open(path.c_str(), flags, 0644);
+  return fd;
+}
+
+// A filesystem that accepted O_DIRECT at open but refuses it on a transfer: go through the page
+// cache from now on.
+bool DropDirect(int fd) {
+  const int fl = ::fcntl(fd, F_GETFL);
+  return fl >= 0 && ::fcntl(fd, F_SETFL, fl & ~O_DIRECT) == 0;
+}
 }  // namespace
 
 StatusOr<std::unique_ptr<SequentialFileWriter>> SequentialFileWriter::Create(const std::string& path,
@@ -23,14 +38,11 @@ StatusOr<std::unique_ptr<SequentialFileWriter>> SequentialFileWriter::Create(con
   std::unique_ptr<SequentialFileWriter> w(new SequentialFileWriter());
   w->path_ = path;
   w->cap_ = RoundUp(std::max<size_t>(buffer_bytes, kAlign));
-  for (auto& b : w->buf_) {
-    b.reset(static_cast<uint8_t*>(std::aligned_alloc(kAlign, w->cap_)));
-    if (!b) return IoError("allocating a " + std::to_string(w->cap_) + "-byte write buffer for " + path);
-  }
-  w->fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT, 0644);
-  w->direct_ = w->fd_ >= 0;  // the first write still may refuse it (WriteOut falls back)
-  if (w->fd_ < 0 && errno == EINVAL) w->fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  for (auto& b : w->buf_) b.Resize(w->cap_);
+  bool direct = false;  // a write may still refuse it (WriteOut falls back)
+  w->fd_ = OpenMaybeDirect(path, O_WRONLY | O_CREAT | O_TRUNC, &direct);
   if (w->fd_ < 0) return IoError(Errno("creating " + path));
+  w->direct_ = direct;
   w->thread_ = std::thread([p = w.get()] { p->Loop(); });
   return w;
 }
@@ -51,8 +63,7 @@ Status SequentialFileWriter::WriteOut(const uint8_t* p, size_t n) {
     if (w < 0) {
       if (errno == EINTR) continue;
       if (errno == EINVAL && direct_) {  // opened with O_DIRECT, but this filesystem will not do it
-        const int fl = ::fcntl(fd_, F_GETFL);
-        if (fl < 0 || ::fcntl(fd_, F_SETFL, fl & ~O_DIRECT) != 0) return IoError(Errno("writing " + path_));
+        if (!DropDirect(fd_)) return IoError(Errno("writing " + path_));
         direct_ = false;
         continue;
       }
@@ -91,7 +102,7 @@ Status SequentialFileWriter::Submit() {
   RT_RETURN_IF_ERROR(WaitIdle());
   {
     std::lock_guard<std::mutex> l(mu_);
-    job_ = buf_[cur_].get();
+    job_ = buf_[cur_].data();
     job_bytes_ = fill_;
     busy_ = true;
   }
@@ -107,7 +118,7 @@ Status SequentialFileWriter::Append(const void* data, size_t n, uint32_t* crc) {
   while (n > 0) {
     const size_t k = std::min(n, cap_ - fill_);
     if (crc) *crc = Crc32c(p, k, *crc);
-    std::memcpy(buf_[cur_].get() + fill_, p, k);
+    std::memcpy(buf_[cur_].data() + fill_, p, k);
     fill_ += k;
     total_ += k;
     p += k;
@@ -123,8 +134,8 @@ Status SequentialFileWriter::Finish() {
   if (s.ok() && fill_ > 0) {
     // The tail: with O_DIRECT a whole number of blocks (zero padding), cut back to size below.
     const size_t n = direct_ ? RoundUp(fill_) : fill_;
-    std::memset(buf_[cur_].get() + fill_, 0, n - fill_);
-    s = WriteOut(buf_[cur_].get(), n);
+    std::memset(buf_[cur_].data() + fill_, 0, n - fill_);
+    s = WriteOut(buf_[cur_].data(), n);
     if (s.ok() && n != fill_ && ::ftruncate(fd_, static_cast<off_t>(total_)) != 0) s = IoError(Errno("truncating " + path_));
     fill_ = 0;
   }
@@ -137,10 +148,10 @@ Status SequentialFileWriter::Finish() {
 StatusOr<std::unique_ptr<RangeReader>> RangeReader::Open(const std::string& path) {
   std::unique_ptr<RangeReader> r(new RangeReader());
   r->path_ = path;
-  r->fd_ = ::open(path.c_str(), O_RDONLY | O_DIRECT);
-  r->direct_ = r->fd_ >= 0;
-  if (r->fd_ < 0 && errno == EINVAL) r->fd_ = ::open(path.c_str(), O_RDONLY);
+  bool direct = false;
+  r->fd_ = OpenMaybeDirect(path, O_RDONLY, &direct);
   if (r->fd_ < 0) return IoError(Errno("opening " + path));
+  r->direct_ = direct;
   return r;
 }
 
@@ -149,24 +160,17 @@ RangeReader::~RangeReader() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-Status RangeReader::ReadInto(Buffer& b, uint64_t offset, size_t n, const uint8_t** out) {
+Status RangeReader::ReadInto(DirectBuffer& b, uint64_t offset, size_t n, const uint8_t** out) {
   for (;;) {
     const bool direct = direct_;
     const uint64_t a0 = direct ? offset / kAlign * kAlign : offset;
     const size_t span = direct ? RoundUp(static_cast<size_t>(offset - a0) + n) : n;
-    if (span > b.cap || !b.p) {
-      b.cap = RoundUp(std::max(span, b.cap * 3 / 2));
-      b.p.reset(static_cast<uint8_t*>(std::aligned_alloc(kAlign, b.cap)));
-      if (!b.p) {
-        b.cap = 0;
-        return IoError("allocating a " + std::to_string(span) + "-byte read buffer for " + path_);
-      }
-    }
+    if (span > b.size()) b.Resize(RoundUp(std::max(span, b.size() * 3 / 2)));
     const size_t need = static_cast<size_t>(offset - a0) + n;  // the rest of span may lie past the end
     size_t got = 0;
     bool refused = false;
     while (got < need) {
-      const ssize_t r = ::pread(fd_, b.p.get() + got, span - got, static_cast<off_t>(a0 + got));
+      const ssize_t r = ::pread(fd_, b.data() + got, span - got, static_cast<off_t>(a0 + got));
       if (r < 0 && errno == EINTR) continue;
       if (r < 0 && errno == EINVAL && direct) {
         refused = true;
@@ -178,12 +182,10 @@ Status RangeReader::ReadInto(Buffer& b, uint64_t offset, size_t n, const uint8_t
       got += static_cast<size_t>(r);
     }
     if (!refused) {
-      *out = b.p.get() + (offset - a0);
+      *out = b.data() + (offset - a0);
       return Status::Ok();
     }
-    // Opened with O_DIRECT, but reads refuse it: read through the page cache from now on.
-    const int fl = ::fcntl(fd_, F_GETFL);
-    if (fl < 0 || ::fcntl(fd_, F_SETFL, fl & ~O_DIRECT) != 0) return IoError(Errno("reading " + path_));
+    if (!DropDirect(fd_)) return IoError(Errno("reading " + path_));  // reads refuse O_DIRECT
     direct_ = false;
   }
 }
@@ -193,7 +195,13 @@ void RangeReader::Prefetch(uint64_t offset, size_t n) {
   pf_offset_ = offset;
   pf_bytes_ = n;
   pf_out_ = nullptr;
-  prefetch_ = std::thread([this, offset, n] { pf_status_ = ReadInto(spare_, offset, n, &pf_out_); });
+  prefetch_ = std::thread([this, offset, n] {
+    try {
+      pf_status_ = ReadInto(spare_, offset, n, &pf_out_);
+    } catch (const std::bad_alloc&) {  // growing the buffer; reported by the Read that takes it
+      pf_status_ = IoError("out of memory for a " + std::to_string(n) + "-byte read of " + path_);
+    }
+  });
 }
 
 StatusOr<const uint8_t*> RangeReader::Read(uint64_t offset, size_t n) {

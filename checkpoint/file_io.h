@@ -9,15 +9,18 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 
+#include "core/buffer.h"
 #include "core/status.h"
 
 namespace ringtrain {
+
+// Buffers O_DIRECT can transfer: address (and, as used here, length) a multiple of 4 KiB.
+using DirectBuffer = AlignedBuffer<uint8_t, 4096>;
 
 // Sequential writer: the caller's bytes are copied into aligned staging buffers which a background
 // thread writes while the caller fills the next one.
@@ -41,9 +44,6 @@ class SequentialFileWriter {
 
  private:
   SequentialFileWriter() = default;
-  struct AlignedFree {
-    void operator()(uint8_t* p) const { std::free(p); }
-  };
   // Hands buf_[cur_] (fill_ bytes, padded to 4 KiB when direct) to the writer thread after the
   // previous write finished, then switches to the other buffer.
   Status Submit();
@@ -55,7 +55,7 @@ class SequentialFileWriter {
   int fd_ = -1;
   std::atomic<bool> direct_{false};  // cleared by the writer thread if a write refuses O_DIRECT
   size_t cap_ = 0;
-  std::unique_ptr<uint8_t, AlignedFree> buf_[2];
+  DirectBuffer buf_[2];
   int cur_ = 0;
   size_t fill_ = 0;
   uint64_t total_ = 0;
@@ -87,21 +87,14 @@ class RangeReader {
   bool direct() const { return direct_; }
 
  private:
-  struct AlignedFree {
-    void operator()(uint8_t* p) const { std::free(p); }
-  };
-  struct Buffer {
-    std::unique_ptr<uint8_t, AlignedFree> p;
-    size_t cap = 0;
-  };
   RangeReader() = default;
   // Reads the range into b; *out points at its first byte.
-  Status ReadInto(Buffer& b, uint64_t offset, size_t n, const uint8_t** out);
+  Status ReadInto(DirectBuffer& b, uint64_t offset, size_t n, const uint8_t** out);
 
   std::string path_;
   int fd_ = -1;
   std::atomic<bool> direct_{false};  // cleared if a read refuses O_DIRECT
-  Buffer cur_, spare_;               // cur_: what the last Read returned; spare_: the prefetch's
+  DirectBuffer cur_, spare_;        // cur_: what the last Read returned; spare_: the prefetch's
   std::thread prefetch_;
   uint64_t pf_offset_ = 0;
   size_t pf_bytes_ = 0;

@@ -38,7 +38,6 @@
 #include <fstream>
 #include <map>
 #include <memory>
-#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -49,6 +48,7 @@
 #include "cli/commands.h"
 #include "cluster/netns_cluster.h"
 #include "core/config.h"
+#include "parameter_server/auth.h"
 
 namespace ringtrain::cli {
 
@@ -91,29 +91,29 @@ StatusOr<std::vector<int>> IntList(const std::string& s, const char* what) {
   return out;
 }
 
-// "1gbit", "500mbit", "100kbit", "1e9" (bits/s); returns bits per second.
-StatusOr<double> ParseBandwidth(const std::string& s) {
+// A number with one of the units in `scale` (case-insensitive), times that unit's factor.
+StatusOr<double> ParseQuantity(const std::string& s, const std::map<std::string, double>& scale, bool zero_ok,
+                               const std::string& what, const char* expected) {
   char* end = nullptr;
   const double v = std::strtod(s.c_str(), &end);
   std::string unit(end);
   for (char& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  const std::map<std::string, double> scale = {{"", 1}, {"bit", 1}, {"kbit", 1e3}, {"mbit", 1e6}, {"gbit", 1e9}};
   auto it = scale.find(unit);
-  if (end == s.c_str() || it == scale.end() || !(v > 0))
-    return InvalidArgument("bandwidth '" + s + "': expected a number with kbit, mbit or gbit (e.g. 1gbit)");
+  if (end == s.c_str() || it == scale.end() || !(zero_ok ? v >= 0 : v > 0))
+    return InvalidArgument(what + " '" + s + "': expected " + expected);
   return v * it->second;
+}
+
+// "1gbit", "500mbit", "100kbit", "1e9" (bits/s); returns bits per second.
+StatusOr<double> ParseBandwidth(const std::string& s) {
+  return ParseQuantity(s, {{"", 1}, {"bit", 1}, {"kbit", 1e3}, {"mbit", 1e6}, {"gbit", 1e9}}, false, "bandwidth",
+                       "a number with kbit, mbit or gbit (e.g. 1gbit)");
 }
 
 // "0", "200us", "0.5ms", "1s"; returns seconds.
 StatusOr<double> ParseLatency(const std::string& s) {
-  char* end = nullptr;
-  const double v = std::strtod(s.c_str(), &end);
-  const std::string unit(end);
-  const std::map<std::string, double> scale = {{"", 1}, {"s", 1}, {"ms", 1e-3}, {"us", 1e-6}};
-  auto it = scale.find(unit);
-  if (end == s.c_str() || it == scale.end() || !(v >= 0))
-    return InvalidArgument("latency '" + s + "': expected a number with s, ms or us (e.g. 0.1ms)");
-  return v * it->second;
+  return ParseQuantity(s, {{"", 1}, {"s", 1}, {"ms", 1e-3}, {"us", 1e-6}}, true, "latency",
+                       "a number with s, ms or us (e.g. 0.1ms)");
 }
 
 struct Link {
@@ -155,8 +155,7 @@ struct Result {
   // Measured (bench train, averaged over ranks; the step time is the slowest rank's).
   double step_ms = 0, items_per_s = 0, comm_ms = 0, exposed_ms = 0, hidden_ms = 0, bytes_sent = 0;
   double transfer_ms = NAN;  // communication after the slowest worker's backward (shared clock)
-  double num_params = 0;
-  double dp_bytes = 0;        // gradient bytes a rank all-reduces per step (its arena)
+  double grad_bytes = 0;      // the gradient a rank syncs per step (its arena under TP)
   int tp = 1;                 // tensor-parallel degree
   double tp_payload = 0;      // closed-form TP all-reduce payload per rank per step
   double tp_bytes = 0;        // measured TP all-reduce payload per rank per step
@@ -173,7 +172,6 @@ struct Proc {
   std::string log;
   bool server = false;
   bool done = false;
-  int status = 0;
 };
 
 std::string SelfExe() {
@@ -235,7 +233,8 @@ void KillAll(std::vector<Proc>& procs, int sig) {
 void Reap(std::vector<Proc>& procs) {
   for (auto& p : procs) {
     if (p.done || p.pid <= 0) continue;
-    while (::waitpid(p.pid, &p.status, 0) < 0 && errno == EINTR) {
+    int status = 0;
+    while (::waitpid(p.pid, &status, 0) < 0 && errno == EINTR) {
     }
     p.done = true;
   }
@@ -257,7 +256,6 @@ Status Supervise(std::vector<Proc>& procs, const Point& pt, double timeout_s) {
       const pid_t r = ::waitpid(p.pid, &st, WNOHANG);
       if (r == p.pid) {
         p.done = true;
-        p.status = st;
         const bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;
         if (!ok || p.server) {
           KillAll(procs, SIGKILL);
@@ -309,9 +307,11 @@ StatusOr<Result> ParseResult(const Point& pt, const std::string& log) {
   r.hidden_ms = j.value("hidden_comm_ms_per_step", 0.0);
   r.bytes_sent = j.value("bytes_sent_per_step", 0.0);
   if (j.contains("transfer_ms_per_step") && j["transfer_ms_per_step"].is_number()) r.transfer_ms = j["transfer_ms_per_step"].get<double>();
-  r.num_params = j.value("num_params", 0.0);
-  r.dp_bytes = j.value("dp_allreduce_bytes_per_step", 0.0);
   r.tp = j.value("tensor_parallel", 1);
+  // Under TP a rank holds a slice of the model: its arena, as the DP all-reduce reports it (with
+  // one replica there is no DP all-reduce, and the model uses no gradient bytes).
+  const double dp_bytes = j.value("dp_allreduce_bytes_per_step", 0.0);
+  r.grad_bytes = r.tp > 1 && dp_bytes > 0 ? dp_bytes : 4 * j.value("num_params", 0.0);
   r.tp_payload = j.value("tp_closed_form_blocks_bytes", 0.0) + j.value("tp_closed_form_embedding_output_ce_bytes", 0.0);
   r.tp_bytes = j.value("tp_allreduce_bytes_per_step", 0.0);
   return r;
@@ -360,7 +360,7 @@ Status WriteCsv(const std::string& path, const std::vector<Result>& rs) {
     f << r.p.workers << ',' << r.p.sync << ',' << r.p.servers << ',' << Fmt(r.step_ms) << ',' << Fmt(r.items_per_s, 1) << ','
       << r.unit << ',' << Fmt(r.efficiency, 4) << ',' << Fmt(r.step_ms - r.exposed_ms) << ',' << Fmt(r.comm_ms) << ','
       << Fmt(r.exposed_ms) << ',' << Fmt(r.hidden_ms) << ',' << Fmt(r.transfer_ms) << ',' << Fmt(r.bytes_sent, 0) << ','
-      << Fmt(r.tp > 1 && r.dp_bytes > 0 ? r.dp_bytes : r.num_params * 4, 0) << ',' << r.tp << ',' << Fmt(r.tp_bytes, 0) << ','
+      << Fmt(r.grad_bytes, 0) << ',' << r.tp << ',' << Fmt(r.tp_bytes, 0) << ','
       << Fmt(r.pred_tp_ms) << ',' << Fmt(r.pred_comm_ms) << ',' << Fmt(r.pred_step_ms) << ',' << Fmt(ratio, 3) << '\n';
   }
   f.close();
@@ -393,7 +393,7 @@ Status WritePlots(const std::string& dir, const std::vector<Result>& rs, bool mo
     for (const auto& s : series)
       for (const auto& r : rs)
         if (r.Series() == s)
-          f << '"' << r.p.workers << (s == "ring" ? " ring" : " ps" + s.substr(2)) << "\" " << Fmt(r.step_ms - r.exposed_ms)
+          f << '"' << r.p.workers << ' ' << s << "\" " << Fmt(r.step_ms - r.exposed_ms)
             << ' ' << Fmt(r.exposed_ms) << '\n';
   }
   const std::string unit = rs.empty() ? "tokens" : rs.front().unit;
@@ -514,15 +514,13 @@ Status RunScaling(const ScalingArgs& a) {
     RT_ASSIGN_OR_RETURN(cluster, NetnsCluster::Create(prefix, max_workers + max_servers, emu.bps));
   }
   const std::string exe = SelfExe();
-  std::string token;
-  {
-    std::random_device rd;
-    char b[9];
-    for (int i = 0; i < 4; ++i) {
-      std::snprintf(b, sizeof b, "%08x", rd());
-      token += b;
-    }
-  }
+  const std::string token = ps::RandomTokenHex();  // servers and workers of every point share it
+  // What every point's `bench train` gets; points add their sync mode and transport.
+  std::vector<std::string> train_common = {"bench", "train", "--steps", std::to_string(a.steps), "--warmup",
+                                           std::to_string(a.warmup), "--json"};
+  if (!a.config.empty()) train_common.insert(train_common.end(), {"--config", fs::absolute(a.config).string()});
+  if (a.barrier) train_common.insert(train_common.end(), {"--barrier-before-sync", "--set", "dist.overlap=false"});
+  for (const auto& kv : a.sets) train_common.insert(train_common.end(), {"--set", kv});
   std::vector<Result> results;
   const int base_port = 20000 + static_cast<int>(::getpid() % 20000);
   for (size_t i = 0; i < points.size(); ++i) {
@@ -532,11 +530,20 @@ Status RunScaling(const ScalingArgs& a) {
     auto addr_of = [&](int node) { return cluster ? cluster->nodes()[static_cast<size_t>(node)].addr : std::string("127.0.0.1"); };
     auto where = [&](int node) { return cluster ? " (namespace " + cluster->nodes()[static_cast<size_t>(node)].ns + ")" : std::string(); };
     auto wrap = [&](int node, std::vector<std::string> argv) { return cluster ? cluster->Wrap(node, argv) : argv; };
+    // Starts p (its label and log set); when that fails, stops what this point started.
+    auto start = [&](Proc p, const std::vector<std::string>& argv, const std::vector<std::string>& env) -> Status {
+      auto pid = Spawn(argv, env, p.log);
+      if (!pid.ok()) {
+        KillAll(procs, SIGKILL);
+        Reap(procs);
+        return pid.status();
+      }
+      p.pid = *pid;
+      procs.push_back(std::move(p));
+      return Status::Ok();
+    };
     std::string ps_hosts;
-    std::vector<std::string> train = {"bench", "train", "--steps", std::to_string(a.steps), "--warmup", std::to_string(a.warmup), "--json"};
-    if (!a.config.empty()) train.insert(train.end(), {"--config", fs::absolute(a.config).string()});
-    if (a.barrier) train.insert(train.end(), {"--barrier-before-sync", "--set", "dist.overlap=false"});
-    for (const auto& kv : a.sets) train.insert(train.end(), {"--set", kv});
+    std::vector<std::string> train = train_common;
     if (pt.sync == "ps") {
       train.insert(train.end(), {"--set", "sync.mode=ps"});
       for (int j = 0; j < pt.servers; ++j) {
@@ -546,15 +553,9 @@ Status RunScaling(const ScalingArgs& a) {
         p.server = true;
         p.label = "ps " + std::to_string(j) + where(max_workers + j);
         p.log = out + "/logs/" + pt.Tag() + "-ps" + std::to_string(j) + ".log";
-        auto pid = Spawn(wrap(max_workers + j, {exe, "ps", "--listen", hp, "--shard", std::to_string(j) + "/" + std::to_string(pt.servers)}),
-                         {"RINGTRAIN_TOKEN=" + token}, p.log);
-        if (!pid.ok()) {
-          KillAll(procs, SIGKILL);
-          Reap(procs);
-          return pid.status();
-        }
-        p.pid = *pid;
-        procs.push_back(p);
+        RT_RETURN_IF_ERROR(start(p, wrap(max_workers + j, {exe, "ps", "--listen", hp, "--shard",
+                                                            std::to_string(j) + "/" + std::to_string(pt.servers)}),
+                                 {"RINGTRAIN_TOKEN=" + token}));
       }
     }
     // Between namespaces: TCP, on the node's own interface (also the PS workers' world, which
@@ -574,14 +575,7 @@ Status RunScaling(const ScalingArgs& a) {
         Proc p;
         p.label = "rank " + std::to_string(r) + where(r);
         p.log = out + "/logs/" + pt.Tag() + "-rank" + std::to_string(r) + ".log";
-        auto pid = Spawn(wrap(r, argv), env, p.log);
-        if (!pid.ok()) {
-          KillAll(procs, SIGKILL);
-          Reap(procs);
-          return pid.status();
-        }
-        p.pid = *pid;
-        procs.push_back(p);
+        RT_RETURN_IF_ERROR(start(p, wrap(r, argv), env));
       }
     } else {
       // Threads per rank are the job's business here (threads=N in --set, or the launcher's binding).
@@ -592,8 +586,7 @@ Status RunScaling(const ScalingArgs& a) {
       Proc p;
       p.label = a.launcher + " job";
       p.log = out + "/logs/" + pt.Tag() + ".log";
-      RT_ASSIGN_OR_RETURN(p.pid, Spawn(argv, {}, p.log));
-      procs.push_back(p);
+      RT_RETURN_IF_ERROR(start(p, argv, {}));
     }
     std::printf("point %zu/%zu: %s ...", i + 1, points.size(), pt.Label().c_str());
     std::fflush(stdout);
@@ -610,7 +603,7 @@ Status RunScaling(const ScalingArgs& a) {
         break;
       }
     RT_ASSIGN_OR_RETURN(Result r, ParseResult(pt, rank0));
-    r.pred_comm_ms = link.known ? PredictedCommMs(pt, tp, tp > 1 && r.dp_bytes > 0 ? r.dp_bytes : r.num_params * 4, link) : NAN;
+    r.pred_comm_ms = link.known ? PredictedCommMs(pt, tp, r.grad_bytes, link) : NAN;
     r.pred_tp_ms = PredictedTpMs(tp, r.tp_payload, layers, accum, link);
     std::printf(" %.1f ms/step, %.0f %s/s, communication %.1f ms/step (exposed %.1f, after the slowest backward %s)%s\n",
                 r.step_ms, r.items_per_s, r.unit.c_str(), r.comm_ms, r.exposed_ms, Fmt(r.transfer_ms, 1).c_str(),
@@ -618,10 +611,7 @@ Status RunScaling(const ScalingArgs& a) {
     std::fflush(stdout);
     results.push_back(r);
   }
-  if (cluster) {
-    cluster->Teardown();
-    cluster.reset();
-  }
+  cluster.reset();  // tears the namespaces down before the plots are drawn
   // Derived figures against the one-replica point. The model's compute is that point's step time
   // less its predicted tensor-parallel communication (none without TP).
   const Result* base = nullptr;

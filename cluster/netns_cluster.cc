@@ -137,16 +137,4 @@ void NetnsCluster::Teardown() {
   nodes_.clear();
 }
 
-std::vector<std::string> NetnsCluster::Existing(const std::string& prefix) {
-  std::vector<std::string> out;
-  auto list = RunTool({"ip", "netns", "list"});
-  if (!list.ok()) return out;
-  std::istringstream in(*list);
-  for (std::string line; std::getline(in, line);) {
-    const std::string name = line.substr(0, line.find(' '));
-    if (!name.empty() && name.rfind(prefix, 0) == 0) out.push_back(name);
-  }
-  return out;
-}
-
 }  // namespace ringtrain

@@ -39,8 +39,6 @@ class NetnsCluster {
   std::vector<std::string> Wrap(int node, const std::vector<std::string>& argv) const;
   // Kills every process in the namespaces and deletes them. Idempotent.
   void Teardown();
-  // Namespaces whose names start with prefix (what a crashed run would have left).
-  static std::vector<std::string> Existing(const std::string& prefix);
 
  private:
   NetnsCluster() = default;

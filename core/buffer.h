@@ -1,5 +1,6 @@
-// 64-byte aligned, zero-initialised owning buffer. Used for the parameter arena, gradients,
-// optimizer state and activation arenas (one allocation each, planned up front).
+// Aligned (64 bytes unless asked otherwise), zero-initialised owning buffer. Used for the parameter
+// arena, gradients, optimizer state and activation arenas (one allocation each, planned up front),
+// and with 4 KiB alignment for O_DIRECT file transfers.
 #pragma once
 
 #include <cstddef>
@@ -10,7 +11,7 @@
 
 namespace ringtrain {
 
-template <typename T>
+template <typename T, size_t Align = 64>
 class AlignedBuffer {
  public:
   AlignedBuffer() = default;
@@ -37,8 +38,8 @@ class AlignedBuffer {
     data_ = nullptr;
     size_ = n;
     if (n == 0) return;
-    size_t bytes = (n * sizeof(T) + 63) / 64 * 64;
-    data_ = static_cast<T*>(std::aligned_alloc(64, bytes));
+    size_t bytes = (n * sizeof(T) + Align - 1) / Align * Align;
+    data_ = static_cast<T*>(std::aligned_alloc(Align, bytes));
     if (!data_) throw std::bad_alloc();
     std::memset(static_cast<void*>(data_), 0, bytes);
   }

@@ -1,7 +1,6 @@
 #include "worker/grad_sync.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 
 #include "models/optim.h"
@@ -110,9 +109,9 @@ Status AllReduceSync::Finish() {
   Status first;
   if (!opts_.overlap && !opts_.zero1) {
     // Plain: one all-reduce of the whole arena after backward.
-    const auto t0 = std::chrono::steady_clock::now();
-    first = comm_->AllReduce(a_.grads.data(), static_cast<int64_t>(a_.layout.total()), DataType::kF32, ReduceOp::kAvg);
-    plain_busy_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    // (Through the async path, so the communicator's busy time counts it like the buckets.)
+    first = comm_->IAllReduce(a_.grads.data(), static_cast<int64_t>(a_.layout.total()), DataType::kF32, ReduceOp::kAvg)
+                .Wait();
   } else {
     // Buckets backward did not complete (and every bucket without overlap), last first, as
     // backward would have: every rank launches in the same order.

@@ -86,8 +86,8 @@ class AllReduceSync final : public GradientSync {
   void OnGradReady(size_t begin, size_t end) override;
   Status Finish() override;
   const Ranges& Owned() const override { return owned_; }
-  double CommBusySeconds() const override { return comm_->async_busy_s() + plain_busy_s_; }
-StatusOr<double> GradSumSquares() override;
+  double CommBusySeconds() const override { return comm_->async_busy_s(); }
+  StatusOr<double> GradSumSquares() override;
   Status AfterUpdate() override;
   size_t num_buckets() const { return buckets_.size(); }
 
@@ -113,7 +113,6 @@ StatusOr<double> GradSumSquares() override;
   std::vector<size_t> span_prefix_;
   Ranges owned_;
   std::vector<float> stage_, stage_out_;  // ZeRO-1 staging for the one bucket that needs it
-  double plain_busy_s_ = 0;               // the blocking all-reduce without overlap
 };
 
 // Builds the engine the config asks for (dist.* keys): NoSync without a communicator or on a group

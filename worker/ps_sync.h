@@ -46,7 +46,6 @@ class ParameterServerSync final : public GradientSync {
   ps::PsClient& client() { return *client_; }
   double CommBusySeconds() const override { return busy_s_; }
 
-
  private:
   void Flush();  // pushes the bucket being gathered
 

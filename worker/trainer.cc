@@ -420,19 +420,18 @@ StatusOr<double> Trainer::Step(int64_t step) {
   RT_RETURN_IF_ERROR(sync_->AfterUpdate().WithContext(where));
   last_tp_bytes_ = task_->TakeTpBytes();
   last_dp_bytes_ = dp_ > 1 ? task_->arena().layout.total() * sizeof(float) : 0;
-  if (ps_) {
-    const uint64_t moved = ps_->client().bytes_pushed() + ps_->client().bytes_pulled();
-    last_dp_bytes_ = moved - ps_bytes_seen_;
-    ps_bytes_seen_ = moved;
-  }
-  const double busy = sync_->CommBusySeconds();
-  last_comm_busy_s_ = busy - comm_busy_seen_s_;
-  comm_busy_seen_s_ = busy;
+  // This step's share of running totals.
+  auto since = [](auto now, auto* seen) {
+    const auto d = now - *seen;
+    *seen = now;
+    return d;
+  };
+  if (ps_) last_dp_bytes_ = since(ps_->client().bytes_pushed() + ps_->client().bytes_pulled(), &ps_bytes_seen_);
+  last_comm_busy_s_ = since(sync_->CommBusySeconds(), &comm_busy_seen_s_);
   // Everything this rank's transport sent for collectives (gradient sync, tensor parallelism, the
   // loss average), plus what it pushed to parameter servers.
-  const uint64_t sent = (opts_.comm ? opts_.comm->transport_bytes_sent() : 0) + (ps_ ? ps_->client().bytes_pushed() : 0);
-  last_bytes_sent_ = sent - bytes_sent_seen_;
-  bytes_sent_seen_ = sent;
+  last_bytes_sent_ = since((opts_.comm ? opts_.comm->transport_bytes_sent() : 0) + (ps_ ? ps_->client().bytes_pushed() : 0),
+                           &bytes_sent_seen_);
   if (tp_ > 1) last_tp_bytes_ += sizeof(double);  // the gradient norm
   if (tp_ > 1 && dp_ > 2) {
     // Replicated parameters (LayerNorms, position embedding, row-parallel biases) get the same

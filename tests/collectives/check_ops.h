@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "collectives/communicator.h"
+#include "tests/util/run_ranks.h"  // Via
 
 namespace ringtrain::testing {
 
@@ -139,8 +140,6 @@ inline Status RunAndCheck(Communicator& comm, Op op, int64_t count) {
     default: return Internal("unhandled op");
   }
 }
-
-enum class Via { kLocal, kTcp, kShm };  // the transport a case runs on
 
 struct Case {
   Op op;

@@ -38,9 +38,7 @@ TEST_P(Collective, ExactOnEveryRankForEveryCount) {
     if (count < 0) continue;
     SCOPED_TRACE("count " + std::to_string(count));
     auto fn = [&](Communicator& comm) { return RunAndCheck(comm, c.op, count); };
-    auto st = c.via == testing::Via::kTcp   ? testing::RunTcpRanks(c.n, fn, opts)
-              : c.via == testing::Via::kShm ? testing::RunShmRanks(c.n, fn, opts)
-                                            : RunRanks(c.n, fn, opts);
+    auto st = testing::RunVia(c.via, c.n, fn, opts);
     for (int r = 0; r < c.n; ++r) ASSERT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r].message();
   }
 }

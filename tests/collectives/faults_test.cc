@@ -63,19 +63,13 @@ TEST_P(CollectiveSplit, SubGroupsBehaveLikeWorlds) {
     if ((r == 0) != (none == nullptr)) return Internal("negative color should give no communicator");
     return Status::Ok();
   };
-  auto st = GetParam() == testing::Via::kTcp   ? testing::RunTcpRanks(n, fn)
-            : GetParam() == testing::Via::kShm ? testing::RunShmRanks(n, fn)
-                                               : RunRanks(n, fn);
+  auto st = testing::RunVia(GetParam(), n, fn);
   for (int r = 0; r < n; ++r) EXPECT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r].message();
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, CollectiveSplit,
                          ::testing::Values(testing::Via::kLocal, testing::Via::kTcp, testing::Via::kShm),
-                         [](const auto& info) {
-                           return std::string(info.param == testing::Via::kTcp   ? "Tcp"
-                                              : info.param == testing::Via::kShm ? "Shm"
-                                                                                 : "Local");
-                         });
+                         [](const auto& info) { return std::string(testing::ViaName(info.param)); });
 
 // Two threads of each rank use two communicators of the same transport at once (the trainer's
 // gradient sync next to its asynchronous checkpoint writer): frames of one context arriving while
@@ -114,19 +108,13 @@ TEST_P(CollectiveConcurrent, TwoThreadsOnTwoCommunicatorsNeverLoseFrames) {
     RT_RETURN_IF_ERROR(main);
     return side;
   };
-  auto st = GetParam() == testing::Via::kTcp   ? testing::RunTcpRanks(n, fn, opts)
-            : GetParam() == testing::Via::kShm ? testing::RunShmRanks(n, fn, opts)
-                                               : RunRanks(n, fn, opts);
+  auto st = testing::RunVia(GetParam(), n, fn, opts);
   for (int r = 0; r < n; ++r) EXPECT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r].message();
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, CollectiveConcurrent,
                          ::testing::Values(testing::Via::kLocal, testing::Via::kTcp, testing::Via::kShm),
-                         [](const auto& info) {
-                           return std::string(info.param == testing::Via::kTcp   ? "Tcp"
-                                              : info.param == testing::Via::kShm ? "Shm"
-                                                                                 : "Local");
-                         });
+                         [](const auto& info) { return std::string(testing::ViaName(info.param)); });
 
 TEST(CollectiveTypes, Int64Bf16Fp16AndDouble) {
   for (int n : {2, 3, 4}) {

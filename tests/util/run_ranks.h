@@ -117,4 +117,17 @@ inline std::vector<Status> RunShmRanks(int n, const std::function<Status(coll::C
   return RunShmRanksWith(n, [&](coll::Communicator& c, coll::ShmTransport&) { return fn(c); }, opts, ring_bytes);
 }
 
+enum class Via { kLocal, kTcp, kShm };  // the transport a test's ranks run on
+
+// fn on n ranks (one thread each) over that transport: in process, TCP on loopback, shared memory.
+inline std::vector<Status> RunVia(Via via, int n, const std::function<Status(coll::Communicator&)>& fn,
+                                  coll::CommOptions opts = {}) {
+  if (via == Via::kTcp) return RunTcpRanks(n, fn, opts);
+  if (via == Via::kShm) return RunShmRanks(n, fn, opts);
+  return RunRanks(n, fn, opts);
+}
+
+// Test-name suffix of a transport parameter.
+inline const char* ViaName(Via v) { return v == Via::kTcp ? "Tcp" : v == Via::kShm ? "Shm" : "Local"; }
+
 }  // namespace ringtrain::testing
