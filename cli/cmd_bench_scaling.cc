@@ -11,8 +11,11 @@
 //   --emulate BW,LAT an emulated cluster: every worker and server in a network namespace of its
 //                    own on a bridge, each link shaped to BW with tc tbf, TCP between them. tc netem
 //                    is not available here, so LAT is not added to the links; it enters the model.
-//   --launcher mpirun|srun  one mpirun / srun job per point on a real cluster (ring points; the
-//                    parameter-server points need servers and run only locally or emulated).
+//   --launcher mpirun|srun  one mpirun / srun job per point on a real cluster; a parameter-server
+//                    point first starts each server as a one-task job of its own on a host of
+//                    --ps-nodes (default: this host), reached by that host's name, then the
+//                    workers' job with sync.ps_hosts pointing at them (srun steps of the servers
+//                    use --overlap, so an allocation of exactly the workers' tasks suffices).
 // The model: predicted step = compute time (measured at 1 worker) + communication, with
 //   ring  2(n-1)/n * M/B + 2(n-1) * alpha,
 //   ps    per direction max(M/B, n*M/(k*B)) + alpha, push then pull,
@@ -65,6 +68,7 @@ struct ScalingArgs {
   std::string emulate;  // "BW,LAT"
   std::string model;    // "BW,LAT" for the model only
   std::string launcher = "local";
+  std::string ps_nodes;  // hosts of the servers under mpirun/srun (default: this host)
   std::string out = "scaling";
   bool barrier = false;
   int steps = 6;
@@ -245,6 +249,16 @@ std::string Why(int status) {
                            : "was killed by signal " + std::to_string(WTERMSIG(status));
 }
 
+// argv as a one-task job on `host` through the cluster's launcher. An srun step of a server
+// overlaps the other steps, so the workers' step still finds its CPUs in the allocation.
+std::vector<std::string> OneTaskOn(const std::string& launcher, const std::string& host, const std::vector<std::string>& argv) {
+  std::vector<std::string> out =
+      launcher == "mpirun" ? std::vector<std::string>{"mpirun", "-x", "RINGTRAIN_TOKEN", "-np", "1", "--host", host}
+                           : std::vector<std::string>{"srun", "-n", "1", "-N", "1", "-w", host, "--overlap"};
+  out.insert(out.end(), argv.begin(), argv.end());
+  return out;
+}
+
 // Waits for the workers of a point; stops the servers once every worker succeeded.
 Status Supervise(std::vector<Proc>& procs, const Point& pt, double timeout_s) {
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
@@ -282,7 +296,20 @@ Status Supervise(std::vector<Proc>& procs, const Point& pt, double timeout_s) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  KillAll(procs, SIGTERM);  // the servers
+  // The servers: SIGTERM (a launcher forwards it to its task), SIGKILL after 10 s.
+  KillAll(procs, SIGTERM);
+  const auto grace = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (bool left = true; left && std::chrono::steady_clock::now() < grace;) {
+    left = false;
+    for (auto& p : procs) {
+      if (p.done || p.pid <= 0) continue;
+      int st = 0;
+      if (::waitpid(p.pid, &st, WNOHANG) == p.pid) p.done = true;
+      else left = true;
+    }
+    if (left) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  KillAll(procs, SIGKILL);
   Reap(procs);
   return Status::Ok();
 }
@@ -459,8 +486,22 @@ Status RunScaling(const ScalingArgs& a) {
   if (a.launcher != "local" && a.launcher != "mpirun" && a.launcher != "srun")
     return InvalidArgument("--launcher must be local, mpirun or srun, not '" + a.launcher + "'");
   if (!a.emulate.empty() && a.launcher != "local") return InvalidArgument("--emulate runs everything on this host: it needs --launcher local");
-  if (ps && a.launcher != "local")
-    return InvalidArgument("parameter-server points need --launcher local (or --emulate): an mpirun/srun job has no servers");
+  if (!a.ps_nodes.empty() && a.launcher == "local")
+    return InvalidArgument("--ps-nodes places servers of an mpirun/srun run: it needs --launcher mpirun or srun");
+  std::vector<std::string> ps_nodes;
+  if (a.launcher != "local" && ps) {
+    std::stringstream in(a.ps_nodes);
+    for (std::string h; std::getline(in, h, ',');) {
+      if (h.empty() || h.find_first_of(" \t:") != std::string::npos)
+        return InvalidArgument("--ps-nodes: '" + h + "' is not a host name");
+      ps_nodes.push_back(h);
+    }
+    if (ps_nodes.empty()) {
+      char host[256] = {};
+      if (::gethostname(host, sizeof host - 1) != 0) return IoError("gethostname failed; name the servers' hosts with --ps-nodes");
+      ps_nodes.push_back(host);
+    }
+  }
   if (a.steps < 1 || a.warmup < 0) return InvalidArgument("--steps must be at least 1 and --warmup at least 0");
   RT_ASSIGN_OR_RETURN(Link emu, ParseLink(a.emulate, "--emulate"));
   RT_ASSIGN_OR_RETURN(Link mod, ParseLink(a.model, "--model"));
@@ -547,16 +588,24 @@ Status RunScaling(const ScalingArgs& a) {
     if (pt.sync == "ps") {
       train.insert(train.end(), {"--set", "sync.mode=ps"});
       for (int j = 0; j < pt.servers; ++j) {
-        const std::string hp = addr_of(max_workers + j) + ":" + std::to_string(port + 1 + j);
+        const bool remote = a.launcher != "local";
+        const std::string host = remote ? ps_nodes[static_cast<size_t>(j) % ps_nodes.size()] : addr_of(max_workers + j);
+        const std::string hp = host + ":" + std::to_string(port + 1 + j);
         ps_hosts.append(ps_hosts.empty() ? "" : ",").append(hp);
         Proc p;
         p.server = true;
-        p.label = "ps " + std::to_string(j) + where(max_workers + j);
+        p.label = "ps " + std::to_string(j) + (remote ? " on " + host : where(max_workers + j));
         p.log = out + "/logs/" + pt.Tag() + "-ps" + std::to_string(j) + ".log";
-        RT_RETURN_IF_ERROR(start(p, wrap(max_workers + j, {exe, "ps", "--listen", hp, "--shard",
-                                                            std::to_string(j) + "/" + std::to_string(pt.servers)}),
+        // On a cluster host the server listens on every interface (workers reach it by the host's
+        // name; the token keeps strangers out).
+        const std::string listen = remote ? "0.0.0.0:" + std::to_string(port + 1 + j) : hp;
+        const std::vector<std::string> serve = {exe, "ps", "--listen", listen, "--shard",
+                                                std::to_string(j) + "/" + std::to_string(pt.servers)};
+        RT_RETURN_IF_ERROR(start(p, remote ? OneTaskOn(a.launcher, host, serve) : wrap(max_workers + j, serve),
                                  {"RINGTRAIN_TOKEN=" + token}));
       }
+      // The workers' job gets the servers by config (a launcher does not forward RINGTRAIN_PS_HOSTS).
+      if (a.launcher != "local") train.insert(train.end(), {"--set", "sync.ps_hosts=" + ps_hosts});
     }
     // Between namespaces: TCP, on the node's own interface (also the PS workers' world, which
     // averages the loss).
@@ -579,14 +628,17 @@ Status RunScaling(const ScalingArgs& a) {
       }
     } else {
       // Threads per rank are the job's business here (threads=N in --set, or the launcher's binding).
+      // The token reaches the ranks through the launcher (mpirun forwards only what -x names; srun
+      // exports the whole environment).
       std::vector<std::string> argv = a.launcher == "mpirun"
-                                          ? std::vector<std::string>{"mpirun", "-np", std::to_string(pt.workers), exe}
+                                          ? std::vector<std::string>{"mpirun", "-x", "RINGTRAIN_TOKEN", "-np",
+                                                                     std::to_string(pt.workers), exe}
                                           : std::vector<std::string>{"srun", "-n", std::to_string(pt.workers), exe};
       argv.insert(argv.end(), train.begin(), train.end());
       Proc p;
       p.label = a.launcher + " job";
       p.log = out + "/logs/" + pt.Tag() + ".log";
-      RT_RETURN_IF_ERROR(start(p, argv, {}));
+      RT_RETURN_IF_ERROR(start(p, argv, {"RINGTRAIN_TOKEN=" + token}));
     }
     std::printf("point %zu/%zu: %s ...", i + 1, points.size(), pt.Label().c_str());
     std::fflush(stdout);
@@ -606,7 +658,8 @@ Status RunScaling(const ScalingArgs& a) {
     r.pred_comm_ms = link.known ? PredictedCommMs(pt, tp, r.grad_bytes, link) : NAN;
     r.pred_tp_ms = PredictedTpMs(tp, r.tp_payload, layers, accum, link);
     std::printf(" %.1f ms/step, %.0f %s/s, communication %.1f ms/step (exposed %.1f, after the slowest backward %s)%s\n",
-                r.step_ms, r.items_per_s, r.unit.c_str(), r.comm_ms, r.exposed_ms, Fmt(r.transfer_ms, 1).c_str(),
+                r.step_ms, r.items_per_s, r.unit.c_str(), r.comm_ms, r.exposed_ms,
+                std::isfinite(r.transfer_ms) ? Fmt(r.transfer_ms, 1).c_str() : "n/a",
                 std::isfinite(r.pred_comm_ms) && r.pred_comm_ms > 0 ? (", model " + Fmt(r.pred_comm_ms, 1) + " ms").c_str() : "");
     std::fflush(stdout);
     results.push_back(r);
@@ -653,7 +706,10 @@ void AddBenchScaling(CLI::App* bench, Action& action) {
                 "BANDWIDTH[,LATENCY]: run every worker and server in a network namespace of its own, links shaped to "
                 "BANDWIDTH (e.g. 1gbit,0.1ms); needs root (CAP_NET_ADMIN)");
   c->add_option("--model", a->model, "BANDWIDTH[,LATENCY] for the alpha-beta model when not emulating (a real cluster)");
-  c->add_option("--launcher", a->launcher, "local (default), mpirun or srun (one job per point, ring points)");
+  c->add_option("--launcher", a->launcher, "local (default), mpirun or srun (one job per point)");
+  c->add_option("--ps-nodes", a->ps_nodes,
+                "with --launcher mpirun|srun: hosts for the parameter servers, comma-separated, used in turn "
+                "(default: this host)");
   c->add_option("--steps", a->steps, "timed steps per point (default 6)");
   c->add_flag("--barrier", a->barrier,
               "communication in isolation, to check the model: no overlap with backward, and every worker "

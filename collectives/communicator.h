@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "collectives/group.h"
 #include "collectives/link.h"
 #include "collectives/transport.h"
 #include "collectives/types.h"
@@ -40,30 +41,16 @@ struct CommOptions {
   size_t segment_bytes = 1 << 20;          // ring: largest single message
 };
 
-// Handle of an asynchronous call.
-class Work {
- public:
-  Work() = default;
-  // Blocks until the call has finished; returns its status (the same on every call of Wait).
-  Status Wait();
-  bool valid() const { return f_.valid(); }
-
- private:
-  friend class Communicator;
-  explicit Work(std::shared_future<Status> f) : f_(std::move(f)) {}
-  std::shared_future<Status> f_;
-};
-
-class Communicator {
+class Communicator final : public CollectiveGroup {
  public:
   // The world communicator over a transport (ranks = transport ranks).
   Communicator(std::shared_ptr<Transport> t, CommOptions opts = {});
-  ~Communicator();
+  ~Communicator() override;
   Communicator(const Communicator&) = delete;
   Communicator& operator=(const Communicator&) = delete;
 
-  int rank() const { return rank_; }
-  int size() const { return static_cast<int>(members_.size()); }
+  int rank() const override { return rank_; }
+  int size() const override { return static_cast<int>(members_.size()); }
   const std::string& name() const { return name_; }
   const char* transport_kind() const { return t_->kind(); }
   // Payload bytes this rank's transport sent for collectives so far (all communicators on it).
@@ -79,27 +66,27 @@ class Communicator {
 
   // In place: every rank ends with the reduction of all ranks' data. kAvg divides the sum by size
   // (integer division for integer types). bf16/fp16 are summed in fp32.
-  Status AllReduce(void* data, int64_t count, DataType t, ReduceOp op);
+  Status AllReduce(void* data, int64_t count, DataType t, ReduceOp op) override;
   // in: size*count_per_rank elements; out: this rank's block (count_per_rank) of the reduction.
-  Status ReduceScatter(const void* in, void* out, int64_t count_per_rank, DataType t, ReduceOp op);
+  Status ReduceScatter(const void* in, void* out, int64_t count_per_rank, DataType t, ReduceOp op) override;
   // in: count_per_rank elements; out: size*count_per_rank, rank r's block at r*count_per_rank.
-  Status AllGather(const void* in, void* out, int64_t count_per_rank, DataType t);
-  Status Broadcast(void* data, int64_t count, DataType t, int root);
+  Status AllGather(const void* in, void* out, int64_t count_per_rank, DataType t) override;
+  Status Broadcast(void* data, int64_t count, DataType t, int root) override;
   // The reduction lands in data on root; other ranks' data is left unchanged.
-  Status Reduce(void* data, int64_t count, DataType t, ReduceOp op, int root);
-  Status Barrier();
+  Status Reduce(void* data, int64_t count, DataType t, ReduceOp op, int root) override;
+  Status Barrier() override;
   // Point-to-point on a channel of their own (never confused with collective traffic).
-  Status Send(const void* data, int64_t count, DataType t, int peer);
-  Status Recv(void* data, int64_t count, DataType t, int peer);
+  Status Send(const void* data, int64_t count, DataType t, int peer) override;
+  Status Recv(void* data, int64_t count, DataType t, int peer) override;
 
   // Sub-group of the ranks that pass the same color, ordered by (key, rank). A negative color
   // takes no part and gets nullptr. Collective over this communicator.
   StatusOr<std::unique_ptr<Communicator>> Split(int color, int key);
 
-  Work IAllReduce(void* data, int64_t count, DataType t, ReduceOp op);
-  Work IReduceScatter(const void* in, void* out, int64_t count_per_rank, DataType t, ReduceOp op);
-  Work IAllGather(const void* in, void* out, int64_t count_per_rank, DataType t);
-  Work IBroadcast(void* data, int64_t count, DataType t, int root);
+  Work IAllReduce(void* data, int64_t count, DataType t, ReduceOp op) override;
+  Work IReduceScatter(const void* in, void* out, int64_t count_per_rank, DataType t, ReduceOp op) override;
+  Work IAllGather(const void* in, void* out, int64_t count_per_rank, DataType t) override;
+  Work IBroadcast(void* data, int64_t count, DataType t, int root) override;
 
   // The all-reduce algorithm the options select for this many bytes on this many ranks.
   Algorithm ChooseAllReduce(size_t bytes) const;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <ostream>
 #include <sstream>
@@ -42,14 +43,24 @@ inline bool IsAllReduce(Op op) { return op <= Op::kAsyncSum; }
 // Rank r's input element i: an integer in [-15, 15].
 inline float Input(int64_t i, int r) { return static_cast<float>((i * 7 + r * 13) % 31 - 15); }
 
+// Input(i, r) depends on i only through i % 31, so a reference over the ranks is a 31-entry table
+// (checking 16M elements then costs a lookup each, not a loop over the ranks).
+template <typename Fold>
+std::array<float, 31> RefTable(Fold fold) {
+  std::array<float, 31> t{};
+  for (int m = 0; m < 31; ++m) t[m] = fold(m);
+  return t;
+}
+
 // large: include 16M elements (many segments, frames larger than any transport buffer).
 inline std::vector<int64_t> Counts(int n, bool large = true) {
   if (!large) return {0, 1, 7, n - 1, 1000003};
   return {0, 1, 7, n - 1, 1000003, 16 << 20};
 }
 
-// Runs op on every rank of comm and checks rank comm.rank()'s result for `count`.
-inline Status RunAndCheck(Communicator& comm, Op op, int64_t count) {
+// Runs op on every rank of comm and checks rank comm.rank()'s result for `count`. Host buffers:
+// a device communicator is checked through a group that stages them (tests/collectives/nccl_test.cc).
+inline Status RunAndCheck(coll::CollectiveGroup& comm, Op op, int64_t count) {
   const int n = comm.size(), r = comm.rank();
   auto fail = [&](int64_t i, double got, double want) {
     std::ostringstream os;
@@ -69,14 +80,16 @@ inline Status RunAndCheck(Communicator& comm, Op op, int64_t count) {
                           : op == Op::kMin ? ReduceOp::kMin : ReduceOp::kSum;
       RT_RETURN_IF_ERROR(comm.AllReduce(x.data(), count, DataType::kF32, ro));
     }
-    for (int64_t i = 0; i < count; ++i) {
+    const auto ref = RefTable([&](int m) {
       float want = op == Op::kMax ? -1e9f : op == Op::kMin ? 1e9f : 0.f;
       for (int q = 0; q < n; ++q) {
-        const float v = Input(i, q);
+        const float v = Input(m, q);
         want = op == Op::kMax ? std::max(want, v) : op == Op::kMin ? std::min(want, v) : want + v;
       }
-      if (x[i] != want) return fail(i, x[i], want);
-    }
+      return want;
+    });
+    for (int64_t i = 0; i < count; ++i)
+      if (x[i] != ref[i % 31]) return fail(i, x[i], ref[i % 31]);
     return Status::Ok();
   }
   const int64_t per = (count + n - 1) / n;  // per-rank block for reduce_scatter / allgather
@@ -85,11 +98,13 @@ inline Status RunAndCheck(Communicator& comm, Op op, int64_t count) {
       std::vector<float> in(per * n), out(per, NAN);
       for (int64_t i = 0; i < per * n; ++i) in[i] = Input(i, r);
       RT_RETURN_IF_ERROR(comm.ReduceScatter(in.data(), out.data(), per, DataType::kF32, ReduceOp::kSum));
-      for (int64_t i = 0; i < per; ++i) {
+      const auto sum = RefTable([&](int m) {
         float want = 0;
-        for (int q = 0; q < n; ++q) want += Input(r * per + i, q);
-        if (out[i] != want) return fail(i, out[i], want);
-      }
+        for (int q = 0; q < n; ++q) want += Input(m, q);
+        return want;
+      });
+      for (int64_t i = 0; i < per; ++i)
+        if (out[i] != sum[(r * per + i) % 31]) return fail(i, out[i], sum[(r * per + i) % 31]);
       return Status::Ok();
     }
     case Op::kAllGather: {
@@ -115,14 +130,14 @@ inline Status RunAndCheck(Communicator& comm, Op op, int64_t count) {
       std::vector<float> x(count);
       for (int64_t i = 0; i < count; ++i) x[i] = Input(i, r);
       RT_RETURN_IF_ERROR(comm.Reduce(x.data(), count, DataType::kF32, ReduceOp::kSum, root));
-      for (int64_t i = 0; i < count; ++i) {
-        float want = Input(i, r);  // unchanged off the root
-        if (r == root) {
-          want = 0;
-          for (int q = 0; q < n; ++q) want += Input(i, q);
-        }
-        if (x[i] != want) return fail(i, x[i], want);
-      }
+      const auto want = RefTable([&](int m) {
+        if (r != root) return Input(m, r);  // unchanged off the root
+        float sum = 0;
+        for (int q = 0; q < n; ++q) sum += Input(m, q);
+        return sum;
+      });
+      for (int64_t i = 0; i < count; ++i)
+        if (x[i] != want[i % 31]) return fail(i, x[i], want[i % 31]);
       return Status::Ok();
     }
     case Op::kBarrier: return comm.Barrier();

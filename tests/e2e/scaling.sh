@@ -162,3 +162,31 @@ grep -q "error:.*4 workers, ring" fail.log || fail "the error does not name the 
 grep -qE "error:.*rank [0-9]+ \(namespace rtscale[0-9]+-n[0-9]+\)" fail.log || fail "the error does not name a worker"
 [ -z "$(comm -13 <(echo "$before") <(ours))" ] || fail "namespaces left after the failure: $(comm -13 <(echo "$before") <(ours))"
 echo "ok: killed worker -> $(grep 'error:' fail.log); no namespace left"
+
+# --- 4. a real cluster's launcher: every point an mpirun job, servers as one-task jobs -----------
+if command -v mpirun >/dev/null; then
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+  "$RT" bench scaling --config "$cfg" --set train.batch_size=4 --workers 1,2 --sync ring,ps --ps-servers 1 \
+    --launcher mpirun --model 1gbit,0.1ms --steps 2 --warmup 1 --point-timeout 300 --out mpi > mpi.log 2>&1 ||
+    { cat mpi.log; for f in mpi/logs/*; do echo "== $f"; tail -5 "$f"; done; fail "bench scaling --launcher mpirun failed"; }
+  cat mpi.log
+  /usr/bin/python3 - mpi/results.csv <<'EOF3' || fail "mpirun results are wrong (above)"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+pts = sorted((int(r["workers"]), r["sync"], int(r["ps_servers"])) for r in rows)
+assert pts == [(1, "ps", 1), (1, "ring", 0), (2, "ps", 1), (2, "ring", 0)], pts
+for r in rows:
+    n, M, sent = int(r["workers"]), float(r["gradient_bytes"]), float(r["bytes_sent_per_worker"])
+    assert float(r["step_ms"]) > 0 and float(r["items_per_s"]) > 0, r
+    if r["sync"] == "ps":  # every worker pushed its whole gradient to the server each step
+        assert abs(sent - M) <= 0.01 * M, f"ps n={n}: pushed {sent}, expected {M}"
+    elif n == 2:
+        assert abs(sent - M) <= 0.01 * M + 4096, f"ring n=2: sent {sent}, expected {M}"
+print("ok: mpirun points, ring and parameter server")
+EOF3
+  grep -q "listening on 0.0.0.0:" mpi/logs/w2-ps1-ps0.log || fail "the mpirun PS point's server log lacks its listen line"
+  [ -z "$(pgrep -f "$RT ps --listen 0.0.0.0" || true)" ] || fail "a server of the mpirun run is still running"
+  echo "ok: --launcher mpirun ran ring and PS points; no server left"
+else
+  echo "note: mpirun not installed; the --launcher mpirun leg did not run"
+fi

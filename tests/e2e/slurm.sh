@@ -114,6 +114,29 @@ grep -Eq "tensor parallel: 2 ranks per group \(2 heads each\), 2 group\(s\) \((t
 same_losses "$WORK/slurm-tp" "$WORK/launch-tp"
 echo "slurm: TP=2 x DP=2 under sbatch/srun matches ringtrain launch bitwise"
 
+# bench scaling on Slurm (issue 11): inside an allocation of 2 tasks every point is an srun step,
+# and the PS point's server a one-task step of its own (--overlap) on this node.
+timeout 300 sbatch --wait --ntasks=2 --chdir "$WORK" --output "$WORK/scaling-%j.out" \
+  --wrap "$RT bench scaling --set train.batch_size=4 --workers 1,2 --sync ring,ps --ps-servers 1 --launcher srun \
+          --steps 2 --warmup 1 --point-timeout 200 --out $WORK/srun-scaling" > sbatch-scaling.log 2>&1 ||
+  { cat sbatch-scaling.log scaling-*.out; for f in srun-scaling/logs/*; do echo "== $f"; tail -5 "$f"; done
+    fail "bench scaling --launcher srun failed"; }
+cat scaling-*.out
+/usr/bin/python3 - srun-scaling/results.csv <<'PY' || fail "srun scaling results are wrong (above)"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+pts = sorted((int(r["workers"]), r["sync"], int(r["ps_servers"])) for r in rows)
+assert pts == [(1, "ps", 1), (1, "ring", 0), (2, "ps", 1), (2, "ring", 0)], pts
+for r in rows:
+    M, sent = float(r["gradient_bytes"]), float(r["bytes_sent_per_worker"])
+    assert float(r["step_ms"]) > 0, r
+    if r["sync"] == "ps":
+        assert abs(sent - M) <= 0.01 * M, f"ps: pushed {sent}, expected {M}"
+print("ok: srun points, ring and parameter server")
+PY
+grep -q "listening on 0.0.0.0:" srun-scaling/logs/w2-ps1-ps0.log || fail "the srun PS point's server log lacks its listen line"
+echo "slurm: bench scaling --launcher srun ran ring and PS points as job steps"
+
 # Preemption and requeue: USR1 to the batch shell (what --signal=B:USR1@120 does before the time
 # limit) makes the ranks checkpoint and exit 75; the script requeues the job, which resumes and
 # finishes.
