@@ -85,7 +85,9 @@ expect_error "scaling: bad bandwidth" "bandwidth '1gbps': expected a number with
 expect_error "scaling: bad latency" "latency '3 days': expected a number with s, ms or us" -- \
   "$RT" bench scaling --model "1gbit,3 days"
 expect_error "scaling: unknown sync mode" "--sync: 'allgather' is neither ring nor ps" -- "$RT" bench scaling --sync ring,allgather
-expect_error "scaling: PS under mpirun" "parameter-server points need --launcher local" -- \
-  "$RT" bench scaling --launcher mpirun --sync ps
+expect_error "scaling: --ps-nodes without a cluster launcher" "--ps-nodes places servers of an mpirun/srun run" -- \
+  "$RT" bench scaling --sync ps --ps-nodes node1
+expect_error "scaling: bad --ps-nodes entry" "--ps-nodes: 'node1:80' is not a host name" -- \
+  "$RT" bench scaling --launcher srun --sync ps --ps-nodes node1:80
 expect_error "scaling: missing config" "--config nope.yaml: no such file" -- "$RT" bench scaling --config nope.yaml
 echo "all error cases passed"

@@ -1,0 +1,85 @@
+// CUDA kernels for the Transformer ops, fp32, with the same shapes and contracts as the CPU
+// reference in core/cpu/ops.h (which the GPU tests compare against): parameter gradients
+// accumulate (+=), activation gradients overwrite unless stated. All pointers are device
+// pointers; every call enqueues on `s` and returns the launch error, if any.
+//
+// Determinism: no atomics. Reductions over rows (parameter gradients) walk the rows in order, one
+// thread per column, so results are bitwise repeatable run to run.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/status.h"
+
+namespace ringtrain::gpu {
+
+// A cuBLAS handle bound to one stream, in strict fp32 (no TF32), for the matmuls below.
+class Blas {
+ public:
+  static StatusOr<Blas> Create(cudaStream_t s);
+  Blas(Blas&& o) noexcept : h_(o.h_), s_(o.s_) { o.h_ = nullptr; }
+  Blas& operator=(Blas&&) = delete;
+  Blas(const Blas&) = delete;
+  ~Blas();
+  cublasHandle_t handle() const { return h_; }
+  cudaStream_t stream() const { return s_; }
+
+ private:
+  Blas(cublasHandle_t h, cudaStream_t s) : h_(h), s_(s) {}
+  cublasHandle_t h_;
+  cudaStream_t s_;
+};
+
+// out (B,T,C) = wte[tokens] (V,C) + wpe[t] (maxT,C).
+Status EmbeddingForward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T, int C,
+                        cudaStream_t s);
+// dwte += scatter(dout), dwpe += sum over the batch.
+Status EmbeddingBackward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B, int T, int C,
+                         cudaStream_t s);
+
+// out (N,C) = (in - mean) * rstd * w + b; mean, rstd (N) saved for backward. b may be null.
+Status LayerNormForward(float* out, float* mean, float* rstd, const float* in, const float* w, const float* b, int N,
+                        int C, cudaStream_t s);
+// din (N,C) += input gradient; dw, db (C) += parameter gradients (db may be null).
+Status LayerNormBackward(float* din, float* dw, float* db, const float* dout, const float* in, const float* w,
+                         const float* mean, const float* rstd, int N, int C, cudaStream_t s);
+
+// out (N,OC) = in (N,C) @ w^T + b, w (OC,C). b may be null.
+Status LinearForward(const Blas& blas, float* out, const float* in, const float* w, const float* b, int N, int C, int OC);
+// din (N,C) = dout @ w (accumulate_din: +=), dw += dout^T @ in, db += column sums (db may be null).
+Status LinearBackward(const Blas& blas, float* din, float* dw, float* db, const float* dout, const float* in,
+                      const float* w, int N, int C, int OC, bool accumulate_din = false);
+
+// Causal self-attention, no dropout. qkv (B,T,3C) holds q|k|v; out (B,T,C); att (B,NH,T,T)
+// receives the softmax probabilities (zero above the diagonal).
+Status AttentionForward(const Blas& blas, float* out, float* att, const float* qkv, int B, int T, int C, int NH);
+// dqkv (B,T,3C) overwritten. scratch: B*NH*T*T floats.
+Status AttentionBackward(const Blas& blas, float* dqkv, float* scratch, const float* dout, const float* qkv,
+                         const float* att, int B, int T, int C, int NH);
+
+// GELU, tanh approximation; backward overwrites din.
+Status GeluForward(float* out, const float* in, int64_t n, cudaStream_t s);
+Status GeluBackward(float* din, const float* dout, const float* in, int64_t n, cudaStream_t s);
+
+// out = a + b.
+Status ResidualForward(float* out, const float* a, const float* b, int64_t n, cudaStream_t s);
+
+// Fused softmax + cross-entropy over logits (N,V): losses (N) = -log p[target] (0 where
+// target < 0); dlogits (may be null, may alias logits) = (softmax - onehot) * grad_scale.
+Status SoftmaxCrossEntropy(float* losses, float* dlogits, const float* logits, const int32_t* targets, int N, int V,
+                           float grad_scale, cudaStream_t s);
+
+// One Adam/AdamW update of n elements, the CPU optimizer's formulas: update number t (1-based),
+// gradient scaled by grad_scale; decoupled = AdamW (p *= 1 - lr*wd), else wd joins the gradient.
+struct AdamArgs {
+  double lr, beta1, beta2, eps, weight_decay;  // as OptimConfig holds them; weight_decay 0 off the decay ranges
+  float grad_scale;
+  int64_t t;
+  bool decoupled;
+};
+Status AdamUpdate(float* p, const float* g, float* m, float* v, int64_t n, const AdamArgs& a, cudaStream_t s);
+
+}  // namespace ringtrain::gpu

@@ -1,0 +1,213 @@
+// Every CUDA kernel of core/cuda/ops.h against its CPU reference (core/cpu/ops.h, the optimizer in
+// models/optim) on random inputs, forward and backward, fp32: the largest difference may be at most
+// 1e-5 of the reference's largest magnitude. Skips, with the reason, where no GPU is present.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/cpu/ops.h"
+#include "core/cuda/ops.h"
+#include "core/rng.h"
+#include "models/optim.h"
+
+namespace ringtrain {
+namespace {
+
+bool HaveGpu() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+#define SKIP_WITHOUT_GPU() \
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device on this machine"
+
+std::vector<float> Random(size_t n, uint64_t key, float scale = 1.f) {
+  Rng r(key);
+  std::vector<float> v(n);
+  for (auto& x : v) x = (r.UniformF() * 2.f - 1.f) * scale;
+  return v;
+}
+
+// A device copy of a host vector; Host() copies it back.
+template <typename T>
+struct Dev {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Dev(const std::vector<T>& h) : n(h.size()) {
+    EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(1, n) * sizeof(T)), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  explicit Dev(size_t count) : Dev(std::vector<T>(count)) {}
+  ~Dev() { cudaFree(p); }
+  Dev(const Dev&) = delete;
+  Dev& operator=(const Dev&) = delete;
+  std::vector<T> Host() const {
+    std::vector<T> h(n);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    return h;
+  }
+};
+
+// Largest |got - want| relative to the largest |want|.
+void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, const char* what, double tol = 1e-5) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  double diff = 0, mag = 1e-30;
+  size_t at = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double d = std::fabs(static_cast<double>(got[i]) - want[i]);
+    if (d > diff) {
+      diff = d;
+      at = i;
+    }
+    mag = std::max(mag, std::fabs(static_cast<double>(want[i])));
+  }
+  EXPECT_LE(diff / mag, tol) << what << ": element " << at << " is " << got[at] << ", reference " << want[at];
+}
+
+constexpr int B = 2, T = 16, C = 32, NH = 4, V = 50, N = B * T, OC = 48;
+
+std::vector<int32_t> Tokens(int vocab, uint64_t key) {
+  Rng r(key);
+  std::vector<int32_t> t(N);
+  for (auto& x : t) x = static_cast<int32_t>(r.Next() % static_cast<uint64_t>(vocab));
+  return t;
+}
+
+TEST(GpuOps, Embedding) {
+  SKIP_WITHOUT_GPU();
+  auto wte = Random(V * C, 1), wpe = Random(T * C, 2), dout = Random(N * C, 3);
+  auto tok = Tokens(V, 4);
+  std::vector<float> out(N * C), dwte = Random(V * C, 5), dwpe = Random(T * C, 6);
+  Dev<float> g_out(N * C), g_wte(wte), g_wpe(wpe), g_dout(dout), g_dwte(dwte), g_dwpe(dwpe);
+  Dev<int32_t> g_tok(tok);
+  cpu::EmbeddingForward(out.data(), tok.data(), wte.data(), wpe.data(), B, T, C);
+  ASSERT_TRUE(gpu::EmbeddingForward(g_out.p, g_tok.p, g_wte.p, g_wpe.p, B, T, C, nullptr).ok());
+  ExpectClose(g_out.Host(), out, "embedding forward");
+  cpu::EmbeddingBackward(dwte.data(), dwpe.data(), dout.data(), tok.data(), B, T, C);
+  ASSERT_TRUE(gpu::EmbeddingBackward(g_dwte.p, g_dwpe.p, g_dout.p, g_tok.p, B, T, C, nullptr).ok());
+  ExpectClose(g_dwte.Host(), dwte, "dwte (accumulated)");
+  ExpectClose(g_dwpe.Host(), dwpe, "dwpe (accumulated)");
+}
+
+TEST(GpuOps, LayerNorm) {
+  SKIP_WITHOUT_GPU();
+  for (int c : {C, 768, 1500}) {  // one warp, a full block, several passes per thread
+    auto in = Random(N * c, 10, 3.f), w = Random(c, 11), b = Random(c, 12), dout = Random(N * c, 13);
+    std::vector<float> out(N * c), mean(N), rstd(N), din = Random(N * c, 14), dw = Random(c, 15), db = Random(c, 16);
+    Dev<float> g_in(in), g_w(w), g_b(b), g_dout(dout), g_out(N * c), g_mean(N), g_rstd(N), g_din(din), g_dw(dw), g_db(db);
+    cpu::LayerNormForward(out.data(), mean.data(), rstd.data(), in.data(), w.data(), b.data(), N, c);
+    ASSERT_TRUE(gpu::LayerNormForward(g_out.p, g_mean.p, g_rstd.p, g_in.p, g_w.p, g_b.p, N, c, nullptr).ok());
+    ExpectClose(g_out.Host(), out, "layernorm out");
+    ExpectClose(g_mean.Host(), mean, "layernorm mean");
+    ExpectClose(g_rstd.Host(), rstd, "layernorm rstd");
+    cpu::LayerNormBackward(din.data(), dw.data(), db.data(), dout.data(), in.data(), w.data(), mean.data(), rstd.data(),
+                           N, c);
+    ASSERT_TRUE(
+        gpu::LayerNormBackward(g_din.p, g_dw.p, g_db.p, g_dout.p, g_in.p, g_w.p, g_mean.p, g_rstd.p, N, c, nullptr).ok());
+    ExpectClose(g_din.Host(), din, "layernorm din");
+    ExpectClose(g_dw.Host(), dw, "layernorm dw");
+    ExpectClose(g_db.Host(), db, "layernorm db");
+  }
+}
+
+TEST(GpuOps, Linear) {
+  SKIP_WITHOUT_GPU();
+  auto blas = gpu::Blas::Create(nullptr);
+  ASSERT_TRUE(blas.ok()) << blas.status().message();
+  auto in = Random(N * C, 20), w = Random(OC * C, 21), b = Random(OC, 22), dout = Random(N * OC, 23);
+  std::vector<float> out(N * OC), din = Random(N * C, 24), dw = Random(OC * C, 25), db = Random(OC, 26);
+  Dev<float> g_in(in), g_w(w), g_b(b), g_dout(dout), g_out(N * OC), g_din(din), g_dw(dw), g_db(db);
+  cpu::LinearForward(out.data(), in.data(), w.data(), b.data(), N, C, OC);
+  ASSERT_TRUE(gpu::LinearForward(*blas, g_out.p, g_in.p, g_w.p, g_b.p, N, C, OC).ok());
+  ExpectClose(g_out.Host(), out, "linear out");
+  for (bool acc : {false, true}) {
+    cpu::LinearBackward(din.data(), dw.data(), db.data(), dout.data(), in.data(), w.data(), N, C, OC, acc);
+    ASSERT_TRUE(gpu::LinearBackward(*blas, g_din.p, g_dw.p, g_db.p, g_dout.p, g_in.p, g_w.p, N, C, OC, acc).ok());
+    ExpectClose(g_din.Host(), din, acc ? "linear din (accumulated)" : "linear din");
+    ExpectClose(g_dw.Host(), dw, "linear dw");
+    ExpectClose(g_db.Host(), db, "linear db");
+  }
+}
+
+TEST(GpuOps, Attention) {
+  SKIP_WITHOUT_GPU();
+  auto blas = gpu::Blas::Create(nullptr);
+  ASSERT_TRUE(blas.ok()) << blas.status().message();
+  const int64_t TT = static_cast<int64_t>(B) * NH * T * T;
+  auto qkv = Random(N * 3 * C, 30, 2.f), dout = Random(N * C, 31);
+  std::vector<float> out(N * C), att(TT), dqkv(N * 3 * C), scratch(cpu::AttentionScratchSize(T));
+  Dev<float> g_qkv(qkv), g_dout(dout), g_out(N * C), g_att(TT), g_dqkv(N * 3 * C), g_scratch(TT);
+  cpu::AttentionForward(out.data(), att.data(), static_cast<float*>(nullptr), nullptr, 0.f, qkv.data(), B, T, C, NH);
+  ASSERT_TRUE(gpu::AttentionForward(*blas, g_out.p, g_att.p, g_qkv.p, B, T, C, NH).ok());
+  ExpectClose(g_att.Host(), att, "attention probabilities");
+  ExpectClose(g_out.Host(), out, "attention out");
+  cpu::AttentionBackward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), att.data(), static_cast<float*>(nullptr),
+                         nullptr, 0.f, B, T, C, NH);
+  ASSERT_TRUE(gpu::AttentionBackward(*blas, g_dqkv.p, g_scratch.p, g_dout.p, g_qkv.p, g_att.p, B, T, C, NH).ok());
+  ExpectClose(g_dqkv.Host(), dqkv, "attention dqkv");
+}
+
+TEST(GpuOps, GeluResidualSoftmaxCrossEntropy) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = N * C;
+  auto x = Random(n, 40, 4.f), y = Random(n, 41), dout = Random(n, 42);
+  std::vector<float> out(n), din(n), sum(n);
+  Dev<float> g_x(x), g_y(y), g_dout(dout), g_out(n), g_din(n), g_sum(n);
+  cpu::GeluForward(out.data(), x.data(), n);
+  cpu::GeluBackward(din.data(), dout.data(), x.data(), n);
+  cpu::ResidualForward(sum.data(), x.data(), y.data(), n);
+  ASSERT_TRUE(gpu::GeluForward(g_out.p, g_x.p, n, nullptr).ok());
+  ASSERT_TRUE(gpu::GeluBackward(g_din.p, g_dout.p, g_x.p, n, nullptr).ok());
+  ASSERT_TRUE(gpu::ResidualForward(g_sum.p, g_x.p, g_y.p, n, nullptr).ok());
+  ExpectClose(g_out.Host(), out, "gelu forward");
+  ExpectClose(g_din.Host(), din, "gelu backward");
+  ExpectClose(g_sum.Host(), sum, "residual");
+
+  for (int vocab : {V, 50304}) {  // a small vocabulary and GPT-2's padded one
+    auto logits = Random(static_cast<size_t>(N) * vocab, 43, 5.f);
+    auto tgt = Tokens(vocab, 44);
+    tgt[3] = -1;  // ignored position
+    std::vector<float> losses(N), dl(logits.size());
+    Dev<float> g_logits(logits), g_losses(N), g_dl(logits.size());
+    Dev<int32_t> g_tgt(tgt);
+    cpu::SoftmaxCrossEntropy(losses.data(), dl.data(), logits.data(), tgt.data(), N, vocab, 1.f / N);
+    ASSERT_TRUE(gpu::SoftmaxCrossEntropy(g_losses.p, g_dl.p, g_logits.p, g_tgt.p, N, vocab, 1.f / N, nullptr).ok());
+    ExpectClose(g_losses.Host(), losses, "cross-entropy losses");
+    ExpectClose(g_dl.Host(), dl, "cross-entropy dlogits");
+    // In place (dlogits aliases logits), as the trainer calls it.
+    ASSERT_TRUE(gpu::SoftmaxCrossEntropy(g_losses.p, g_logits.p, g_logits.p, g_tgt.p, N, vocab, 1.f / N, nullptr).ok());
+    ExpectClose(g_logits.Host(), dl, "cross-entropy dlogits in place");
+  }
+}
+
+TEST(GpuOps, AdamAndAdamWMatchTheCpuOptimizer) {
+  SKIP_WITHOUT_GPU();
+  const size_t n = 10007;
+  for (OptimKind kind : {OptimKind::kAdam, OptimKind::kAdamW}) {
+    OptimConfig oc;
+    oc.kind = kind;
+    oc.lr = 3e-3;
+    oc.weight_decay = 0.1;
+    auto p = Random(n, 50), g = Random(n, 51);
+    OptimState st;
+    st.Allocate(oc, n);
+    std::fill(st.m.data(), st.m.data() + n, 0.f);
+    std::fill(st.v.data(), st.v.data() + n, 0.f);
+    Dev<float> gp(p), gg(g), gm(n), gv(n);
+    for (int64_t t = 1; t <= 3; ++t) {
+      OptimizerUpdate(oc, oc.lr, t, 0.5f, p.data(), g.data(), st, 0, n, {{0, n}});  // all decayed
+      gpu::AdamArgs a{oc.lr, oc.beta1, oc.beta2, oc.eps, oc.weight_decay, 0.5f, t, kind == OptimKind::kAdamW};
+      ASSERT_TRUE(gpu::AdamUpdate(gp.p, gg.p, gm.p, gv.p, static_cast<int64_t>(n), a, nullptr).ok());
+    }
+    ExpectClose(gp.Host(), p, kind == OptimKind::kAdam ? "adam params" : "adamw params");
+    ExpectClose(gm.Host(), std::vector<float>(st.m.data(), st.m.data() + n), "first moment");
+    ExpectClose(gv.Host(), std::vector<float>(st.v.data(), st.v.data() + n), "second moment");
+  }
+}
+
+}  // namespace
+}  // namespace ringtrain
