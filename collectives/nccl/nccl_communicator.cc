@@ -101,14 +101,19 @@ StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(Communicato
   std::unique_ptr<NcclCommunicator> c(new NcclCommunicator(device, deadline_s));
   c->rank_ = host.rank();
   c->size_ = host.size();
-  RT_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&c->stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-  RT_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&c->dep_event_, cudaEventDisableTiming), "cudaEventCreate");
-  RT_CUDA_RETURN_IF_ERROR(cudaMalloc(&c->barrier_word_, sizeof(int)), "cudaMalloc of the barrier word");
+  RT_RETURN_IF_ERROR(c->AllocateResources());
   ncclConfig_t cfg = NonBlockingConfig();
   const std::string what = "creating the NCCL communicator of " + who + " on device " + std::to_string(device);
   RT_RETURN_IF_ERROR(NcclStatus(ncclCommInitRankConfig(&c->comm_, c->size_, id, c->rank_, &cfg), what));
   RT_RETURN_IF_ERROR(c->Settle(what));
   return c;
+}
+
+Status NcclCommunicator::AllocateResources() {
+  RT_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  RT_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&dep_event_, cudaEventDisableTiming), "cudaEventCreate");
+  RT_CUDA_RETURN_IF_ERROR(cudaMalloc(&barrier_word_, sizeof(int)), "cudaMalloc of the barrier word");
+  return Status::Ok();
 }
 
 NcclCommunicator::~NcclCommunicator() {
@@ -368,9 +373,7 @@ StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Split(int color, i
   RT_RETURN_IF_ERROR(c->Settle(what + ": the new communicator"));
   RT_RETURN_IF_ERROR(NcclStatus(ncclCommUserRank(c->comm_, &c->rank_), what + ": ncclCommUserRank", c->comm_));
   RT_RETURN_IF_ERROR(NcclStatus(ncclCommCount(c->comm_, &c->size_), what + ": ncclCommCount", c->comm_));
-  RT_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&c->stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-  RT_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&c->dep_event_, cudaEventDisableTiming), "cudaEventCreate");
-  RT_CUDA_RETURN_IF_ERROR(cudaMalloc(&c->barrier_word_, sizeof(int)), "cudaMalloc of the barrier word");
+  RT_RETURN_IF_ERROR(c->AllocateResources());
   return c;
 }
 

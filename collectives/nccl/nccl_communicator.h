@@ -73,6 +73,8 @@ class NcclCommunicator final : public CollectiveGroup {
 
  private:
   NcclCommunicator(int device, double deadline_s);
+  // The stream, WaitFor's event and the barrier word every communicator (world or split) owns.
+  Status AllocateResources();
   // Describes call `seq` for messages: "nccl all_reduce #12 (1024 x float32 sum) on rank 0 of 2".
   std::string Describe(OpKind op, uint64_t seq, int64_t count, DataType t, const char* extra) const;
   // Waits until the non-blocking communicator has finished its pending NCCL call.

@@ -3,41 +3,34 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <algorithm>
 #include <string>
 
 #include "collectives/nccl/nccl_kernels.h"
-#include "core/cuda/checks.h"
+#include "core/cuda/launch.cuh"
 
 namespace ringtrain::coll {
 
 namespace {
 
-constexpr int kThreads = 256;
-
-unsigned Blocks(int64_t n) {
-  // Grid-stride loops: enough blocks to fill an H200 many times over, never more than needed.
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65535)));
-}
+using cuda::Blocks;
+using cuda::kThreads;
+using cuda::Launched;
 
 template <typename H, typename Convert>
 __global__ void WidenKernel(const H* in, float* out, int64_t n, Convert cvt) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+  RT_GRID_STRIDE(i, n)
     out[i] = cvt(in[i]);
 }
 
 template <typename H, typename Convert>
 __global__ void NarrowKernel(const float* in, H* out, int64_t n, float divisor, Convert cvt) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+  RT_GRID_STRIDE(i, n)
     out[i] = cvt(divisor == 1.f ? in[i] : in[i] / divisor);
 }
 
 template <typename I>
 __global__ void DivideKernel(I* data, int64_t n, I divisor) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+  RT_GRID_STRIDE(i, n)
     data[i] /= divisor;
 }
 
@@ -53,8 +46,6 @@ struct ToBf16 {
 struct ToF16 {
   __device__ __half operator()(float x) const { return __float2half_rn(x); }
 };
-
-Status Launched(const char* what) { return cuda::CudaStatus(cudaGetLastError(), what); }
 
 }  // namespace
 

@@ -4,30 +4,22 @@
 #include <string>
 #include <utility>
 
-#include "core/cuda/checks.h"
+#include "core/cuda/launch.cuh"
 #include "core/cuda/ops.h"
 
 namespace ringtrain::gpu {
 
 namespace {
 
-constexpr int kThreads = 256;
+using cuda::Blocks;
+using cuda::kThreads;
+using cuda::Launched;
 constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2/pi)
-
-unsigned Blocks(int64_t n, int per_block = kThreads) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + per_block - 1) / per_block, 1 << 20)));
-}
-
-Status Launched(const char* what) { return cuda::CudaStatus(cudaGetLastError(), what); }
 
 Status BlasStatus(cublasStatus_t st, const char* what) {
   if (st == CUBLAS_STATUS_SUCCESS) return Status::Ok();
   return Internal(std::string(what) + ": cuBLAS: " + cublasGetStatusString(st));
 }
-
-#define RT_GRID_STRIDE(i, n)                                                                    \
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n);        \
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
 // Sum of v over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
 __device__ float BlockSum(float v, float* shared32) {
