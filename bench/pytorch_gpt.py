@@ -1,10 +1,17 @@
 #!/usr/bin/python3
 """PyTorch reference for `ringtrain bench train`: the same GPT-2 model and training step in eager
-PyTorch, timed on one CPU thread (or OMP_NUM_THREADS threads).
+PyTorch (or torch.compile), timed on one CPU thread (or OMP_NUM_THREADS threads) or on a GPU.
 
 Usage (Debian's python3-torch, CPU):
   OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
     /usr/bin/python3 bench/pytorch_gpt.py --config bench/configs/gpt_s.yaml [--steps 20] [--warmup 3] [--json]
+On a GPU (issue 10; GPT-2 124M, bf16 autocast with fp32 weights, eager and torch.compile):
+  python3 bench/pytorch_gpt.py --config bench/configs/gpt2_124m.yaml --device cuda --dtype bf16 --mode both
+
+--dtype fp32 on a GPU turns TF32 off (ringtrain's fp32 mode); bf16 runs forward and backward under
+autocast. Each mode prints tokens/s and, on a GPU whose peak it knows (or with --peak-tflops), MFU
+by the formula ringtrain prints: 6N + 12*L*C*T FLOPs per token over the dense bf16 peak.
+torch.compile needs PyTorch 2.0+; with an older one that mode is reported as skipped.
 
 It reads the YAML config that `ringtrain` reads and times full optimizer steps: zero_grad, forward,
 cross-entropy loss, backward, clip_grad_norm_ (optim.grad_clip), AdamW step (weight decay on 2-D
@@ -87,6 +94,10 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B,nh,T,hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        if x.is_cuda and hasattr(F, "scaled_dot_product_attention"):  # PyTorch 2: fused (flash) attention
+            p = self.attn_drop.p if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            return self.resid_drop(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B,nh,T,T)
         att = att.masked_fill(self.mask[:T, :T], float("-inf"))
         att = self.attn_drop(F.softmax(att, dim=-1))
@@ -148,7 +159,13 @@ class GPT(nn.Module):
         for block in self.h:
             x = block(x)
         logits = self.ln_f(x) @ self.wte.weight.t()  # (B,T,V), tied
-        return F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
+        return F.cross_entropy(logits.float().view(B * T, -1), targets.reshape(B * T))
+
+
+# Dense bf16 tensor-core peaks (TFLOP/s) by device name, most specific first: ringtrain bench
+# train's table.
+PEAKS = [("H200 NVL", 835.0), ("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4),
+         ("A100", 312.0), ("L40S", 362.0), ("A10G", 70.0)]
 
 
 def main():
@@ -156,11 +173,27 @@ def main():
     ap.add_argument("--config", required=True, help="YAML config (the one ringtrain reads)")
     ap.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--json", action="store_true", help="print one JSON object per mode")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                    help="fp32 (TF32 off on GPUs) or bf16 autocast with fp32 weights")
+    ap.add_argument("--mode", choices=["eager", "compile", "both"], default="eager")
+    ap.add_argument("--peak-tflops", type=float, default=0.0,
+                    help="peak TFLOP/s for MFU (default: the GPU's dense bf16 peak when known)")
     a = ap.parse_args()
     if a.steps < 1 or a.warmup < 0:
         ap.error("--steps must be >= 1 and --warmup >= 0")
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.stderr.write(f"pytorch_gpt.py: --device {a.device}, but this PyTorch sees no CUDA device\n")
+        sys.exit(1)
+    if a.device.startswith("cuda") and a.dtype == "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    for mode in (["eager", "compile"] if a.mode == "both" else [a.mode]):
+        run(a, mode)
 
+
+def run(a, mode):
     threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
     torch.set_num_threads(threads)
     with open(a.config) as f:
@@ -168,7 +201,8 @@ def main():
     c = Config(raw)
     torch.manual_seed(c.seed)
 
-    model = GPT(c)
+    dev = torch.device(a.device)
+    model = GPT(c).to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -176,20 +210,29 @@ def main():
         [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps)
     model.train()
+    fwd = model
+    if mode == "compile":
+        if not hasattr(torch, "compile"):
+            why = f"torch.compile needs PyTorch 2.0+, this is {torch.__version__}"
+            print(json.dumps({"mode": mode, "skipped": why}) if a.json else f"pytorch compile: skipped: {why}")
+            return
+        fwd = torch.compile(model)
 
     gen = torch.Generator().manual_seed(c.seed)
     B, T = c.batch_size, c.block_size
+    bf16 = a.dtype == "bf16"
 
     def step():
-        x = torch.randint(0, c.vocab_size, (B, T), generator=gen)
-        y = torch.randint(0, c.vocab_size, (B, T), generator=gen)
+        x = torch.randint(0, c.vocab_size, (B, T), generator=gen).to(dev, non_blocking=True)
+        y = torch.randint(0, c.vocab_size, (B, T), generator=gen).to(dev, non_blocking=True)
         optim.zero_grad(set_to_none=True)
-        loss = model(x, y)
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = fwd(x, y)
         loss.backward()
         if c.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
         optim.step()
-        return loss.item()
+        return loss.item()  # waits for the device
 
     for _ in range(a.warmup):
         step()
@@ -203,15 +246,24 @@ def main():
     median = sorted(ms)[len(ms) // 2]
     tokens_per_step = B * T
     tok_s = tokens_per_step / (mean / 1000.0)
+    n_params = sum(p.numel() for p in params)
+    flops_per_token = 6 * n_params + 12 * c.n_layer * c.n_embd * c.block_size
+    tflops = flops_per_token * tok_s / 1e12
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    peak = a.peak_tflops or next((p for part, p in PEAKS if part in name), 0.0)
     if a.json:
-        print(json.dumps({"tokens_per_s": tok_s, "ms_per_step": mean, "ms_per_step_median": median,
-                          "steps": a.steps, "tokens_per_step": tokens_per_step, "threads": threads,
-                          "num_params": sum(p.numel() for p in params), "final_loss": loss,
-                          "torch": torch.__version__}))
+        print(json.dumps({"mode": mode, "dtype": a.dtype, "device": name, "tokens_per_s": tok_s,
+                          "ms_per_step": mean, "ms_per_step_median": median, "steps": a.steps,
+                          "tokens_per_step": tokens_per_step, "threads": threads, "num_params": n_params,
+                          "model_flops_per_token": flops_per_token, "model_tflops": tflops,
+                          "peak_tflops": peak or None, "mfu": tflops / peak if peak else None,
+                          "final_loss": loss, "torch": torch.__version__}))
     else:
-        print(f"pytorch: {mean:.1f} ms/step, {tok_s:.0f} tokens/s "
-              f"(median {median:.1f} ms, {a.steps} steps after {a.warmup} warm-up, {threads} threads, "
-              f"{sum(p.numel() for p in params)} params, torch {torch.__version__})")
+        mfu = f", MFU {100 * tflops / peak:.1f}% of {peak:.1f}" if peak else ""
+        print(f"pytorch {mode} {a.dtype} on {name}: {mean:.1f} ms/step, {tok_s:.0f} tokens/s, "
+              f"{tflops:.3f} TFLOP/s{mfu} (median {median:.1f} ms, {a.steps} steps after {a.warmup} warm-up, "
+              f"{threads} threads, {n_params} params, torch {torch.__version__})")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

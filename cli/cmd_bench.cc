@@ -28,7 +28,23 @@ struct BenchArgs {
   bool json = false;
   bool barrier_before_sync = false;
   std::string checkpoint_dir;
+  double peak_tflops = 0;  // 0: from the GPU's name (device cuda), else no MFU
 };
+
+// Dense (no sparsity) bf16 tensor-core peak of the GPUs we know, in TFLOP/s, from their names as
+// CUDA reports them; 0 for any other device.
+double DenseBf16PeakTflops(const std::string& name) {
+  struct Known {
+    const char* part;
+    double tflops;
+  };
+  // Most specific first: "H200 NVL" before "H200", "H100 PCIe" before "H100".
+  static const Known kKnown[] = {{"H200 NVL", 835.0}, {"H200", 989.4},  {"H100 PCIe", 756.0}, {"H100 NVL", 835.0},
+                                 {"H100", 989.4},     {"A100", 312.0},  {"L40S", 362.0},      {"A10G", 70.0}};
+  for (const auto& k : kKnown)
+    if (name.find(k.part) != std::string::npos) return k.tflops;
+  return 0.0;
+}
 
 Status BenchTrain(const BenchArgs& a) {
   if (a.steps < 1) return InvalidArgument("--steps must be >= 1");
@@ -39,6 +55,7 @@ Status BenchTrain(const BenchArgs& a) {
   opts.print = false;
   opts.comm = dist.comm.get();
   opts.local_size = dist.launch.local_size;
+  opts.local_rank = dist.launch.local_rank;
   opts.checkpoint_root = a.checkpoint_dir;
   opts.ps_hosts = dist.launch.ps_hosts;
   opts.job_id = "bench";
@@ -108,6 +125,18 @@ Status BenchTrain(const BenchArgs& a) {
   const double dp_bytes = static_cast<double>(trainer->last_dp_bytes());
   const double tp_bus = tp > 1 ? 2.0 * (tp - 1) / tp : 0.0, dp_bus = 2.0 * (trainer->data_parallel() - 1) /
                                                                      std::max(1, trainer->data_parallel());
+  // Model FLOPs utilisation (GPT): 6N + 12 L C T FLOPs per token (forward and backward of every
+  // parameter, plus attention's score and value products), over the device's dense bf16 peak.
+  const bool lm = std::string(unit) == "tokens";
+  const double flops_per_token =
+      lm ? 6.0 * static_cast<double>(trainer->task().NumParams()) +
+               12.0 * static_cast<double>(config.Int("model.n_layer") * config.Int("model.n_embd") *
+                                          config.Int("model.block_size"))
+         : 0.0;
+  const std::string device = trainer->task().DeviceName();
+  const double peak = a.peak_tflops > 0 ? a.peak_tflops : DenseBf16PeakTflops(device);
+  const double achieved_tflops = flops_per_token * per_s / 1e12;
+  const double mfu = peak > 0 && lm ? achieved_tflops / (peak * world) : 0.0;
   if (dist.launch.rank != 0) return Status::Ok();
   if (a.json) {
     nlohmann::json j = {{std::string(unit) + "_per_s", per_s},
@@ -142,7 +171,12 @@ Status BenchTrain(const BenchArgs& a) {
                         {"tp_closed_form_embedding_output_ce_bytes", tp_edges},
                         {"tp_bus_bytes_per_step", tp_bytes * tp_bus},
                         {"dp_allreduce_bytes_per_step", dp_bytes},
-                        {"dp_bus_bytes_per_step", dp_bytes * dp_bus}};
+                        {"dp_bus_bytes_per_step", dp_bytes * dp_bus},
+                        {"device", device},
+                        {"model_flops_per_token", lm ? nlohmann::json(flops_per_token) : nlohmann::json()},
+                        {"model_tflops", lm ? nlohmann::json(achieved_tflops) : nlohmann::json()},
+                        {"peak_tflops_per_device", peak > 0 ? nlohmann::json(peak) : nlohmann::json()},
+                        {"mfu", mfu > 0 ? nlohmann::json(mfu) : nlohmann::json()}};
     if (!save_ms.empty()) {
       j["checkpoint_steps"] = save_ms.size();
       j["ms_per_checkpoint_step"] = save_total / static_cast<double>(save_ms.size());
@@ -155,6 +189,15 @@ Status BenchTrain(const BenchArgs& a) {
                 (long long)trainer->task().NumParams(), ThreadBudget());
     std::printf("  %d steps after %d warm-up: %.1f ms/step (median %.1f), %.0f %s/s%s\n", a.steps, a.warmup, mean,
                 median, per_s, unit, world > 1 ? " over all ranks" : "");
+    if (lm) {
+      std::printf("  device %s: model FLOPs 6N + 12LCT = %.3f GFLOP/token, %.3f TFLOP/s", device.c_str(),
+                  flops_per_token / 1e9, achieved_tflops);
+      if (peak > 0)
+        std::printf("; MFU %.1f%% of %d x %.1f TFLOP/s (dense bf16 peak%s)\n", 100.0 * mfu, world, peak,
+                    a.peak_tflops > 0 ? ", --peak-tflops" : "");
+      else
+        std::printf("%s\n", device == "cpu" ? "" : "; MFU: peak unknown for this device (give --peak-tflops)");
+    }
     if (world > 1)
       std::printf("  %d ranks (%s, sync %s): exposed communication %.2f ms/step = %.1f%% of the step\n", world,
                   dist.comm->transport_kind(), trainer->sync().name(), exposed_ms / static_cast<double>(a.steps),
@@ -191,6 +234,8 @@ void AddBench(CLI::App& app, Action& action) {
                   "(with --set dist.overlap=false)");
   train->add_option("--checkpoint-dir", args->checkpoint_dir,
                     "save checkpoints here (checkpoint.every_steps, checkpoint.async) and report the stall");
+  train->add_option("--peak-tflops", args->peak_tflops,
+                    "peak TFLOP/s per device for MFU (default: the GPU's dense bf16 peak when known)");
   train->callback([&action, args]() { action = [args]() { return BenchTrain(*args); }; });
   AddBenchAllreduce(bench, action);
   AddBenchCheckpoint(bench, action);

@@ -70,6 +70,7 @@ void AddTrain(CLI::App& app, Action& action) {
       TrainOptions opts;
       opts.comm = dist.comm.get();
       opts.local_size = dist.launch.local_size;
+      opts.local_rank = dist.launch.local_rank;
       // Rank 0 prints and writes the run directory; the other ranks only train (and write their
       // checkpoint shards into it: every rank uses rank 0's name for it).
       const bool lead = dist.launch.rank == 0;

@@ -135,16 +135,21 @@ void ParamArena<T>::Initialize(uint64_t seed) {
       case InitKind::kOnes:
         for (int64_t j = 0; j < s.numel; ++j) p[j] = T(1);
         break;
-      case InitKind::kNormal: {
+      case InitKind::kNormal:
+      case InitKind::kUniform: {
         Rng rng(seed, RngPurpose::kInit, HashName(s.name));
+        const bool normal = s.init == InitKind::kNormal;
+        auto draw = [&]() {
+          return static_cast<T>(normal ? rng.Normal() * s.init_std : (2.0 * rng.Uniform() - 1.0) * s.init_std);
+        };
         if (!s.sharded()) {
-          for (int64_t j = 0; j < s.numel; ++j) p[j] = static_cast<T>(rng.Normal() * s.init_std);
+          for (int64_t j = 0; j < s.numel; ++j) p[j] = draw();
         } else {
           // Draw the whole tensor's stream and keep this rank's part of it.
           int64_t n = 1;
           for (int64_t d : s.global_shape) n *= d;
           std::vector<T> whole(static_cast<size_t>(n));
-          for (T& v : whole) v = static_cast<T>(rng.Normal() * s.init_std);
+          for (T& v : whole) v = draw();
           GlobalToLocal(s, whole.data(), p);
         }
         break;

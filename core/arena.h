@@ -14,7 +14,8 @@
 
 namespace ringtrain {
 
-enum class InitKind { kZeros, kOnes, kNormal };
+// kNormal: N(0, init_std^2); kUniform: U(-init_std, init_std) (PyTorch's default for conv and linear).
+enum class InitKind { kZeros, kOnes, kNormal, kUniform };
 
 // A box of a global tensor: start and extent in every dimension.
 struct TensorBox {

@@ -11,6 +11,8 @@ const std::vector<ConfigKey>& ConfigSchema() {
       {"name", T::kString, "gpt", -1e300, 1e300, {}, "run name, used for the default run directory"},
       {"seed", T::kInt, "1337", 0, 9.2e18, {}, "seed of every random stream (init, dropout, data order)"},
       {"threads", T::kInt, "0", 0, 4096, {}, "thread budget for BLAS and OpenMP loops (0: RINGTRAIN_THREADS or all cores)"},
+      {"device", T::kString, "cpu", -1e300, 1e300, {"cpu", "cuda"},
+       "where GPT forward/backward run: cpu, or cuda (fp32; one GPU per local rank: local rank mod visible GPUs)"},
       // Model
       {"model.type", T::kString, "gpt", -1e300, 1e300, {"gpt", "mlp", "lenet", "resnet"}, "model family"},
       {"model.n_layer", T::kInt, "2", 1, 1024, {}, "Transformer blocks"},

@@ -76,9 +76,10 @@ int Cnn<T>::Conv(int in, int oc, int k, int stride, int pad, bool bias, const st
   n.C = oc;
   n.H = n.conv.OH();
   n.W = n.conv.OW();
-  const float std = std::sqrt(1.0f / (3.0f * static_cast<float>(src.C * k * k)));  // PyTorch default variance
-  n.w = arena_.layout.Add(name + ".weight", {oc, src.C, k, k}, true, InitKind::kNormal, std);
-  if (bias) n.b = arena_.layout.Add(name + ".bias", {oc}, false, InitKind::kZeros);
+  // PyTorch's defaults: weight and bias uniform in +-1/sqrt(fan_in).
+  const float bound = 1.0f / std::sqrt(static_cast<float>(src.C * k * k));
+  n.w = arena_.layout.Add(name + ".weight", {oc, src.C, k, k}, true, InitKind::kUniform, bound);
+  if (bias) n.b = arena_.layout.Add(name + ".bias", {oc}, false, InitKind::kUniform, bound);
   return Add(n);
 }
 
@@ -106,9 +107,10 @@ int Cnn<T>::Linear(int in, int out, const std::string& name) {
   n.C = out;
   n.H = n.W = 1;
   const int fan_in = static_cast<int>(src.Size());
-  n.w = arena_.layout.Add(name + ".weight", {out, fan_in}, true, InitKind::kNormal,
-                          std::sqrt(1.0f / (3.0f * static_cast<float>(fan_in))));
-  n.b = arena_.layout.Add(name + ".bias", {out}, false, InitKind::kZeros);
+  // PyTorch's defaults: weight and bias uniform in +-1/sqrt(fan_in).
+  const float bound = 1.0f / std::sqrt(static_cast<float>(fan_in));
+  n.w = arena_.layout.Add(name + ".weight", {out, fan_in}, true, InitKind::kUniform, bound);
+  n.b = arena_.layout.Add(name + ".bias", {out}, false, InitKind::kUniform, bound);
   return Add(n);
 }
 

@@ -7,6 +7,9 @@
 #include "datasets/image_data.h"
 #include "datasets/token_data.h"
 #include "models/cnn.h"
+#ifdef RINGTRAIN_HAVE_CUDA
+#include "models/gpt_gpu.h"
+#endif
 #include "worker/metrics.h"
 
 namespace ringtrain {
@@ -38,7 +41,20 @@ class LmTask final : public Task {
     t->eval_batches_ = static_cast<int>(c.Int("train.eval_batches"));
     t->model_->InitWeights(t->seed_);
     if (saved) RT_RETURN_IF_ERROR(LoadParams(*saved, t->model_->arena(), "GPT"));
-    t->model_->PlanActivations(t->batch_, t->block_);
+    if (c.Str("device") == "cuda") {
+      if (shard.tp && shard.tp->size() > 1)
+        return InvalidArgument("device cuda does not combine with parallel.tensor > 1 yet");
+#ifdef RINGTRAIN_HAVE_CUDA
+      const int visible = CudaDeviceCount();
+      RT_ASSIGN_OR_RETURN(t->gpu_, GpuGpt::Create(gc, visible > 0 ? shard.local_rank % visible : 0));
+      RT_RETURN_IF_ERROR(t->gpu_->PlanActivations(t->batch_, t->block_));
+      t->grad_buf_.resize(t->model_->arena().layout.total());
+#else
+      return InvalidArgument("device cuda: this ringtrain was built without CUDA (no nvcc when it was configured)");
+#endif
+    } else {
+      t->model_->PlanActivations(t->batch_, t->block_);
+    }
     t->tokens_.resize(static_cast<size_t>(t->batch_) * t->block_);
     t->targets_.resize(t->tokens_.size());
     return std::unique_ptr<Task>(std::move(t));
@@ -60,6 +76,9 @@ class LmTask final : public Task {
   StatusOr<double> MicroStep(uint64_t index, float loss_scale, const GradReadyFn& ready) override {
     const int row0 = shard_.rank * batch_;
     data_.SampleBatch(Split::kTrain, seed_, index, row0, batch_, block_, tokens_.data(), targets_.data());
+#ifdef RINGTRAIN_HAVE_CUDA
+    if (gpu_) return GpuMicroStep(loss_scale, ready);
+#endif
     const double loss = model_->Forward(tokens_.data(), targets_.data(), batch_, block_, true, seed_, index, row0);
     RT_RETURN_IF_ERROR(model_->tp_status());
     model_->Backward(loss_scale, ready);
@@ -73,6 +92,14 @@ class LmTask final : public Task {
     for (int i = 0; i < eval_batches_; ++i) {
       data_.SampleBatch(Split::kVal, seed_, static_cast<uint64_t>(i), shard_.rank * batch_, batch_, block_,
                         tokens_.data(), targets_.data());
+#ifdef RINGTRAIN_HAVE_CUDA
+      if (gpu_) {
+        if (i == 0) RT_RETURN_IF_ERROR(gpu_->UploadParams(model_->arena().params.data()).WithContext("evaluating"));
+        RT_ASSIGN_OR_RETURN(const double l, gpu_->Forward(tokens_.data(), targets_.data(), batch_, block_));
+        sum += l;
+        continue;
+      }
+#endif
       sum += model_->Forward(tokens_.data(), targets_.data(), batch_, block_, false);
       RT_RETURN_IF_ERROR(model_->tp_status().WithContext("evaluating"));
     }
@@ -96,6 +123,9 @@ class LmTask final : public Task {
   }
   std::optional<double> EntropyRate() const override { return data_.entropy_rate; }
   std::string DataDescription() const override { return data_.description; }
+#ifdef RINGTRAIN_HAVE_CUDA
+  std::string DeviceName() const override { return gpu_ ? gpu_->DeviceName() : "cpu"; }
+#endif
   nlohmann::json ModelMeta() const override {
     nlohmann::json m = {{"task", "lm"}, {"vocab_size", model_->config().vocab_size}, {"data", data_.description}};
     if (data_.vocab) m["vocab_chars"] = std::vector<uint32_t>(data_.vocab->chars().begin(), data_.vocab->chars().end());
@@ -103,6 +133,27 @@ class LmTask final : public Task {
   }
 
  private:
+#ifdef RINGTRAIN_HAVE_CUDA
+  // device cuda: the host arena stays the master copy (optimizer, sync, checkpoints); each
+  // micro-step uploads the parameters, runs forward and backward on the GPU, and adds the GPU's
+  // gradients into the host gradients. All of them are ready at once for the sync engine.
+  StatusOr<double> GpuMicroStep(float loss_scale, const GradReadyFn& ready) {
+    ParamArena<float>& A = model_->arena();
+    RT_RETURN_IF_ERROR(gpu_->UploadParams(A.params.data()));
+    RT_RETURN_IF_ERROR(gpu_->ZeroGrads());
+    RT_ASSIGN_OR_RETURN(const double loss, gpu_->Forward(tokens_.data(), targets_.data(), batch_, block_));
+    RT_RETURN_IF_ERROR(gpu_->Backward(loss_scale));
+    RT_RETURN_IF_ERROR(gpu_->DownloadGrads(grad_buf_.data()));
+    float* g = A.grads.data();
+    const size_t n = grad_buf_.size();
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; ++i) g[i] += grad_buf_[i];
+    if (ready) ready(0, n);
+    return loss;
+  }
+  std::unique_ptr<GpuGpt> gpu_;
+  std::vector<float> grad_buf_;
+#endif
   TokenData data_;
   TaskShard shard_;
   std::unique_ptr<Gpt<float>> model_;
@@ -239,6 +290,8 @@ StatusOr<std::unique_ptr<Task>> MakeTask(const Config& config, const SavedModel*
   const std::string& type = config.Str("model.type");
   const std::string& source = config.Str("data.source");
   const bool image_data = source == "mnist" || source == "cifar10" || source == "synthetic_images";
+  if (type != "gpt" && config.Str("device") == "cuda")
+    return InvalidArgument("config: device cuda runs GPT models only so far (model.type is " + type + ")");
   if (type == "gpt") {
     if (image_data)
       return InvalidArgument("config: model.type gpt needs token data, but data.source is " + source +

@@ -33,6 +33,7 @@ struct TaskShard {
   int size = 1;
   coll::Communicator* comm = nullptr;  // not owned; null for one process
   coll::Communicator* tp = nullptr;    // not owned; null: no tensor parallelism
+  int local_rank = 0;                  // on this node (picks the GPU under device cuda)
 };
 
 class Task {
@@ -58,6 +59,8 @@ class Task {
   virtual std::string Header() const = 0;  // data and model lines printed at the start
   virtual std::optional<double> EntropyRate() const { return std::nullopt; }
   virtual std::string DataDescription() const = 0;
+  // Where forward/backward run: "cpu", or the GPU's name under device cuda.
+  virtual std::string DeviceName() const { return "cpu"; }
   // model.json fields that describe the data (vocabulary, image shape, normalisation).
   virtual nlohmann::json ModelMeta() const = 0;
 };

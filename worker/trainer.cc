@@ -106,6 +106,7 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const T
   TaskShard shard;
   if (dpc) shard = {dpc->rank(), dpc->size(), dpc, nullptr};
   shard.tp = t->tp_comm_.get();
+  shard.local_rank = opts.local_rank;
   RT_ASSIGN_OR_RETURN(t->task_, MakeTask(config, nullptr, shard));
   t->accum_ = static_cast<int>(config.Int("train.grad_accum"));
   ParamArena<float>& A = t->task_->arena();

@@ -34,6 +34,7 @@ struct TrainOptions {
   // the ranks at the same position in theirs.
   coll::Communicator* comm = nullptr;
   int local_size = 1;
+  int local_rank = 0;  // this process's index on its node (device cuda: the GPU it uses)
   // Checkpoints: the root every rank saves into and resumes from (empty: no checkpoints), and
   // what to resume: "" (start fresh), "auto" (the newest usable checkpoint in the root, else
   // fresh) or a checkpoint directory.

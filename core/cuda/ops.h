@@ -60,6 +60,15 @@ Status AttentionForward(const Blas& blas, float* out, float* att, const float* q
 Status AttentionBackward(const Blas& blas, float* dqkv, float* scratch, const float* dout, const float* qkv,
                          const float* att, int B, int T, int C, int NH);
 
+// Fused causal self-attention (flash-style, core/cuda/flash_attention.cu): the same result as
+// AttentionForward without storing (B,NH,T,T). out (B,T,C); lse (B,NH,T) receives each query row's
+// log-sum-exp of its scaled scores, which backward needs. Head sizes C/NH of 16, 32, 64 and 128.
+bool FlashAttentionSupports(int head_size);
+Status FlashAttentionForward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH, cudaStream_t s);
+// dqkv (B,T,3C) overwritten; delta: B*NH*T floats of scratch; out and lse from the forward.
+Status FlashAttentionBackward(float* dqkv, float* delta, const float* dout, const float* qkv, const float* out,
+                              const float* lse, int B, int T, int C, int NH, cudaStream_t s);
+
 // GELU, tanh approximation; backward overwrites din.
 Status GeluForward(float* out, const float* in, int64_t n, cudaStream_t s);
 Status GeluBackward(float* din, const float* dout, const float* in, int64_t n, cudaStream_t s);

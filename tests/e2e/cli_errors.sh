@@ -39,6 +39,12 @@ expect_error "partial torchrun environment" "RANK and WORLD_SIZE must both be se
 expect_error "bad Slurm node list" "node[3-1]" -- env SLURM_STEP_ID=0 SLURM_PROCID=0 SLURM_NTASKS=2 \
   'SLURM_JOB_NODELIST=node[3-1]' "$RT" train --run-dir r
 expect_error "bad dist key" "dist.zero1: expected" -- "$RT" train --run-dir r --set dist.zero1=maybe
+# device cuda: what the GPU path lacks is refused before any device is touched (the same line with
+# or without a GPU); a build without CUDA says so instead, also naming device cuda.
+expect_error "unknown device" "device" -- "$RT" train --run-dir r --set device=tpu
+expect_error "device cuda with dropout" "device cuda" -- "$RT" train --run-dir r --set device=cuda --set model.dropout=0.1
+expect_error "device cuda for a CNN" "device cuda runs GPT models only" -- \
+  "$RT" train --run-dir r --set device=cuda --set model.type=lenet --set data.source=synthetic_images
 # A config error on every launched rank: the launcher names the rank and passes its status on.
 rc=0
 "$RT" launch --nproc 2 -- train --run-dir r --set model.n_layr=2 >out.txt 2>err.txt || rc=$?

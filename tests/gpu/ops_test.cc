@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "core/cpu/ops.h"
@@ -149,6 +150,38 @@ TEST(GpuOps, Attention) {
                          nullptr, 0.f, B, T, C, NH);
   ASSERT_TRUE(gpu::AttentionBackward(*blas, g_dqkv.p, g_scratch.p, g_dout.p, g_qkv.p, g_att.p, B, T, C, NH).ok());
   ExpectClose(g_dqkv.Host(), dqkv, "attention dqkv");
+}
+
+// Flash attention against the CPU reference at every supported head size, with T not a multiple
+// of the kernels' tiles (so partial tiles and the causal edge inside a tile are covered), and
+// without ever storing (B,NH,T,T).
+TEST(GpuOps, FlashAttention) {
+  SKIP_WITHOUT_GPU();
+  struct Shape {
+    int B, T, C, NH;
+  };
+  for (const Shape sh : {Shape{2, 16, 64, 4}, Shape{2, 77, 64, 2}, Shape{1, 100, 128, 2}, Shape{2, 70, 128, 1}}) {
+    const int n = sh.B * sh.T;
+    SCOPED_TRACE("B=" + std::to_string(sh.B) + " T=" + std::to_string(sh.T) + " head size " +
+                 std::to_string(sh.C / sh.NH));
+    ASSERT_TRUE(gpu::FlashAttentionSupports(sh.C / sh.NH));
+    auto qkv = Random(static_cast<size_t>(n) * 3 * sh.C, 32, 2.f), dout = Random(static_cast<size_t>(n) * sh.C, 33);
+    std::vector<float> out(static_cast<size_t>(n) * sh.C), att(static_cast<size_t>(sh.B) * sh.NH * sh.T * sh.T),
+        dqkv(qkv.size()), scratch(cpu::AttentionScratchSize(sh.T));
+    cpu::AttentionForward(out.data(), att.data(), static_cast<float*>(nullptr), nullptr, 0.f, qkv.data(), sh.B, sh.T,
+                          sh.C, sh.NH);
+    cpu::AttentionBackward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), att.data(),
+                           static_cast<float*>(nullptr), nullptr, 0.f, sh.B, sh.T, sh.C, sh.NH);
+    const size_t rows = static_cast<size_t>(sh.B) * sh.NH * sh.T;
+    Dev<float> g_qkv(qkv), g_dout(dout), g_out(out.size()), g_lse(rows), g_delta(rows), g_dqkv(qkv.size());
+    ASSERT_TRUE(gpu::FlashAttentionForward(g_out.p, g_lse.p, g_qkv.p, sh.B, sh.T, sh.C, sh.NH, nullptr).ok());
+    ExpectClose(g_out.Host(), out, "flash attention out");
+    ASSERT_TRUE(gpu::FlashAttentionBackward(g_dqkv.p, g_delta.p, g_dout.p, g_qkv.p, g_out.p, g_lse.p, sh.B, sh.T,
+                                            sh.C, sh.NH, nullptr)
+                    .ok());
+    ExpectClose(g_dqkv.Host(), dqkv, "flash attention dqkv");
+  }
+  EXPECT_FALSE(gpu::FlashAttentionSupports(24));
 }
 
 TEST(GpuOps, GeluResidualSoftmaxCrossEntropy) {

@@ -1,0 +1,256 @@
+#include "models/gpt_gpu.h"
+
+#include <string>
+
+namespace ringtrain {
+
+int CudaDeviceCount() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky "no driver" error
+    return 0;
+  }
+  return n;
+}
+
+StatusOr<std::unique_ptr<GpuGpt>> GpuGpt::Create(const GptConfig& cfg, int device) {
+  if (cfg.dropout > 0)
+    return InvalidArgument("model.dropout = " + std::to_string(cfg.dropout) +
+                           ": dropout is not implemented on device cuda yet (set model.dropout=0)");
+  const int count = CudaDeviceCount();
+  if (count == 0) {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    (void)cudaGetLastError();
+    return Unavailable(std::string("device cuda: no CUDA device on this machine (") + cudaGetErrorString(e) + ")");
+  }
+  if (device < 0 || device >= count)
+    return InvalidArgument("device cuda: device " + std::to_string(device) + " does not exist (" +
+                           std::to_string(count) + " visible)");
+  std::unique_ptr<GpuGpt> g(new GpuGpt(cfg));
+  g->device_ = device;
+  RT_CUDA_RETURN_IF_ERROR(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
+  RT_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&g->stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  RT_ASSIGN_OR_RETURN(gpu::Blas blas, gpu::Blas::Create(g->stream_));
+  g->blas_ = std::make_unique<gpu::Blas>(std::move(blas));
+  g->flash_ = gpu::FlashAttentionSupports(cfg.n_embd / cfg.n_head);
+  g->layout_ = Gpt<float>::LayoutFor(cfg, 0, 1);
+  const ParamLayout& L = g->layout_;
+  auto find = [&](const std::string& name) { return L.Find(name); };
+  g->wte_ = find("wte.weight");
+  g->wpe_ = find("wpe.weight");
+  g->lnf_w_ = find("ln_f.weight");
+  g->lnf_b_ = find("ln_f.bias");
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    const std::string p = "h." + std::to_string(l) + ".";
+    g->blocks_.push_back(Block{find(p + "ln_1.weight"), find(p + "ln_1.bias"), find(p + "attn.c_attn.weight"),
+                               find(p + "attn.c_attn.bias"), find(p + "attn.c_proj.weight"),
+                               find(p + "attn.c_proj.bias"), find(p + "ln_2.weight"), find(p + "ln_2.bias"),
+                               find(p + "mlp.c_fc.weight"), find(p + "mlp.c_fc.bias"), find(p + "mlp.c_proj.weight"),
+                               find(p + "mlp.c_proj.bias")});
+  }
+  RT_CHECK(g->wte_ >= 0 && g->wpe_ >= 0 && g->lnf_w_ >= 0);
+  RT_RETURN_IF_ERROR(g->params_.Allocate(L.total(), "parameters"));
+  RT_RETURN_IF_ERROR(g->grads_.Allocate(L.total(), "gradients"));
+  RT_RETURN_IF_ERROR(g->ZeroGrads());
+  return g;
+}
+
+std::string GpuGpt::DeviceName() const {
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device_) != cudaSuccess) return "cuda:" + std::to_string(device_);
+  return prop.name;
+}
+
+GpuGpt::~GpuGpt() {
+  if (stream_ != nullptr) {
+    cudaSetDevice(device_);
+    cudaStreamSynchronize(stream_);
+    blas_.reset();
+    cudaStreamDestroy(stream_);
+  }
+}
+
+Status GpuGpt::UploadParams(const float* host) {
+  RT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(params_.data(), host, layout_.total() * sizeof(float),
+                                          cudaMemcpyHostToDevice, stream_),
+                          "copying parameters to the device");
+  return Status::Ok();
+}
+
+Status GpuGpt::DownloadParams(float* host) {
+  RT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host, params_.data(), layout_.total() * sizeof(float),
+                                          cudaMemcpyDeviceToHost, stream_),
+                          "copying parameters from the device");
+  return Synchronize();
+}
+
+Status GpuGpt::DownloadGrads(float* host) {
+  RT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host, grads_.data(), layout_.total() * sizeof(float),
+                                          cudaMemcpyDeviceToHost, stream_),
+                          "copying gradients from the device");
+  return Synchronize();
+}
+
+Status GpuGpt::ZeroGrads() {
+  RT_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(grads_.data(), 0, layout_.total() * sizeof(float), stream_),
+                          "zeroing gradients");
+  return Status::Ok();
+}
+
+Status GpuGpt::Synchronize() {
+  RT_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "GPT step on the device");
+  return Status::Ok();
+}
+
+Status GpuGpt::PlanActivations(int B, int Tn) {
+  RT_CHECK(Tn <= cfg_.block_size);
+  if (B <= planB_ && Tn <= planT_) return Status::Ok();
+  RT_RETURN_IF_ERROR(Synchronize());  // the old plan may still be in use
+  planB_ = std::max(B, planB_);
+  planT_ = std::max(Tn, planT_);
+  const int64_t N = static_cast<int64_t>(planB_) * planT_, C = cfg_.n_embd, V = cfg_.vocab_size,
+                NH = cfg_.n_head;
+  const int64_t att = static_cast<int64_t>(planB_) * NH * planT_ * (flash_ ? 1 : planT_);
+  auto r = [](int64_t n) { return (n + 63) / 64 * 64; };  // 256-byte aligned pieces
+  const int64_t per_block = r(N * C) * 6 + r(N) * 4 + r(N * 3 * C) + r(att) + r(N * C) + r(N * 4 * C) * 2;
+  const int64_t total = per_block * cfg_.n_layer + r(N * C) * 2 + r(N) * 3 + r(N * V) + r(N * C) * 2 +
+                        r(N * 4 * C) + r(N * 3 * C) + r(att);
+  RT_RETURN_IF_ERROR(acts_.Allocate(static_cast<size_t>(total), "activations"));
+  RT_RETURN_IF_ERROR(ids_.Allocate(static_cast<size_t>(2 * N), "token ids"));
+  float* p = acts_.data();
+  auto take = [&](int64_t n) {
+    float* q = p;
+    p += r(n);
+    return q;
+  };
+  encoded_ = take(N * C);
+  ba_.assign(static_cast<size_t>(cfg_.n_layer), BlockActs{});
+  for (auto& a : ba_) {
+    a.ln1 = take(N * C);
+    a.ln1_mean = take(N);
+    a.ln1_rstd = take(N);
+    a.qkv = take(N * 3 * C);
+    a.att = take(att);
+    a.atty = take(N * C);
+    a.attproj = take(N * C);
+    a.res1 = take(N * C);
+    a.ln2 = take(N * C);
+    a.ln2_mean = take(N);
+    a.ln2_rstd = take(N);
+    a.fch = take(N * 4 * C);
+    a.fch_gelu = take(N * 4 * C);
+    a.fcproj = take(N * C);
+    a.res2 = take(N * C);
+  }
+  lnf_ = take(N * C);
+  lnf_mean_ = take(N);
+  lnf_rstd_ = take(N);
+  logits_ = take(N * V);
+  dres_ = take(N * C);
+  dtmp_ = take(N * C);
+  dbig_ = take(N * 4 * C);
+  dqkv_ = take(N * 3 * C);
+  datt_ = take(att);
+  losses_ = take(N);
+  RT_CHECK(p <= acts_.data() + acts_.size());
+  host_losses_.resize(static_cast<size_t>(N));
+  return Status::Ok();
+}
+
+StatusOr<double> GpuGpt::Forward(const int32_t* tokens, const int32_t* targets, int B, int Tn) {
+  RT_RETURN_IF_ERROR(PlanActivations(B, Tn));
+  const int N = B * Tn, C = cfg_.n_embd, V = cfg_.vocab_size, NH = cfg_.n_head;
+  const int64_t NC = static_cast<int64_t>(N) * C;
+  curB_ = B;
+  curT_ = Tn;
+  have_targets_ = targets != nullptr;
+  int32_t* d_tokens = ids_.data();
+  int32_t* d_targets = ids_.data() + N;
+  RT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_tokens, tokens, sizeof(int32_t) * N, cudaMemcpyHostToDevice, stream_),
+                          "copying tokens to the device");
+  if (targets)
+    RT_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(d_targets, targets, sizeof(int32_t) * N, cudaMemcpyHostToDevice, stream_),
+        "copying targets to the device");
+  const gpu::Blas& blas = *blas_;
+  RT_RETURN_IF_ERROR(gpu::EmbeddingForward(encoded_, d_tokens, P(wte_), P(wpe_), B, Tn, C, stream_));
+  const float* x = encoded_;
+  for (int l = 0; l < cfg_.n_layer; ++l) {
+    const Block& b = blocks_[static_cast<size_t>(l)];
+    const BlockActs& a = ba_[static_cast<size_t>(l)];
+    RT_RETURN_IF_ERROR(gpu::LayerNormForward(a.ln1, a.ln1_mean, a.ln1_rstd, x, P(b.ln1_w), P(b.ln1_b), N, C, stream_));
+    RT_RETURN_IF_ERROR(gpu::LinearForward(blas, a.qkv, a.ln1, P(b.attn_w), P(b.attn_b), N, C, 3 * C));
+    RT_RETURN_IF_ERROR(flash_ ? gpu::FlashAttentionForward(a.atty, a.att, a.qkv, B, Tn, C, NH, stream_)
+                              : gpu::AttentionForward(blas, a.atty, a.att, a.qkv, B, Tn, C, NH));
+    RT_RETURN_IF_ERROR(gpu::LinearForward(blas, a.attproj, a.atty, P(b.proj_w), P(b.proj_b), N, C, C));
+    RT_RETURN_IF_ERROR(gpu::ResidualForward(a.res1, x, a.attproj, NC, stream_));
+    RT_RETURN_IF_ERROR(gpu::LayerNormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res1, P(b.ln2_w), P(b.ln2_b), N, C, stream_));
+    RT_RETURN_IF_ERROR(gpu::LinearForward(blas, a.fch, a.ln2, P(b.fc_w), P(b.fc_b), N, C, 4 * C));
+    RT_RETURN_IF_ERROR(gpu::GeluForward(a.fch_gelu, a.fch, 4 * NC, stream_));
+    RT_RETURN_IF_ERROR(gpu::LinearForward(blas, a.fcproj, a.fch_gelu, P(b.fcproj_w), P(b.fcproj_b), N, 4 * C, C));
+    RT_RETURN_IF_ERROR(gpu::ResidualForward(a.res2, a.res1, a.fcproj, NC, stream_));
+    x = a.res2;
+  }
+  RT_RETURN_IF_ERROR(gpu::LayerNormForward(lnf_, lnf_mean_, lnf_rstd_, x, P(lnf_w_), P(lnf_b_), N, C, stream_));
+  // Output layer tied to the token embedding: logits (N,V) = lnf (N,C) @ wte^T.
+  RT_RETURN_IF_ERROR(gpu::LinearForward(blas, logits_, lnf_, P(wte_), nullptr, N, C, V));
+  if (!targets) {
+    cur_valid_ = 0;
+    RT_RETURN_IF_ERROR(Synchronize());
+    return 0.0;
+  }
+  cur_valid_ = 0;
+  for (int i = 0; i < N; ++i) cur_valid_ += targets[i] >= 0 ? 1 : 0;
+  RT_RETURN_IF_ERROR(gpu::SoftmaxCrossEntropy(losses_, nullptr, logits_, d_targets, N, V, 0.f, stream_));
+  RT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_losses_.data(), losses_, sizeof(float) * N, cudaMemcpyDeviceToHost,
+                                          stream_),
+                          "copying losses from the device");
+  RT_RETURN_IF_ERROR(Synchronize());
+  double sum = 0;
+  for (int i = 0; i < N; ++i) sum += host_losses_[static_cast<size_t>(i)];
+  return cur_valid_ > 0 ? sum / static_cast<double>(cur_valid_) : 0.0;
+}
+
+Status GpuGpt::Backward(float loss_scale) {
+  RT_CHECK_MSG(have_targets_, "Backward needs a Forward with targets");
+  const int B = curB_, Tn = curT_, N = B * Tn, C = cfg_.n_embd, V = cfg_.vocab_size, NH = cfg_.n_head;
+  const int64_t NC = static_cast<int64_t>(N) * C;
+  const float scale = cur_valid_ > 0 ? loss_scale / static_cast<float>(cur_valid_) : 0.f;
+  const int32_t* d_tokens = ids_.data();
+  const int32_t* d_targets = ids_.data() + N;
+  const gpu::Blas& blas = *blas_;
+  // dlogits in place of the logits.
+  RT_RETURN_IF_ERROR(gpu::SoftmaxCrossEntropy(losses_, logits_, logits_, d_targets, N, V, scale, stream_));
+  RT_RETURN_IF_ERROR(gpu::LinearBackward(blas, dtmp_, G(wte_), nullptr, logits_, lnf_, P(wte_), N, C, V));
+  RT_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(dres_, 0, sizeof(float) * NC, stream_), "zeroing the residual gradient");
+  const float* xlast = cfg_.n_layer > 0 ? ba_.back().res2 : encoded_;
+  RT_RETURN_IF_ERROR(
+      gpu::LayerNormBackward(dres_, G(lnf_w_), G(lnf_b_), dtmp_, xlast, P(lnf_w_), lnf_mean_, lnf_rstd_, N, C, stream_));
+  for (int l = cfg_.n_layer - 1; l >= 0; --l) {
+    const Block& b = blocks_[static_cast<size_t>(l)];
+    const BlockActs& a = ba_[static_cast<size_t>(l)];
+    const float* x = l > 0 ? ba_[static_cast<size_t>(l - 1)].res2 : encoded_;
+    // MLP branch: dres holds d(res2).
+    RT_RETURN_IF_ERROR(gpu::LinearBackward(blas, dbig_, G(b.fcproj_w), G(b.fcproj_b), dres_, a.fch_gelu,
+                                           P(b.fcproj_w), N, 4 * C, C));
+    RT_RETURN_IF_ERROR(gpu::GeluBackward(dbig_, dbig_, a.fch, 4 * NC, stream_));
+    RT_RETURN_IF_ERROR(gpu::LinearBackward(blas, dtmp_, G(b.fc_w), G(b.fc_b), dbig_, a.ln2, P(b.fc_w), N, C, 4 * C));
+    RT_RETURN_IF_ERROR(gpu::LayerNormBackward(dres_, G(b.ln2_w), G(b.ln2_b), dtmp_, a.res1, P(b.ln2_w), a.ln2_mean,
+                                              a.ln2_rstd, N, C, stream_));  // dres now d(res1)
+    // Attention branch.
+    float* datty = dbig_;  // (N,C) of the (N,4C) scratch
+    RT_RETURN_IF_ERROR(
+        gpu::LinearBackward(blas, datty, G(b.proj_w), G(b.proj_b), dres_, a.atty, P(b.proj_w), N, C, C));
+    RT_RETURN_IF_ERROR(flash_ ? gpu::FlashAttentionBackward(dqkv_, datt_, datty, a.qkv, a.atty, a.att, B, Tn, C, NH,
+                                                            stream_)
+                              : gpu::AttentionBackward(blas, dqkv_, datt_, datty, a.qkv, a.att, B, Tn, C, NH));
+    RT_RETURN_IF_ERROR(
+        gpu::LinearBackward(blas, dtmp_, G(b.attn_w), G(b.attn_b), dqkv_, a.ln1, P(b.attn_w), N, C, 3 * C));
+    RT_RETURN_IF_ERROR(gpu::LayerNormBackward(dres_, G(b.ln1_w), G(b.ln1_b), dtmp_, x, P(b.ln1_w), a.ln1_mean,
+                                              a.ln1_rstd, N, C, stream_));  // dres now d(x)
+  }
+  return gpu::EmbeddingBackward(G(wte_), G(wpe_), dres_, d_tokens, B, Tn, C, stream_);
+}
+
+}  // namespace ringtrain

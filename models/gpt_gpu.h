@@ -1,0 +1,98 @@
+// GPT on one CUDA device, fp32: the same architecture, parameter layout and formulas as
+// models/gpt.h (Gpt<float> at tensor-parallel degree 1), so a host arena copies onto the device
+// as one block and back, and the CPU model is the reference the GPU tests compare against.
+// Parameters, gradients and activations live in device memory planned once (no allocation inside
+// a step); every kernel runs on the model's own stream. Attention is the fused (flash-style)
+// kernel where the head size allows (16, 32, 64, 128), so no (T,T) matrix is stored. No dropout
+// and no tensor parallelism yet: Create refuses them.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/arena.h"
+#include "core/cuda/memory.h"
+#include "core/cuda/ops.h"
+#include "models/gpt.h"
+
+namespace ringtrain {
+
+class GpuGpt {
+ public:
+  // The model on CUDA device `device` (an index among the visible devices). Fails with one line
+  // when there is no such device or when the config asks for what the GPU path lacks.
+  static StatusOr<std::unique_ptr<GpuGpt>> Create(const GptConfig& cfg, int device);
+  ~GpuGpt();
+  GpuGpt(const GpuGpt&) = delete;
+  GpuGpt& operator=(const GpuGpt&) = delete;
+
+  const GptConfig& config() const { return cfg_; }
+  // The layout of Gpt<float>(cfg) at TP = 1: element i of the device arena is element i there.
+  const ParamLayout& layout() const { return layout_; }
+  cudaStream_t stream() const { return stream_; }
+  // The device's name as CUDA reports it ("NVIDIA H200").
+  std::string DeviceName() const;
+  float* params() { return params_.data(); }
+  float* grads() { return grads_.data(); }
+
+  // Host <-> device copies of the whole parameter / gradient vector (layout().total() floats).
+  Status UploadParams(const float* host);
+  Status DownloadParams(float* host);
+  Status DownloadGrads(float* host);
+  Status ZeroGrads();
+
+  // Plans device activation memory for up to B sequences of up to Tn tokens (idempotent when it fits).
+  Status PlanActivations(int B, int Tn);
+  // tokens, targets (B,Tn) on the host; targets may be null (no loss). Returns the mean loss over
+  // targets >= 0, summed in double on the host (0 without targets). Waits for the device.
+  StatusOr<double> Forward(const int32_t* tokens, const int32_t* targets, int B, int Tn);
+  // Backward of (loss_scale * mean loss) of the last Forward with targets; parameter gradients
+  // accumulate into grads(). Enqueued on stream(); returns once enqueued.
+  Status Backward(float loss_scale);
+  // Waits for everything enqueued on stream().
+  Status Synchronize();
+
+ private:
+  GpuGpt(const GptConfig& cfg) : cfg_(cfg) {}
+  struct Block {
+    int ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b;
+  };
+  struct BlockActs {
+    // att: the (B,NH,T,T) probabilities, or with flash attention the (B,NH,T) log-sum-exps.
+    float *ln1, *ln1_mean, *ln1_rstd, *qkv, *att, *atty, *attproj, *res1;
+    float *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *fcproj, *res2;
+  };
+  float* P(int i) { return i >= 0 ? params_.data() + layout_.spec(i).offset : nullptr; }
+  float* G(int i) { return i >= 0 ? grads_.data() + layout_.spec(i).offset : nullptr; }
+
+  GptConfig cfg_;
+  ParamLayout layout_;
+  int device_ = 0;
+  bool flash_ = false;  // fused attention (head sizes it supports), else the materialised kernels
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<gpu::Blas> blas_;
+  cuda::DeviceBuffer<float> params_, grads_;
+  int wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1;
+  std::vector<Block> blocks_;
+
+  int planB_ = 0, planT_ = 0;
+  cuda::DeviceBuffer<float> acts_;
+  cuda::DeviceBuffer<int32_t> ids_;  // tokens then targets, (B,Tn) each
+  std::vector<BlockActs> ba_;
+  float *encoded_ = nullptr, *lnf_ = nullptr, *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr, *logits_ = nullptr,
+        *losses_ = nullptr, *dres_ = nullptr, *dtmp_ = nullptr, *dbig_ = nullptr, *dqkv_ = nullptr,
+        *datt_ = nullptr;
+  std::vector<float> host_losses_;
+  int curB_ = 0, curT_ = 0;
+  int64_t cur_valid_ = 0;
+  bool have_targets_ = false;
+};
+
+// Number of CUDA devices this process sees (0 when there is no driver or no device).
+int CudaDeviceCount();
+
+}  // namespace ringtrain
