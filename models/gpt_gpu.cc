@@ -1,5 +1,6 @@
 #include "models/gpt_gpu.h"
 
+#include <cstdio>
 #include <string>
 
 namespace ringtrain {
@@ -14,9 +15,12 @@ int CudaDeviceCount() {
 }
 
 StatusOr<std::unique_ptr<GpuGpt>> GpuGpt::Create(const GptConfig& cfg, int device) {
-  if (cfg.dropout > 0)
-    return InvalidArgument("model.dropout = " + std::to_string(cfg.dropout) +
+  if (cfg.dropout > 0) {
+    char p[32];
+    std::snprintf(p, sizeof p, "%g", static_cast<double>(cfg.dropout));
+    return InvalidArgument(std::string("model.dropout = ") + p +
                            ": dropout is not implemented on device cuda yet (set model.dropout=0)");
+  }
   const int count = CudaDeviceCount();
   if (count == 0) {
     int n = 0;
