@@ -18,6 +18,12 @@ class Work {
   Work() = default;
   // The call's outcome; a deferred future runs its waiting on the first Wait().
   explicit Work(std::shared_future<Status> f) : f_(std::move(f)) {}
+  // An already finished call with outcome st (errors found before anything was issued).
+  static Work Finished(Status st) {
+    std::promise<Status> p;
+    p.set_value(std::move(st));
+    return Work(p.get_future().share());
+  }
   // Blocks until the call has finished; returns its status (the same on every call of Wait).
   Status Wait();
   bool valid() const { return f_.valid(); }

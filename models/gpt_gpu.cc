@@ -5,32 +5,29 @@
 
 namespace ringtrain {
 
-int CudaDeviceCount() {
+int CudaDeviceCount(std::string* why) {
   int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
     (void)cudaGetLastError();  // clear the sticky "no driver" error
+    if (why) *why = cudaGetErrorString(e);
     return 0;
   }
+  if (why && n == 0) *why = "no device visible";
   return n;
 }
 
-StatusOr<std::unique_ptr<GpuGpt>> GpuGpt::Create(const GptConfig& cfg, int device) {
+StatusOr<std::unique_ptr<GpuGpt>> GpuGpt::Create(const GptConfig& cfg, int local_rank) {
   if (cfg.dropout > 0) {
     char p[32];
     std::snprintf(p, sizeof p, "%g", static_cast<double>(cfg.dropout));
     return InvalidArgument(std::string("model.dropout = ") + p +
                            ": dropout is not implemented on device cuda yet (set model.dropout=0)");
   }
-  const int count = CudaDeviceCount();
-  if (count == 0) {
-    int n = 0;
-    const cudaError_t e = cudaGetDeviceCount(&n);
-    (void)cudaGetLastError();
-    return Unavailable(std::string("device cuda: no CUDA device on this machine (") + cudaGetErrorString(e) + ")");
-  }
-  if (device < 0 || device >= count)
-    return InvalidArgument("device cuda: device " + std::to_string(device) + " does not exist (" +
-                           std::to_string(count) + " visible)");
+  std::string why;
+  const int count = CudaDeviceCount(&why);
+  if (count == 0) return Unavailable("device cuda: no CUDA device on this machine (" + why + ")");
+  const int device = local_rank % count;
   std::unique_ptr<GpuGpt> g(new GpuGpt(cfg));
   g->device_ = device;
   RT_CUDA_RETURN_IF_ERROR(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
@@ -80,13 +77,6 @@ Status GpuGpt::UploadParams(const float* host) {
                                           cudaMemcpyHostToDevice, stream_),
                           "copying parameters to the device");
   return Status::Ok();
-}
-
-Status GpuGpt::DownloadParams(float* host) {
-  RT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host, params_.data(), layout_.total() * sizeof(float),
-                                          cudaMemcpyDeviceToHost, stream_),
-                          "copying parameters from the device");
-  return Synchronize();
 }
 
 Status GpuGpt::DownloadGrads(float* host) {
@@ -169,6 +159,7 @@ StatusOr<double> GpuGpt::Forward(const int32_t* tokens, const int32_t* targets, 
   curB_ = B;
   curT_ = Tn;
   have_targets_ = targets != nullptr;
+  cur_valid_ = 0;
   int32_t* d_tokens = ids_.data();
   int32_t* d_targets = ids_.data() + N;
   RT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_tokens, tokens, sizeof(int32_t) * N, cudaMemcpyHostToDevice, stream_),
@@ -200,11 +191,9 @@ StatusOr<double> GpuGpt::Forward(const int32_t* tokens, const int32_t* targets, 
   // Output layer tied to the token embedding: logits (N,V) = lnf (N,C) @ wte^T.
   RT_RETURN_IF_ERROR(gpu::LinearForward(blas, logits_, lnf_, P(wte_), nullptr, N, C, V));
   if (!targets) {
-    cur_valid_ = 0;
     RT_RETURN_IF_ERROR(Synchronize());
     return 0.0;
   }
-  cur_valid_ = 0;
   for (int i = 0; i < N; ++i) cur_valid_ += targets[i] >= 0 ? 1 : 0;
   RT_RETURN_IF_ERROR(gpu::SoftmaxCrossEntropy(losses_, nullptr, logits_, d_targets, N, V, 0.f, stream_));
   RT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_losses_.data(), losses_, sizeof(float) * N, cudaMemcpyDeviceToHost,

@@ -23,9 +23,10 @@ namespace ringtrain {
 
 class GpuGpt {
  public:
-  // The model on CUDA device `device` (an index among the visible devices). Fails with one line
-  // when there is no such device or when the config asks for what the GPU path lacks.
-  static StatusOr<std::unique_ptr<GpuGpt>> Create(const GptConfig& cfg, int device);
+  // The model on visible CUDA device local_rank mod (number of visible devices): one GPU per local
+  // rank. Fails with one line when there is no device or when the config asks for what the GPU
+  // path lacks.
+  static StatusOr<std::unique_ptr<GpuGpt>> Create(const GptConfig& cfg, int local_rank);
   ~GpuGpt();
   GpuGpt(const GpuGpt&) = delete;
   GpuGpt& operator=(const GpuGpt&) = delete;
@@ -33,15 +34,11 @@ class GpuGpt {
   const GptConfig& config() const { return cfg_; }
   // The layout of Gpt<float>(cfg) at TP = 1: element i of the device arena is element i there.
   const ParamLayout& layout() const { return layout_; }
-  cudaStream_t stream() const { return stream_; }
   // The device's name as CUDA reports it ("NVIDIA H200").
   std::string DeviceName() const;
-  float* params() { return params_.data(); }
-  float* grads() { return grads_.data(); }
-
-  // Host <-> device copies of the whole parameter / gradient vector (layout().total() floats).
+  // Host <-> device copies of the whole parameter / gradient vector (layout().total() floats);
+  // DownloadGrads waits for the device.
   Status UploadParams(const float* host);
-  Status DownloadParams(float* host);
   Status DownloadGrads(float* host);
   Status ZeroGrads();
 
@@ -51,9 +48,9 @@ class GpuGpt {
   // targets >= 0, summed in double on the host (0 without targets). Waits for the device.
   StatusOr<double> Forward(const int32_t* tokens, const int32_t* targets, int B, int Tn);
   // Backward of (loss_scale * mean loss) of the last Forward with targets; parameter gradients
-  // accumulate into grads(). Enqueued on stream(); returns once enqueued.
+  // accumulate into the device gradients. Enqueued on the model's stream; returns once enqueued.
   Status Backward(float loss_scale);
-  // Waits for everything enqueued on stream().
+  // Waits for everything enqueued on the model's stream.
   Status Synchronize();
 
  private:
@@ -92,7 +89,8 @@ class GpuGpt {
   bool have_targets_ = false;
 };
 
-// Number of CUDA devices this process sees (0 when there is no driver or no device).
-int CudaDeviceCount();
+// Number of CUDA devices this process sees (0 when there is no driver or no device; then `why`,
+// if given, receives CUDA's reason).
+int CudaDeviceCount(std::string* why = nullptr);
 
 }  // namespace ringtrain

@@ -45,8 +45,7 @@ class LmTask final : public Task {
       if (shard.tp && shard.tp->size() > 1)
         return InvalidArgument("device cuda does not combine with parallel.tensor > 1 yet");
 #ifdef RINGTRAIN_HAVE_CUDA
-      const int visible = CudaDeviceCount();
-      RT_ASSIGN_OR_RETURN(t->gpu_, GpuGpt::Create(gc, visible > 0 ? shard.local_rank % visible : 0));
+      RT_ASSIGN_OR_RETURN(t->gpu_, GpuGpt::Create(gc, shard.local_rank));
       RT_RETURN_IF_ERROR(t->gpu_->PlanActivations(t->batch_, t->block_));
       t->grad_buf_.resize(t->model_->arena().layout.total());
 #else

@@ -46,13 +46,6 @@ bool IsInt(DataType t) { return t == DataType::kI32 || t == DataType::kI64; }
 // exactly as the host Communicator's do; max and min are exact in any width.
 bool Widens(DataType t, ReduceOp op) { return Is16Bit(t) && (op == ReduceOp::kSum || op == ReduceOp::kAvg); }
 
-// An already finished Work (errors found before anything was enqueued).
-Work Done(Status st) {
-  std::promise<Status> p;
-  p.set_value(std::move(st));
-  return Work(p.get_future().share());
-}
-
 // Owns a CUDA event for as long as a Work may still wait on it.
 struct EventHolder {
   cudaEvent_t ev = nullptr;
@@ -212,18 +205,18 @@ Status NcclCommunicator::WaitFor(cudaStream_t producer) {
 template <typename Fn>
 Work NcclCommunicator::Enqueue(OpKind op, int64_t count, DataType t, const char* extra, Fn issue) {
   const std::string what = Describe(op, ++seq_, count, t, extra);
-  if (!broken_.ok()) return Done(broken_.WithContext(what + ": the communicator failed earlier"));
-  if (count < 0) return Done(InvalidArgument(what + ": negative count"));
+  if (!broken_.ok()) return Work::Finished(broken_.WithContext(what + ": the communicator failed earlier"));
+  if (count < 0) return Work::Finished(InvalidArgument(what + ": negative count"));
   const auto start = Clock::now();
   // Sends recorded by Send() go first (Recv takes them into its own group, leaving none here).
   Status st = op == OpKind::kSendRecv ? Status::Ok() : IssueP2p(what, nullptr);
   if (st.ok()) st = issue();
   if (st.ok()) st = Settle(what);
-  if (!st.ok()) return Done(Fail(st.WithContext(what)));
+  if (!st.ok()) return Work::Finished(Fail(st.WithContext(what)));
   auto holder = std::make_shared<EventHolder>();
   st = CudaStatus(cudaEventCreateWithFlags(&holder->ev, cudaEventDisableTiming), what + ": cudaEventCreate");
   if (st.ok()) st = CudaStatus(cudaEventRecord(holder->ev, stream_), what + ": cudaEventRecord");
-  if (!st.ok()) return Done(Fail(st));
+  if (!st.ok()) return Work::Finished(Fail(st));
   return Work(std::async(std::launch::deferred, [this, holder, start, what] {
                 return WaitEvent(holder->ev, start, what);
               }).share());

@@ -110,18 +110,13 @@ class Staged final : public CollectiveGroup {
 
  private:
   static size_t Bytes(int64_t count, DataType t) { return static_cast<size_t>(std::max<int64_t>(count, 0)) * coll::DataTypeSize(t); }
-  static Work Ready(Status st) {
-    std::promise<Status> p;
-    p.set_value(std::move(st));
-    return Work(p.get_future().share());
-  }
   // Copies bin bytes of `in` to the device, issues call(device in, device out) and, on Wait, copies
   // bout bytes back to `out`. In place (in == out) both device pointers are one buffer.
   template <typename Call>
   static Work Stage(const void* in, size_t bin, void* out, size_t bout, Call call) {
     auto din = std::make_shared<DeviceBuffer>(bin);
     auto dout = in == out ? din : std::make_shared<DeviceBuffer>(bout);
-    if (Status st = Copy(din->p, in, bin, cudaMemcpyHostToDevice); !st.ok()) return Ready(st);
+    if (Status st = Copy(din->p, in, bin, cudaMemcpyHostToDevice); !st.ok()) return Work::Finished(st);
     Work w = call(din->p, dout->p);
     return Work(std::async(std::launch::deferred, [w, din, dout, out, bout]() mutable -> Status {
                   RT_RETURN_IF_ERROR(w.Wait());
