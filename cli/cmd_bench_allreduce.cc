@@ -1,7 +1,9 @@
 // `ringtrain bench allreduce`: an nccl-tests style table of all-reduce time, algorithm bandwidth
 // and bus bandwidth (algbw * 2(n-1)/n) over a range of sizes, on the transport the launch context
 // selects, with Open MPI's own MPI_Allreduce measured in the same run beside each row when running
-// under mpirun. `--check` verifies every size's result exactly (integer-valued floats).
+// under mpirun. Each size's time is the median over iterations of the slowest rank's time; with the
+// MPI reference the two alternate call by call, so a burst of load on this shared host hits both.
+// `--check` verifies every size's result exactly (integer-valued floats).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -83,6 +85,16 @@ StatusOr<std::vector<int64_t>> ParseSizes(const std::string& spec, double factor
 
 double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
+// The median of v (v is reordered).
+double Median(std::vector<double>& v) {
+  if (v.empty()) return 0.0;
+  const size_t m = v.size() / 2;
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(m), v.end());
+  if (v.size() % 2) return v[m];
+  const double hi = v[m];
+  return 0.5 * (hi + *std::max_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(m)));
+}
+
 float Value(int64_t i, int r) { return static_cast<float>((i * 7 + r * 13) % 31 - 15); }
 
 Status Run(const AllreduceArgs& a) {
@@ -111,8 +123,9 @@ Status Run(const AllreduceArgs& a) {
 #endif
   const double bus = n > 1 ? 2.0 * (n - 1) / n : 1.0;
   if (r == 0 && !a.json) {
-    std::printf("# ringtrain bench allreduce: %d ranks (%s), transport %s, algorithm %s, float32 sum, %d iters after %d warm-up\n",
-                n, lc.source.c_str(), transport.c_str(), a.algorithm.c_str(), a.iters, a.warmup);
+    std::printf("# ringtrain bench allreduce: %d ranks (%s), transport %s, algorithm %s, float32 sum, median of %d iters after %d warm-up%s\n",
+                n, lc.source.c_str(), transport.c_str(), a.algorithm.c_str(), a.iters, a.warmup,
+                mpi_ref ? ", alternating call by call with MPI_Allreduce" : "");
     std::printf("# %12s %10s %10s %11s %11s%s\n", "bytes", "algorithm", "time(us)", "algbw(GB/s)", "busbw(GB/s)",
                 mpi_ref ? "   mpi time(us) mpi busbw(GB/s)   ratio" : "");
     std::fflush(stdout);
@@ -122,16 +135,47 @@ Status Run(const AllreduceArgs& a) {
   for (int64_t bytes : sizes) {
     const int64_t count = bytes / 4;
     buf.assign(static_cast<size_t>(count), 1.f);
-    auto timed = [&](auto&& fn) -> StatusOr<double> {
-      for (int i = 0; i < a.warmup; ++i) RT_RETURN_IF_ERROR(fn());
-      RT_RETURN_IF_ERROR(comm->Barrier());
-      const double t0 = Now();
-      for (int i = 0; i < a.iters; ++i) RT_RETURN_IF_ERROR(fn());
-      double t = (Now() - t0) / a.iters;
-      RT_RETURN_IF_ERROR(comm->AllReduce(&t, 1, coll::DataType::kF64, coll::ReduceOp::kMax));
-      return t;
+    auto ours = [&]() { return comm->AllReduce(buf.data(), count, coll::DataType::kF32, coll::ReduceOp::kSum); };
+#ifdef RINGTRAIN_HAVE_MPI
+    auto theirs = [&]() -> Status {
+      const int rc = MPI_Allreduce(MPI_IN_PLACE, buf.data(), static_cast<int>(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+      return rc == MPI_SUCCESS ? Status::Ok() : Internal("MPI_Allreduce failed");
     };
-    RT_ASSIGN_OR_RETURN(double t, timed([&] { return comm->AllReduce(buf.data(), count, coll::DataType::kF32, coll::ReduceOp::kSum); }));
+#else
+    auto theirs = []() { return Status::Ok(); };
+#endif
+    // One timed call, started together on every rank (after a barrier of its own kind).
+    auto once = [&](auto&& fn, bool mpi) -> StatusOr<double> {
+#ifdef RINGTRAIN_HAVE_MPI
+      if (mpi) {
+        if (MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS) return Internal("MPI_Barrier failed");
+      } else
+#endif
+      {
+        (void)mpi;
+        RT_RETURN_IF_ERROR(comm->Barrier());
+      }
+      const double t0 = Now();
+      RT_RETURN_IF_ERROR(fn());
+      return Now() - t0;
+    };
+    for (int i = 0; i < a.warmup; ++i) {
+      RT_RETURN_IF_ERROR(ours());
+      if (mpi_ref) RT_RETURN_IF_ERROR(theirs());
+    }
+    // The two implementations alternate call by call, so both see the same state of this shared
+    // machine; each one's time is the median over iterations of the slowest rank's time.
+    std::vector<double> ts(static_cast<size_t>(a.iters)), ms(static_cast<size_t>(a.iters));
+    for (int i = 0; i < a.iters; ++i) {
+      RT_ASSIGN_OR_RETURN(ts[i], once(ours, false));
+      if (mpi_ref) {
+        RT_ASSIGN_OR_RETURN(ms[i], once(theirs, true));
+      }
+    }
+    RT_RETURN_IF_ERROR(comm->AllReduce(ts.data(), a.iters, coll::DataType::kF64, coll::ReduceOp::kMax));
+    RT_RETURN_IF_ERROR(comm->AllReduce(ms.data(), a.iters, coll::DataType::kF64, coll::ReduceOp::kMax));
+    const double t = Median(ts);
+    const double mt = mpi_ref ? Median(ms) : 0.0;
     if (a.check) {
       for (int64_t i = 0; i < count; ++i) buf[i] = Value(i, r);
       RT_RETURN_IF_ERROR(comm->AllReduce(buf.data(), count, coll::DataType::kF32, coll::ReduceOp::kSum));
@@ -143,15 +187,6 @@ Status Run(const AllreduceArgs& a) {
                           std::to_string(i) + " on rank " + std::to_string(r));
       }
     }
-    double mt = 0;
-#ifdef RINGTRAIN_HAVE_MPI
-    if (mpi_ref) {
-      RT_ASSIGN_OR_RETURN(mt, timed([&]() -> Status {
-        const int rc = MPI_Allreduce(MPI_IN_PLACE, buf.data(), static_cast<int>(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-        return rc == MPI_SUCCESS ? Status::Ok() : Internal("MPI_Allreduce failed");
-      }));
-    }
-#endif
     const double algbw = t > 0 ? static_cast<double>(count * 4) / t / 1e9 : 0;
     const std::string algo = coll::AlgorithmName(comm->ChooseAllReduce(static_cast<size_t>(count) * 4));
     nlohmann::json row = {{"bytes", count * 4}, {"algorithm", algo}, {"time_us", t * 1e6},

@@ -70,6 +70,7 @@ Status Work::Wait() {
 
 Communicator::Communicator(std::shared_ptr<Transport> t, CommOptions opts)
     : t_(std::move(t)), opts_(opts), rank_(t_->rank()), context_(0), name_("world") {
+  opts_.segment_bytes = std::min(opts_.segment_bytes, t_->max_segment_bytes());
   for (int i = 0; i < t_->size(); ++i) members_.push_back(i);
 }
 

@@ -71,6 +71,9 @@ class Transport {
   // Whether RecvDirect hands payloads over in place, without a copy (the shared-memory transport:
   // a reduction reads straight out of its ring). Link falls back to Recv + a scratch buffer.
   virtual bool direct_receive() const { return false; }
+  // The largest message the ring algorithms should send in one piece on this transport (the
+  // communicator's segment_bytes is clamped to it).
+  virtual size_t max_segment_bytes() const { return SIZE_MAX; }
   // Recv, but the payload goes to sink instead of a buffer (only when direct_receive()).
   virtual Status RecvDirect(int peer, uint32_t context, FrameHeader* h, const PayloadSink& sink,
                             Clock::time_point deadline) {

@@ -7,7 +7,8 @@
 // it to the caller in place (the ring all-reduce reduces straight out of the ring: one copy less
 // than a socket or MPI path). Send never waits for the receiver: what does not fit in the ring goes
 // to a per-peer overflow queue that a progress thread (and every waiting call) streams in as the
-// receiver drains. Waits spin briefly, then yield the CPU (ranks may share cores).
+// receiver drains. Waits spin briefly, then yield the CPU; when the ranks outnumber the cores a
+// waiter then sleeps on a futex in the ring, woken by the next publish.
 //
 // Dead peers: every rank writes its pid into the segment; a rank waiting on a peer whose process
 // is gone (kill(pid, 0) fails), or that closed its transport, gets Unavailable once nothing from it
@@ -15,6 +16,7 @@
 // in /dev/shm even when processes are killed.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -59,6 +61,9 @@ class ShmTransport : public Transport {
   Status Recv(int peer, uint32_t context, FrameHeader* h, void* buf, size_t cap,
               Clock::time_point deadline) override;
   bool direct_receive() const override { return true; }
+  // A sixteenth of a ring: messages that small stream through without overflowing even when a
+  // rank runs several ring steps ahead of its successor (ranks sharing cores).
+  size_t max_segment_bytes() const override { return std::max<size_t>(4096, ring_bytes_ / 16 / 64 * 64); }
   Status RecvDirect(int peer, uint32_t context, FrameHeader* h, const PayloadSink& sink,
                     Clock::time_point deadline) override;
   Status PendingAbort(uint32_t context, Clock::time_point until) override;
@@ -111,6 +116,7 @@ class ShmTransport : public Transport {
   size_t mapped_ = 0;
   Segment* seg_ = nullptr;
   std::atomic<bool> closed_{false};
+  bool sleep_when_idle_ = false;  // ranks outnumber this process's cores: waiters sleep
 
   std::unique_ptr<std::mutex[]> out_mu_;  // per peer: the producer side of its data ring
   std::unique_ptr<std::mutex[]> in_mu_;   // per peer: the consumer side of its data ring
