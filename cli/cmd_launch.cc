@@ -1,11 +1,13 @@
-// `ringtrain launch --nproc N [--ps K] [--master-port P] [--grace S] -- train ...`: the local launcher.
+// `ringtrain launch --nproc N [--ps K] [--bind core|none] [--master-port P] [--grace S] -- train ...`: the local launcher.
 // Starts N processes of this binary with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR
 // and MASTER_PORT set (they meet over TCP at MASTER_ADDR:MASTER_PORT and then, all being on this
 // host, use shared memory by default), prefixes every line they print with their rank,
 // forwards SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 to them, and when one fails stops the
 // others (SIGTERM, then SIGKILL after the grace period) and exits with the failed rank's status.
 // Each rank runs in its own process group, which is killed at the end, and dies with the launcher
-// (PR_SET_PDEATHSIG), so no process outlives the job.
+// (PR_SET_PDEATHSIG), so no process outlives the job. With --bind core (the default) and no more
+// ranks than CPUs, each rank is bound to its own share of the launcher's CPUs, as mpirun binds
+// ranks to cores: a rank's compute thread no longer migrates onto its neighbour's core.
 // With --ps K it first starts K parameter-server shards (`ringtrain ps --shard i/K` on loopback
 // ports), gives the ranks their addresses (RINGTRAIN_PS_HOSTS) and a fresh shared token
 // (RINGTRAIN_TOKEN, unless one is set), and stops the servers (SIGTERM) once every rank succeeded;
@@ -13,6 +15,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -41,8 +44,29 @@ struct LaunchArgs {
   int master_port = 0;
   std::string master_addr = "127.0.0.1";
   double grace_s = 10;
+  std::string bind = "core";
   std::vector<std::string> command;
 };
+
+// The CPUs this launcher may run on, in order.
+std::vector<int> AllowedCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  return cpus;
+}
+
+// --bind core: rank r of n gets its own share of the allowed CPUs (n <= CPUs), as mpirun binds
+// ranks to cores; with more ranks than CPUs nothing is bound. Empty: leave the rank unbound.
+std::vector<int> RankCpus(const std::vector<int>& cpus, int r, int n, const std::string& bind) {
+  if (bind != "core" || n < 1 || static_cast<size_t>(n) > cpus.size()) return {};
+  const size_t k = cpus.size() / static_cast<size_t>(n);
+  return std::vector<int>(cpus.begin() + static_cast<std::ptrdiff_t>(k * static_cast<size_t>(r)),
+                          cpus.begin() + static_cast<std::ptrdiff_t>(k * static_cast<size_t>(r + 1)));
+}
 
 std::atomic<int> g_signal{0};
 void OnSignal(int sig) { g_signal.store(sig); }
@@ -164,7 +188,8 @@ Status Launch(const LaunchArgs& a) {
   const pid_t launcher = ::getpid();
   // Forks one child (this binary for a server, else the command) with extra environment variables.
   auto spawn = [&](const std::string& label, bool server, const std::vector<std::string>& args,
-                   const std::vector<std::pair<std::string, std::string>>& env) -> Status {
+                   const std::vector<std::pair<std::string, std::string>>& env,
+                   const std::vector<int>& cpus = {}) -> Status {
     int out[2], err[2];
     if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0)
       return IoError(std::string("pipe: ") + std::strerror(errno));
@@ -183,6 +208,12 @@ Status Launch(const LaunchArgs& a) {
                             "OMPI_COMM_WORLD_LOCAL_SIZE"})
         ::unsetenv(v);
       for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
+      if (!cpus.empty()) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        for (int c : cpus) CPU_SET(c, &set);
+        (void)::sched_setaffinity(0, sizeof set, &set);  // best effort, as mpirun's binding
+      }
       std::vector<char*> argv;
       for (const std::string& x : args) argv.push_back(const_cast<char*>(x.c_str()));
       argv.push_back(nullptr);
@@ -214,6 +245,7 @@ Status Launch(const LaunchArgs& a) {
     }
     common.push_back({"RINGTRAIN_PS_HOSTS", hosts});
   }
+  const std::vector<int> allowed = AllowedCpus();
   for (int r = 0; r < a.nproc; ++r) {
     auto env = common;
     env.push_back({"RANK", std::to_string(r)});
@@ -222,7 +254,7 @@ Status Launch(const LaunchArgs& a) {
     env.push_back({"LOCAL_WORLD_SIZE", std::to_string(a.nproc)});
     env.push_back({"MASTER_ADDR", a.master_addr});
     env.push_back({"MASTER_PORT", std::to_string(port)});
-    RT_RETURN_IF_ERROR(spawn("rank " + std::to_string(r), false, argv_s, env));
+    RT_RETURN_IF_ERROR(spawn("rank " + std::to_string(r), false, argv_s, env, RankCpus(allowed, r, a.nproc, a.bind)));
   }
 
   {
@@ -354,6 +386,10 @@ void AddLaunch(CLI::App& app, Action& action) {
   cmd->add_option("--ps", args->ps, "also start K parameter-server shards on loopback (sync.mode ps)");
   cmd->add_option("--master-port", args->master_port, "rendezvous port (default: a free one)");
   cmd->add_option("--master-addr", args->master_addr, "rendezvous address (default 127.0.0.1)");
+  cmd->add_option("--bind", args->bind,
+                  "core: each rank runs on its own share of the CPUs when there are at least as many CPUs as "
+                  "ranks (the default, as mpirun); none: leave placement to the kernel")
+      ->check(CLI::IsMember({"core", "none"}));
   cmd->add_option("--grace", args->grace_s, "seconds the other ranks get to stop after a failure (default 10)");
   cmd->add_option("command", args->command, "the ringtrain subcommand and its arguments, after --")->required();
   cmd->callback([&action, args]() { action = [args]() { return Launch(*args); }; });

@@ -2,7 +2,7 @@
 # Killing one rank of a running data-parallel job (SIGKILL to rank 1 of 3) makes the job exit
 # non-zero well within the collective deadline, with a message naming rank 1, and leaves no process
 # behind: first under `ringtrain launch`, then under mpirun. Also: SIGINT to the launcher stops
-# every rank.
+# every rank, and launch binds each of 2 ranks to its own CPUs (--bind core) or none (--bind none).
 source "$(dirname "$0")/lib.sh"
 args=(--set train.steps=1000000 --set train.log_interval=5 --set train.eval_interval=1000000
       --set dist.deadline_s=60)
@@ -58,16 +58,41 @@ grep -q "ringtrain launch: rank 1 was killed by signal 9" launch.log || fail "la
 no_leftovers "$WORK/run-launch"
 echo "launch: exit $rc after ${took}s, naming rank 1; no process left"
 
-# --- SIGINT to the launcher stops every rank ----------------------------------------------------
+# --- SIGINT to the launcher stops every rank; --bind core gives each rank its own CPUs ------------
+cpus_of() { awk '/^Cpus_allowed_list/ {print $2}' "/proc/$1/status"; }
+mine=$(cpus_of self)
 "$RT" launch --nproc 2 -- train "${args[@]}" --run-dir "$WORK/run-sigint" > sigint.log 2>&1 &
 launcher=$!
 jobs_pids+=($launcher)
 wait_progress sigint.log
+r0=$(rank_pid "$WORK/run-sigint" 0); r1=$(rank_pid "$WORK/run-sigint" 1)
+[ -n "$r0" ] && [ -n "$r1" ] || fail "ranks of the launch job not found"
+c0=$(cpus_of "$r0"); c1=$(cpus_of "$r1")
+if [ "$(nproc)" -ge 2 ]; then
+  [ "$c0" != "$c1" ] && [ "$c0" != "$mine" ] && [ "$c1" != "$mine" ] ||
+    fail "--bind core (default): ranks run on CPUs '$c0' and '$c1' of '$mine'; expected a share each"
+  echo "launch --bind core: rank 0 on CPUs $c0, rank 1 on CPUs $c1 (launcher: $mine)"
+else
+  echo "one CPU: --bind core leaves 2 ranks unbound (CPUs '$c0', '$c1')"
+fi
 kill -INT $launcher
 set +e; wait $launcher; rc=$?; set -e
 [ $rc -ne 0 ] || { cat sigint.log; fail "launch exited 0 after SIGINT"; }
 no_leftovers "$WORK/run-sigint"
 echo "launch: SIGINT forwarded, exit $rc, no process left"
+
+"$RT" launch --nproc 2 --bind none -- train "${args[@]}" --run-dir "$WORK/run-nobind" > nobind.log 2>&1 &
+launcher=$!
+jobs_pids+=($launcher)
+wait_progress nobind.log
+r0=$(rank_pid "$WORK/run-nobind" 0); r1=$(rank_pid "$WORK/run-nobind" 1)
+[ -n "$r0" ] && [ -n "$r1" ] || fail "ranks of the --bind none job not found"
+[ "$(cpus_of "$r0")" = "$mine" ] && [ "$(cpus_of "$r1")" = "$mine" ] ||
+  fail "--bind none: ranks run on CPUs '$(cpus_of "$r0")' and '$(cpus_of "$r1")', expected all of '$mine'"
+kill -INT $launcher
+set +e; wait $launcher; set -e
+no_leftovers "$WORK/run-nobind"
+echo "launch --bind none: both ranks on all CPUs ($mine)"
 
 # --- mpirun -------------------------------------------------------------------------------------
 if ! command -v mpirun >/dev/null; then echo "mpirun not installed: the mpirun leg is not run"; exit 0; fi
