@@ -1,5 +1,6 @@
 #include "collectives/tcp/rendezvous.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <sstream>
@@ -50,16 +51,17 @@ RendezvousServer::~RendezvousServer() {
 }
 
 void RendezvousServer::AcceptLoop() {
-  // Non-blocking accept polled every 5 ms: closing an acceptor does not wake a blocked accept().
+  // Non-blocking accept after poll(2) says a connection waits (closing an acceptor does not wake a
+  // blocked accept()). The poll times out every 100 ms to look at stop_: the store lives as long as
+  // the job, and a tighter loop would wake rank 0's core 200 times a second while it trains.
   boost::system::error_code ec;
   acceptor_->non_blocking(true, ec);
   while (!stop_) {
+    pollfd pfd{acceptor_->native_handle(), POLLIN, 0};
+    if (::poll(&pfd, 1, 100) <= 0) continue;
     auto sock = std::make_shared<tcp::socket>(io_);
     acceptor_->accept(*sock, ec);
-    if (ec == asio::error::would_block || ec == asio::error::try_again) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      continue;
-    }
+    if (ec == asio::error::would_block || ec == asio::error::try_again) continue;
     if (ec) return;  // closed
     sock->non_blocking(false, ec);
     std::lock_guard<std::mutex> lock(mu_);
