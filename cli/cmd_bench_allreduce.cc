@@ -153,25 +153,20 @@ Status Run(const AllreduceArgs& a) {
     const int64_t count = bytes / 4;
     buf.assign(static_cast<size_t>(count), 1.f);
     auto ours = [&]() { return comm->AllReduce(buf.data(), count, coll::DataType::kF32, coll::ReduceOp::kSum); };
+    auto our_barrier = [&]() { return comm->Barrier(); };
 #ifdef RINGTRAIN_HAVE_MPI
     auto theirs = [&]() -> Status {
       const int rc = MPI_Allreduce(MPI_IN_PLACE, buf.data(), static_cast<int>(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
       return rc == MPI_SUCCESS ? Status::Ok() : Internal("MPI_Allreduce failed");
     };
+    auto their_barrier = []() { return MPI_Barrier(MPI_COMM_WORLD) == MPI_SUCCESS ? Status::Ok() : Internal("MPI_Barrier failed"); };
 #else
     auto theirs = []() { return Status::Ok(); };
+    auto their_barrier = theirs;
 #endif
     // One timed call, started together on every rank (after a barrier of its own kind).
-    auto once = [&](auto&& fn, bool mpi) -> StatusOr<double> {
-#ifdef RINGTRAIN_HAVE_MPI
-      if (mpi) {
-        if (MPI_Barrier(MPI_COMM_WORLD) != MPI_SUCCESS) return Internal("MPI_Barrier failed");
-      } else
-#endif
-      {
-        (void)mpi;
-        RT_RETURN_IF_ERROR(comm->Barrier());
-      }
+    auto once = [&](auto&& fn, auto&& barrier) -> StatusOr<double> {
+      RT_RETURN_IF_ERROR(barrier());
       const double t0 = Now();
       RT_RETURN_IF_ERROR(fn());
       return Now() - t0;
@@ -184,13 +179,13 @@ Status Run(const AllreduceArgs& a) {
     // machine; each one's time is the median over iterations of the slowest rank's time.
     std::vector<double> ts(static_cast<size_t>(a.iters)), ms(static_cast<size_t>(a.iters));
     for (int i = 0; i < a.iters; ++i) {
-      RT_ASSIGN_OR_RETURN(ts[i], once(ours, false));
+      RT_ASSIGN_OR_RETURN(ts[i], once(ours, our_barrier));
       if (mpi_ref) {
-        RT_ASSIGN_OR_RETURN(ms[i], once(theirs, true));
+        RT_ASSIGN_OR_RETURN(ms[i], once(theirs, their_barrier));
       }
     }
     RT_RETURN_IF_ERROR(comm->AllReduce(ts.data(), a.iters, coll::DataType::kF64, coll::ReduceOp::kMax));
-    RT_RETURN_IF_ERROR(comm->AllReduce(ms.data(), a.iters, coll::DataType::kF64, coll::ReduceOp::kMax));
+    if (mpi_ref) RT_RETURN_IF_ERROR(comm->AllReduce(ms.data(), a.iters, coll::DataType::kF64, coll::ReduceOp::kMax));
     const double t = Median(ts);
     const double mt = mpi_ref ? Median(ms) : 0.0;
     if (a.check) {

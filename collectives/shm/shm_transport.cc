@@ -1,7 +1,6 @@
 #include "collectives/shm/shm_transport.h"
 
 #include <fcntl.h>
-#include <sched.h>
 #include <linux/futex.h>
 #include <signal.h>
 #include <sys/syscall.h>
@@ -14,6 +13,8 @@
 #include <cerrno>
 #include <cstring>
 #include <random>
+
+#include "core/threads.h"
 
 namespace ringtrain::coll {
 
@@ -52,8 +53,8 @@ void Pause() {
 
 // When ranks outnumber the cores, a waiter spins this long (pause, then yield) before it sleeps on
 // the ring's doorbell, handing its core to the rank it waits for instead of burning it. With a core
-// per rank it never sleeps: on this VM a sleeping rank's wake-up costs more than the whole wait
-// (measured: 1-4 MiB all-reduces fell from about 8 to 3 GB/s when 2 ranks on 2 cores slept).
+// per rank it never sleeps: there the waits are short and the peer is running, so a wake-up (a
+// futex call and, on a VM, waking an idle vCPU) would only add to them.
 constexpr auto kSpinBeforeSleep = std::chrono::microseconds(50);
 // The longest single sleep: the waiter then checks for control frames, a dead peer and its deadline.
 constexpr long kSleepNs = 2'000'000;
@@ -208,10 +209,9 @@ StatusOr<std::shared_ptr<ShmTransport>> ShmTransport::Create(const ShmOptions& o
   t->overflow_.resize(static_cast<size_t>(o.size));
   t->ctl_h_.resize(static_cast<size_t>(o.size));
   t->ctl_text_.resize(static_cast<size_t>(o.size));
-  cpu_set_t cpus;
-  CPU_ZERO(&cpus);
-  const int ncpu = ::sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
-  t->sleep_when_idle_ = o.size > ncpu;
+  // The host's CPUs, not this process's affinity mask: mpirun and launch bind each of 2 ranks to
+  // one core of 2, and those ranks must not sleep.
+  t->sleep_when_idle_ = o.size > HardwareThreads();
   t->progress_ = std::thread([p = t.get()] { p->ProgressLoop(); });
   return t;
 }
@@ -436,15 +436,14 @@ Status ShmTransport::WaitRecord(Ring* r, int peer, uint32_t context, Clock::time
   const auto start = Clock::now();
   auto last_check = start;
   auto empty = [r] { return r->head.load(std::memory_order_acquire) == r->tail.load(std::memory_order_relaxed); };
+  auto stashed = [&] { return stash_seen && stash_gen_.load(std::memory_order_acquire) != *stash_seen; };
   for (uint64_t spin = 0;; ++spin) {
     // Read before looking at the ring: a publish after the look changes it, so the sleep below
     // returns at once instead of missing that publish.
     const uint32_t bell = r->bell.load(std::memory_order_seq_cst);
-    if (!empty()) return Status::Ok();
-    if (stash_seen && stash_gen_.load(std::memory_order_acquire) != *stash_seen) return Status::Ok();
+    if (!empty() || stashed()) return Status::Ok();
     PumpAll();
-    const bool sleep = sleep_when_idle_ && spin >= 64 && overflowing_.load(std::memory_order_relaxed) == 0;
-    if ((spin & 15) == 15 || sleep) {
+    if ((spin & 15) == 15) {
       const auto now = Clock::now();
       if (!in_frame) RT_RETURN_IF_ERROR(PollControl(context, /*stuck_too=*/true));
       if (now - last_check > std::chrono::milliseconds(20)) {
@@ -453,11 +452,10 @@ Status ShmTransport::WaitRecord(Ring* r, int peer, uint32_t context, Clock::time
           return Unavailable(PeerName(peer) + (seg_->ranks()[peer].closed.load() ? " closed its transport" : " died"));
       }
       if (now >= deadline) return DeadlineExceeded("timed out waiting for " + PeerName(peer));
-      if (sleep && now - start >= kSpinBeforeSleep) {
+      if (sleep_when_idle_ && now - start >= kSpinBeforeSleep && overflowing_.load(std::memory_order_relaxed) == 0) {
         const long left = static_cast<long>(std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now).count());
         r->sleepers.fetch_add(1, std::memory_order_seq_cst);
-        if (empty() && !(stash_seen && stash_gen_.load(std::memory_order_acquire) != *stash_seen))
-          FutexWait(&r->bell, bell, std::clamp(left, 1000L, kSleepNs));
+        if (empty() && !stashed()) FutexWait(&r->bell, bell, std::clamp(left, 1000L, kSleepNs));
         r->sleepers.fetch_sub(1, std::memory_order_seq_cst);
         continue;
       }
