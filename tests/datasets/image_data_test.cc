@@ -9,12 +9,13 @@
 #include <fstream>
 
 #include "datasets/image_data.h"
+#include "tests/util/temp_dir.h"
 
 namespace ringtrain {
 namespace {
 
 std::string Tmp(const std::string& name) {
-  return (std::filesystem::temp_directory_path() / ("ringtrain_img_test_" + name)).string();
+  return testing::TestTemp(name);
 }
 
 std::string IdxBytes(std::vector<uint32_t> dims, const std::vector<uint8_t>& data, uint8_t type = 0x08) {

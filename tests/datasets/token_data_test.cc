@@ -10,12 +10,13 @@
 #include <map>
 
 #include "datasets/token_data.h"
+#include "tests/util/temp_dir.h"
 
 namespace ringtrain {
 namespace {
 
 std::string TempFile(const std::string& name, const std::string& bytes) {
-  const std::string p = (std::filesystem::temp_directory_path() / ("ringtrain_test_" + name)).string();
+  const std::string p = testing::TestTemp(name);
   std::ofstream(p, std::ios::binary) << bytes;
   return p;
 }

@@ -26,6 +26,7 @@
 #include "parameter_server/client.h"
 #include "parameter_server/server.h"
 #include "tests/util/run_ranks.h"
+#include "tests/util/temp_dir.h"
 #include "worker/trainer.h"
 
 namespace ringtrain {
@@ -37,9 +38,12 @@ using testing::RunRanks;
 const char* kToken = "test-token-0123456789";
 
 std::string TokenFile() {
-  const std::string p = ::testing::TempDir() + "/ringtrain_ps_token";
-  std::ofstream(p) << kToken << "\n";
-  return p;
+  static const std::string path = [] {
+    const std::string p = testing::TestTemp("ps_token");
+    std::ofstream(p) << kToken << "\n";
+    return p;
+  }();
+  return path;
 }
 
 struct Servers {
@@ -71,7 +75,8 @@ struct Servers {
 std::vector<std::string> GptSets() {
   return {"threads=1",           "train.batch_size=4",          "model.n_layer=2",  "model.n_embd=32",
           "model.n_head=4",      "model.block_size=16",         "schedule.warmup=5", "data.synthetic.length=20000",
-          "train.steps=20",      "train.eval_interval=1000000", "optim.grad_clip=0.5"};
+          "train.steps=20",      "train.eval_interval=1000000", "optim.grad_clip=0.5",
+          "dist.deadline_s=60"};  // a rank that fails leaves the others waiting this long, not 300 s
 }
 
 std::vector<std::string> WithPs(std::vector<std::string> sets, const Servers& sv, const std::string& consistency) {
@@ -244,7 +249,7 @@ TEST(Asp, TwoWorkersTrainAndEndTogether) {
 }
 
 TEST(PsCheckpoint, ServersWriteShardsAndResumeIsBitwise) {
-  const std::string root = ::testing::TempDir() + "/ringtrain_ps_ckpt";
+  const std::string root = testing::TestTemp("ps_ckpt");
   fs::remove_all(root);
   std::vector<std::string> base = GptSets();
   base.push_back("checkpoint.every_steps=10");
