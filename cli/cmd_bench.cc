@@ -28,6 +28,8 @@ struct BenchArgs {
   bool json = false;
   bool barrier_before_sync = false;
   std::string checkpoint_dir;
+  bool vs_one_rank = false;  // also time rank 0 alone, in blocks alternating with the job's steps
+  int block = 10;
   double peak_tflops = 0;  // 0: from the GPU's name (device cuda), else no MFU
 };
 
@@ -46,9 +48,16 @@ double DenseBf16PeakTflops(const std::string& name) {
   return 0.0;
 }
 
+// Milliseconds from t0 (a step's start) to the end of that step's last backward.
+double BackwardEndMs(const Trainer& t, std::chrono::steady_clock::time_point t0) {
+  return t.last_backward_end_s() * 1000.0 -
+         std::chrono::duration<double, std::milli>(t0.time_since_epoch()).count();
+}
+
 Status BenchTrain(const BenchArgs& a) {
   if (a.steps < 1) return InvalidArgument("--steps must be >= 1");
   if (a.warmup < 0) return InvalidArgument("--warmup must be >= 0");
+  if (a.block < 1) return InvalidArgument("--block must be >= 1");
   RT_ASSIGN_OR_RETURN(Config config, Config::Load(a.config, a.sets));
   RT_ASSIGN_OR_RETURN(Distributed dist, SetUpDistributed(config));
   TrainOptions opts;
@@ -63,15 +72,18 @@ Status BenchTrain(const BenchArgs& a) {
   RT_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(config, opts));
   for (int i = 0; i < a.warmup; ++i) RT_RETURN_IF_ERROR(trainer->Step(i).status());
   std::vector<double> ms, save_ms;  // save_ms: steps that included a checkpoint save
-  double loss = 0, exposed_ms = 0, skew_ms = 0, comm_ms = 0, hidden_ms = 0, sent_bytes = 0;
+  double loss = 0, exposed_ms = 0, skew_ms = 0, comm_ms = 0, hidden_ms = 0, sent_bytes = 0, compute_ms = 0;
   // On one host (a shared steady clock) the wait for the slowest rank's backward is split off.
   // (RINGTRAIN_SHARED_CLOCK=1: ranks in network namespaces of one host, as bench scaling starts them.)
   const bool one_host = dist.comm && (dist.launch.local_size == dist.launch.size || std::getenv("RINGTRAIN_SHARED_CLOCK"));
-  for (int i = 0; i < a.steps; ++i) {
+  int64_t next = a.warmup;  // the job's next step
+  auto timed_step = [&]() -> Status {
+    const int64_t i = next++;
     const auto t0 = std::chrono::steady_clock::now();
-    RT_ASSIGN_OR_RETURN(loss, trainer->Step(a.warmup + i));
-    if (!a.checkpoint_dir.empty()) RT_RETURN_IF_ERROR(trainer->MaybeCheckpoint(a.warmup + i + 1, false));
+    RT_ASSIGN_OR_RETURN(loss, trainer->Step(i));
+    if (!a.checkpoint_dir.empty()) RT_RETURN_IF_ERROR(trainer->MaybeCheckpoint(i + 1, false));
     const double step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    compute_ms += BackwardEndMs(*trainer, t0);
     (!a.checkpoint_dir.empty() && trainer->last_step_saved() ? save_ms : ms).push_back(step_ms);
     exposed_ms += trainer->last_exposed_comm_s() * 1000.0;
     comm_ms += trainer->last_comm_busy_s() * 1000.0;
@@ -84,6 +96,52 @@ Status BenchTrain(const BenchArgs& a) {
       const double wait = trainer->last_synced_s() - trainer->last_backward_end_s();
       skew_ms += std::min(wait, std::max(0.0, last_ready - trainer->last_backward_end_s())) * 1000.0;
     }
+    return Status::Ok();
+  };
+  const int world = trainer->world_size();
+  const bool vs_one = a.vs_one_rank && world > 1;
+  std::vector<double> solo_ms;  // rank 0 alone
+  double solo_compute_ms = 0;
+  int64_t solo_items = 0;
+  if (!vs_one) {
+    for (int i = 0; i < a.steps; ++i) RT_RETURN_IF_ERROR(timed_step());
+  } else {
+    // The reference for data-parallel speed-up is one rank alone at the same per-rank batch and
+    // threads. Timed in separate runs it drifts with the host between runs (this machine's 1-rank
+    // step time moves by up to 30% from minute to minute), so it is timed here, in blocks that
+    // alternate with the job's: rank 0 trains a model of its own, alone, while the other ranks
+    // sleep in a barrier (patient waits: their cores idle, as if they were absent). Each block's
+    // first step is untimed, for both sides (caches, and ranks waking from their sleep).
+    std::unique_ptr<Trainer> solo;
+    if (dist.comm->rank() == 0) {
+      TrainOptions so = opts;
+      so.comm = nullptr;
+      so.checkpoint_root.clear();
+      RT_ASSIGN_OR_RETURN(solo, Trainer::Create(config, so));
+      for (int i = 0; i < a.warmup; ++i) RT_RETURN_IF_ERROR(solo->Step(i).status());
+      solo_items = solo->ItemsPerStep();
+    }
+    int64_t solo_next = a.warmup;
+    for (int done = 0; done < a.steps;) {
+      const int k = std::min(a.block, a.steps - done);
+      RT_RETURN_IF_ERROR(dist.comm->Barrier());
+      if (solo) {
+        for (int j = 0; j <= k; ++j) {
+          const auto t0 = std::chrono::steady_clock::now();
+          RT_RETURN_IF_ERROR(solo->Step(solo_next++).status());
+          if (j == 0) continue;
+          solo_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+          solo_compute_ms += BackwardEndMs(*solo, t0);
+        }
+      }
+      dist.comm->set_patient(!solo);
+      const Status met = dist.comm->Barrier();
+      dist.comm->set_patient(false);
+      RT_RETURN_IF_ERROR(met);
+      RT_RETURN_IF_ERROR(trainer->Step(next++).status());  // untimed
+      for (int j = 0; j < k; ++j) RT_RETURN_IF_ERROR(timed_step());
+      done += k;
+    }
   }
   RT_RETURN_IF_ERROR(trainer->WaitForSave());
   if (ms.empty()) return InvalidArgument("every timed step saved a checkpoint; raise checkpoint.every_steps");
@@ -91,13 +149,13 @@ Status BenchTrain(const BenchArgs& a) {
   for (double m : ms) total += m;
   double save_total = 0;
   for (double m : save_ms) save_total += m;
-  const int world = trainer->world_size();
   // The job is as fast as its slowest rank; exposed communication is averaged over ranks.
-  double sums[6] = {total, exposed_ms, skew_ms, comm_ms, hidden_ms, sent_bytes};
+  double sums[7] = {total, exposed_ms, skew_ms, comm_ms, hidden_ms, sent_bytes, compute_ms};
   if (world > 1) {
     RT_RETURN_IF_ERROR(dist.comm->AllReduce(&sums[0], 1, coll::DataType::kF64, coll::ReduceOp::kMax));
-    RT_RETURN_IF_ERROR(dist.comm->AllReduce(&sums[1], 5, coll::DataType::kF64, coll::ReduceOp::kAvg));
+    RT_RETURN_IF_ERROR(dist.comm->AllReduce(&sums[1], 6, coll::DataType::kF64, coll::ReduceOp::kAvg));
   }
+  compute_ms = sums[6];
   total = sums[0];
   exposed_ms = sums[1];
   skew_ms = sums[2];
@@ -109,6 +167,13 @@ Status BenchTrain(const BenchArgs& a) {
   const double median = ms[ms.size() / 2];
   const double per_s = static_cast<double>(trainer->ItemsPerStep()) / (mean / 1000.0);
   const double exposed_share = exposed_ms / total;
+  double solo_mean[2] = {0, 0};  // rank 0's step and forward-backward times, sent to all
+  if (vs_one) {
+    for (double m : solo_ms) solo_mean[0] += m / static_cast<double>(solo_ms.size());
+    solo_mean[1] = solo_compute_ms / static_cast<double>(std::max<size_t>(1, solo_ms.size()));
+    RT_RETURN_IF_ERROR(dist.comm->Broadcast(solo_mean, 2, coll::DataType::kF64, 0));
+  }
+  const double solo_per_s = vs_one ? static_cast<double>(solo_items) / (solo_mean[0] / 1000.0) : 0.0;
   const char* unit = trainer->task().ItemUnit();
   // Tensor-parallel traffic: the payload each rank all-reduced in the last step, against the
   // closed form per step: 4 all-reduces of (B,T,C) per block (forward: attention and MLP outputs;
@@ -156,6 +221,8 @@ Status BenchTrain(const BenchArgs& a) {
                         {"comm_ms_per_step", comm_ms / static_cast<double>(a.steps)},
                         {"hidden_comm_ms_per_step", hidden_ms / static_cast<double>(a.steps)},
                         {"bytes_sent_per_step", sent_bytes / static_cast<double>(a.steps)},
+                        // Forward and backward (every micro-step), until the wait for the sync.
+                        {"compute_ms_per_step", compute_ms / static_cast<double>(a.steps)},
                         // The part of the exposed wait spent waiting for the slowest rank's
                         // backward (load imbalance), and the rest: communication proper.
                         {"skew_wait_ms_per_step", one_host ? nlohmann::json(skew_ms / a.steps) : nlohmann::json()},
@@ -177,6 +244,13 @@ Status BenchTrain(const BenchArgs& a) {
                         {"model_tflops", lm ? nlohmann::json(achieved_tflops) : nlohmann::json()},
                         {"peak_tflops_per_device", peak > 0 ? nlohmann::json(peak) : nlohmann::json()},
                         {"mfu", mfu > 0 ? nlohmann::json(mfu) : nlohmann::json()}};
+    if (vs_one) {
+      j["one_rank_" + std::string(unit) + "_per_s"] = solo_per_s;
+      j["one_rank_" + std::string(unit) + "_per_step"] = solo_items;
+      j["one_rank_ms_per_step"] = solo_mean[0];
+      j["one_rank_compute_ms_per_step"] = solo_mean[1];
+      j["speedup_vs_one_rank"] = per_s / solo_per_s;
+    }
     if (!save_ms.empty()) {
       j["checkpoint_steps"] = save_ms.size();
       j["ms_per_checkpoint_step"] = save_total / static_cast<double>(save_ms.size());
@@ -202,6 +276,10 @@ Status BenchTrain(const BenchArgs& a) {
       std::printf("  %d ranks (%s, sync %s): exposed communication %.2f ms/step = %.1f%% of the step\n", world,
                   dist.comm->transport_kind(), trainer->sync().name(), exposed_ms / static_cast<double>(a.steps),
                   100.0 * exposed_share);
+    if (vs_one)
+      std::printf("  1 rank alone (rank 0, same per-rank batch and threads, in %d-step blocks alternating with the "
+                  "job's): %.1f ms/step, %.0f %s/s; the job is %.2fx that\n",
+                  a.block, solo_mean[0], solo_per_s, unit, per_s / solo_per_s);
     if (one_host)
       std::printf("    of which waiting for the slowest rank's backward %.2f ms/step; transfer %.1f%% of the step\n",
                   skew_ms / static_cast<double>(a.steps), 100.0 * (exposed_ms - skew_ms) / total);
@@ -234,6 +312,10 @@ void AddBench(CLI::App& app, Action& action) {
                   "(with --set dist.overlap=false)");
   train->add_option("--checkpoint-dir", args->checkpoint_dir,
                     "save checkpoints here (checkpoint.every_steps, checkpoint.async) and report the stall");
+  train->add_flag("--vs-one-rank", args->vs_one_rank,
+                  "under several ranks, also time one rank alone (rank 0, same per-rank batch and threads; the "
+                  "others idle) in blocks alternating with the job's steps, and report the speed-up");
+  train->add_option("--block", args->block, "steps per block with --vs-one-rank (default 10)");
   train->add_option("--peak-tflops", args->peak_tflops,
                     "peak TFLOP/s per device for MFU (default: the GPU's dense bf16 peak when known)");
   train->callback([&action, args]() { action = [args]() { return BenchTrain(*args); }; });

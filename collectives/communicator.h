@@ -53,6 +53,8 @@ class Communicator final : public CollectiveGroup {
   int size() const override { return static_cast<int>(members_.size()); }
   const std::string& name() const { return name_; }
   const char* transport_kind() const { return t_->kind(); }
+  // See Transport::set_patient (affects every communicator on this transport).
+  void set_patient(bool p) { t_->set_patient(p); }
   // Payload bytes this rank's transport sent for collectives so far (all communicators on it).
   uint64_t transport_bytes_sent() const { return t_->bytes_sent(); }
   // Seconds the asynchronous calls (I*) of this communicator have spent running so far: the time

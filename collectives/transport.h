@@ -49,6 +49,13 @@ class Transport {
   uint64_t bytes_sent() const { return bytes_sent_.load(std::memory_order_relaxed); }
   void CountSent(uint64_t n) { bytes_sent_.fetch_add(n, std::memory_order_relaxed); }
 
+  // Patient: waits for a peer sleep instead of spinning, whatever the transport would choose.
+  // For a rank that idles while another computes alone (bench train's one-rank baseline), so
+  // that its wait leaves the host as idle as an absent rank would. Transports that block in the
+  // kernel anyway (TCP, in-process) ignore it.
+  void set_patient(bool p) { patient_.store(p, std::memory_order_relaxed); }
+  bool patient() const { return patient_.load(std::memory_order_relaxed); }
+
   // Sends one frame (h.bytes of payload) to peer. Returns once `payload` may be reused. It must
   // not wait for the peer to post a receive (the receiving side buffers), so a ring in which every
   // rank sends before it receives cannot deadlock. Thread-safe.
@@ -94,6 +101,7 @@ class Transport {
 
  private:
   std::atomic<uint64_t> bytes_sent_{0};
+  std::atomic<bool> patient_{false};
 };
 
 }  // namespace ringtrain::coll

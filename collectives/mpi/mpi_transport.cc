@@ -166,7 +166,10 @@ Status MpiTransport::Recv(int peer, uint32_t context, FrameHeader* h, void* buf,
                                                         : "timed out waiting for " + PeerName(peer));
         }
       }
-      std::this_thread::yield();
+      if (patient())
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      else
+        std::this_thread::yield();
     }
   };
   {

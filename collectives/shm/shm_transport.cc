@@ -452,7 +452,7 @@ Status ShmTransport::WaitRecord(Ring* r, int peer, uint32_t context, Clock::time
           return Unavailable(PeerName(peer) + (seg_->ranks()[peer].closed.load() ? " closed its transport" : " died"));
       }
       if (now >= deadline) return DeadlineExceeded("timed out waiting for " + PeerName(peer));
-      if (sleep_when_idle_ && now - start >= kSpinBeforeSleep && overflowing_.load(std::memory_order_relaxed) == 0) {
+      if ((sleep_when_idle_ || patient()) && now - start >= kSpinBeforeSleep && overflowing_.load(std::memory_order_relaxed) == 0) {
         const long left = static_cast<long>(std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now).count());
         r->sleepers.fetch_add(1, std::memory_order_seq_cst);
         if (empty() && !stashed()) FutexWait(&r->bell, bell, std::clamp(left, 1000L, kSleepNs));

@@ -2,6 +2,7 @@
 // arrives, and mismatched collectives. Every surviving rank must return an error that names the
 // operation, its sequence number and the missing or mismatched rank, well within the deadline.
 #include <gtest/gtest.h>
+#include <time.h>
 
 #include <algorithm>
 #include <chrono>
@@ -395,6 +396,38 @@ TEST(CollectiveShm, TinyRingsStreamLargeFramesExactly) {
       for (int r = 0; r < n; ++r) EXPECT_TRUE(st[r].ok()) << "n " << n << " rank " << r << ": " << st[r].message();
     }
   }
+}
+
+double ThreadCpuSeconds() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+// With a core per rank, a waiting rank spins; a patient one (bench train --vs-one-rank's idle
+// ranks) sleeps on the ring's futex instead: 400 ms in a barrier cost it little CPU, and the
+// barrier still completes as soon as the late rank arrives.
+TEST(CollectiveShm, PatientWaiterSleepsInsteadOfSpinning) {
+  double cpu = -1, wall = -1;
+  auto st = testing::RunShmRanks(2, [&](Communicator& c) -> Status {
+    if (c.rank() == 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(400));
+      RT_RETURN_IF_ERROR(c.Barrier());
+      return c.Barrier();
+    }
+    c.set_patient(true);
+    const double c0 = ThreadCpuSeconds();
+    const auto t0 = std::chrono::steady_clock::now();
+    Status s = c.Barrier();
+    cpu = ThreadCpuSeconds() - c0;
+    wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    c.set_patient(false);
+    RT_RETURN_IF_ERROR(s);
+    return c.Barrier();  // and waits go on working after it
+  });
+  for (int r = 0; r < 2; ++r) ASSERT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r].message();
+  EXPECT_GT(wall, 0.3);
+  EXPECT_LT(cpu, 0.25 * wall) << "the patient rank used " << cpu << " s of CPU in a " << wall << " s wait";
 }
 
 // A segment name nobody creates: a clear error after the timeout, naming it.

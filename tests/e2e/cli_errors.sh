@@ -85,6 +85,7 @@ expect_error "label count mismatch" "has 20 images but lab19.gz has 19 labels" -
   --set data.synthetic.train_images=20 --set data.synthetic.test_images=10 >syn.log 2>&1 || { cat syn.log; fail "tiny CNN training failed"; }
 expect_error "image size does not match the model" "images are 1x28x28, the model expects 1x16x16" -- \
   "$RT" eval --model syn --set data.source=mnist --set data.images=img.gz --set data.labels=lab.gz --set data.train_count=15
+expect_error "bench train: bad block" "--block must be >= 1" -- "$RT" bench train --vs-one-rank --block 0
 expect_error "scaling: bad worker count" "--workers: '0' is not a count from 1 to 250" -- "$RT" bench scaling --workers 0,2
 expect_error "scaling: bad bandwidth" "bandwidth '1gbps': expected a number with kbit, mbit or gbit" -- \
   "$RT" bench scaling --emulate 1gbps

@@ -34,6 +34,16 @@ compare launch "$WORK/launch" one-process "$WORK/one" 1e-5
 grep -q "gradient sync allreduce ($LOCAL_TRANSPORT" shm.log || { cat shm.log; fail "launch on one host did not default to $LOCAL_TRANSPORT"; }
 compare launch-tcp "$WORK/launch" launch-shm "$WORK/shm" 0
 
+# bench train --vs-one-rank: rank 0 alone, in blocks between the job's, at the per-rank batch.
+"$RT" launch --nproc 2 -- bench train --steps 4 --block 2 --vs-one-rank --json > vs1.log 2>&1 || { cat vs1.log; fail "bench train --vs-one-rank failed"; }
+grep '^\[rank 0\] {' vs1.log | /usr/bin/python3 -c '
+import json, sys
+d = json.loads(sys.stdin.read().split("] ", 1)[1])
+assert d["one_rank_tokens_per_step"] * 2 == d["tokens_per_step"], d
+assert 0.3 < d["speedup_vs_one_rank"] < 3, d
+assert d["one_rank_compute_ms_per_step"] > 0 and d["compute_ms_per_step"] > 0, d
+print("bench train --vs-one-rank: speed-up %.2f over 1 rank" % d["speedup_vs_one_rank"])' || { cat vs1.log; fail "bench train --vs-one-rank figures"; }
+
 if ! command -v mpirun >/dev/null; then echo "mpirun not installed: the mpirun leg is not run"; exit 0; fi
 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 300 mpirun --oversubscribe -np 2 \
   -x RINGTRAIN_THREADS "$RT" train "${args[@]}" --set dist.transport=mpi --run-dir "$WORK/mpi" > mpi.log 2>&1 || { cat mpi.log; fail "mpirun -np 2 failed"; }
