@@ -48,10 +48,15 @@ double DenseBf16PeakTflops(const std::string& name) {
   return 0.0;
 }
 
+using BenchClock = std::chrono::steady_clock;
+
+double MsSince(BenchClock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(BenchClock::now() - t0).count();
+}
+
 // Milliseconds from t0 (a step's start) to the end of that step's last backward.
-double BackwardEndMs(const Trainer& t, std::chrono::steady_clock::time_point t0) {
-  return t.last_backward_end_s() * 1000.0 -
-         std::chrono::duration<double, std::milli>(t0.time_since_epoch()).count();
+double BackwardEndMs(const Trainer& t, BenchClock::time_point t0) {
+  return t.last_backward_end_s() * 1000.0 - std::chrono::duration<double, std::milli>(t0.time_since_epoch()).count();
 }
 
 Status BenchTrain(const BenchArgs& a) {
@@ -79,10 +84,10 @@ Status BenchTrain(const BenchArgs& a) {
   int64_t next = a.warmup;  // the job's next step
   auto timed_step = [&]() -> Status {
     const int64_t i = next++;
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = BenchClock::now();
     RT_ASSIGN_OR_RETURN(loss, trainer->Step(i));
     if (!a.checkpoint_dir.empty()) RT_RETURN_IF_ERROR(trainer->MaybeCheckpoint(i + 1, false));
-    const double step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    const double step_ms = MsSince(t0);
     compute_ms += BackwardEndMs(*trainer, t0);
     (!a.checkpoint_dir.empty() && trainer->last_step_saved() ? save_ms : ms).push_back(step_ms);
     exposed_ms += trainer->last_exposed_comm_s() * 1000.0;
@@ -100,8 +105,7 @@ Status BenchTrain(const BenchArgs& a) {
   };
   const int world = trainer->world_size();
   const bool vs_one = a.vs_one_rank && world > 1;
-  std::vector<double> solo_ms;  // rank 0 alone
-  double solo_compute_ms = 0;
+  double solo_ms = 0, solo_compute_ms = 0;  // rank 0 alone, over a.steps timed steps
   int64_t solo_items = 0;
   if (!vs_one) {
     for (int i = 0; i < a.steps; ++i) RT_RETURN_IF_ERROR(timed_step());
@@ -127,10 +131,10 @@ Status BenchTrain(const BenchArgs& a) {
       RT_RETURN_IF_ERROR(dist.comm->Barrier());
       if (solo) {
         for (int j = 0; j <= k; ++j) {
-          const auto t0 = std::chrono::steady_clock::now();
+          const auto t0 = BenchClock::now();
           RT_RETURN_IF_ERROR(solo->Step(solo_next++).status());
           if (j == 0) continue;
-          solo_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+          solo_ms += MsSince(t0);
           solo_compute_ms += BackwardEndMs(*solo, t0);
         }
       }
@@ -167,12 +171,9 @@ Status BenchTrain(const BenchArgs& a) {
   const double median = ms[ms.size() / 2];
   const double per_s = static_cast<double>(trainer->ItemsPerStep()) / (mean / 1000.0);
   const double exposed_share = exposed_ms / total;
-  double solo_mean[2] = {0, 0};  // rank 0's step and forward-backward times, sent to all
-  if (vs_one) {
-    for (double m : solo_ms) solo_mean[0] += m / static_cast<double>(solo_ms.size());
-    solo_mean[1] = solo_compute_ms / static_cast<double>(std::max<size_t>(1, solo_ms.size()));
-    RT_RETURN_IF_ERROR(dist.comm->Broadcast(solo_mean, 2, coll::DataType::kF64, 0));
-  }
+  // Rank 0's mean step and forward-backward times alone, sent to all.
+  double solo_mean[2] = {solo_ms / a.steps, solo_compute_ms / a.steps};
+  if (vs_one) RT_RETURN_IF_ERROR(dist.comm->Broadcast(solo_mean, 2, coll::DataType::kF64, 0));
   const double solo_per_s = vs_one ? static_cast<double>(solo_items) / (solo_mean[0] / 1000.0) : 0.0;
   const char* unit = trainer->task().ItemUnit();
   // Tensor-parallel traffic: the payload each rank all-reduced in the last step, against the

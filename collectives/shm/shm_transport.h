@@ -116,7 +116,7 @@ class ShmTransport : public Transport {
   size_t mapped_ = 0;
   Segment* seg_ = nullptr;
   std::atomic<bool> closed_{false};
-  bool sleep_when_idle_ = false;  // ranks outnumber this process's cores: waiters sleep
+  bool sleep_when_idle_ = false;  // ranks outnumber the host's CPUs: waiters sleep
 
   std::unique_ptr<std::mutex[]> out_mu_;  // per peer: the producer side of its data ring
   std::unique_ptr<std::mutex[]> in_mu_;   // per peer: the consumer side of its data ring
