@@ -1,7 +1,9 @@
 #include "models/gpt_gpu.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
+#include <tuple>
 
 namespace ringtrain {
 
@@ -95,6 +97,74 @@ Status GpuGpt::ZeroGrads() {
 Status GpuGpt::Synchronize() {
   RT_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "GPT step on the device");
   return Status::Ok();
+}
+
+Status GpuGpt::StartOptimizer(const float* params, const float* m, const float* v) {
+  const size_t n = layout_.total();
+  if (m_.size() != n) RT_RETURN_IF_ERROR(m_.Allocate(n, "optimizer moment m"));
+  if (v_.size() != n) RT_RETURN_IF_ERROR(v_.Allocate(n, "optimizer moment v"));
+  const size_t scratch = static_cast<size_t>(gpu::SumSquaresScratch(static_cast<int64_t>(n)));
+  if (sumsq_.size() != scratch) RT_RETURN_IF_ERROR(sumsq_.Allocate(scratch, "gradient norm scratch"));
+  RT_RETURN_IF_ERROR(UploadParams(params));
+  for (auto [dst, src, what] : {std::tuple{m_.data(), m, "copying the optimizer moment m to the device"},
+                                std::tuple{v_.data(), v, "copying the optimizer moment v to the device"}}) {
+    if (src)
+      RT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, stream_), what);
+    else
+      RT_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(dst, 0, n * sizeof(float), stream_), what);
+  }
+  // The host buffers may change once this returns.
+  return Synchronize();
+}
+
+StatusOr<double> GpuGpt::GradSumSquares() {
+  RT_CHECK(sumsq_.size() > 0);  // StartOptimizer first
+  RT_RETURN_IF_ERROR(gpu::SumSquares(sumsq_.data(), grads_.data(), static_cast<int64_t>(layout_.total()), stream_));
+  double sq = 0;
+  RT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(&sq, sumsq_.data(), sizeof(double), cudaMemcpyDeviceToHost, stream_),
+                          "copying the gradient norm from the device");
+  RT_RETURN_IF_ERROR(Synchronize());
+  return sq;
+}
+
+Status GpuGpt::AdamStep(const gpu::AdamArgs& a, const std::vector<std::pair<size_t, size_t>>& decay_ranges) {
+  RT_CHECK(m_.size() == layout_.total() && v_.size() == layout_.total());  // StartOptimizer first
+  gpu::AdamArgs off = a;
+  off.weight_decay = 0;
+  auto run = [&](const gpu::AdamArgs& args, size_t b, size_t e) -> Status {
+    if (e <= b) return Status::Ok();
+    return gpu::AdamUpdate(params_.data() + b, grads_.data() + b, m_.data() + b, v_.data() + b,
+                           static_cast<int64_t>(e - b), args, stream_);
+  };
+  size_t pos = 0;
+  const size_t end = layout_.total();
+  for (const auto& [db, de] : decay_ranges) {
+    if (de <= pos) continue;
+    if (db >= end) break;
+    const size_t s = std::max(db, pos), e = std::min(de, end);
+    RT_RETURN_IF_ERROR(run(off, pos, s));
+    RT_RETURN_IF_ERROR(run(a, s, e));
+    pos = e;
+  }
+  return run(off, pos, end);
+}
+
+Status GpuGpt::DownloadParams(float* host) {
+  RT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host, params_.data(), layout_.total() * sizeof(float),
+                                          cudaMemcpyDeviceToHost, stream_),
+                          "copying parameters from the device");
+  return Synchronize();
+}
+
+Status GpuGpt::DownloadMoments(float* m, float* v) {
+  for (auto [dst, src, what] : {std::tuple{m, m_.data(), "copying the optimizer moment m from the device"},
+                                std::tuple{v, v_.data(), "copying the optimizer moment v from the device"}}) {
+    if (!dst) continue;
+    RT_CHECK(src != nullptr);
+    RT_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(dst, src, layout_.total() * sizeof(float), cudaMemcpyDeviceToHost, stream_), what);
+  }
+  return Synchronize();
 }
 
 Status GpuGpt::PlanActivations(int B, int Tn) {

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/arena.h"
@@ -53,6 +54,20 @@ class GpuGpt {
   // Waits for everything enqueued on the model's stream.
   Status Synchronize();
 
+  // The optimizer on the device (Adam/AdamW): moments m and v in device memory with the arena's
+  // layout, so parameters, gradients and moments stay on the GPU between steps. StartOptimizer
+  // uploads the parameters and the moments (null: zeros) and allocates what it needs; call it
+  // again after the host copies changed (a resume).
+  Status StartOptimizer(const float* params, const float* m, const float* v);
+  // Sum of squares of the device gradients (double; waits for the device).
+  StatusOr<double> GradSumSquares();
+  // One update of every parameter: a.weight_decay applies on decay_ranges (sorted, disjoint
+  // arena element ranges) and 0 elsewhere, as OptimizerUpdate on the host. Enqueued.
+  Status AdamStep(const gpu::AdamArgs& a, const std::vector<std::pair<size_t, size_t>>& decay_ranges);
+  // Device -> host copies (layout().total() floats each; m, v may be null); wait for the device.
+  Status DownloadParams(float* host);
+  Status DownloadMoments(float* m, float* v);
+
  private:
   GpuGpt(const GptConfig& cfg) : cfg_(cfg) {}
   struct Block {
@@ -73,6 +88,8 @@ class GpuGpt {
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<gpu::Blas> blas_;
   cuda::DeviceBuffer<float> params_, grads_;
+  cuda::DeviceBuffer<float> m_, v_;      // optimizer moments (StartOptimizer)
+  cuda::DeviceBuffer<double> sumsq_;     // SumSquares scratch
   int wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1;
   std::vector<Block> blocks_;
 

@@ -93,7 +93,9 @@ class LmTask final : public Task {
                         tokens_.data(), targets_.data());
 #ifdef RINGTRAIN_HAVE_CUDA
       if (gpu_) {
-        if (i == 0) RT_RETURN_IF_ERROR(gpu_->UploadParams(model_->arena().params.data()).WithContext("evaluating"));
+        // Device-resident: the device holds the current parameters, the host copy may be stale.
+        if (i == 0 && !resident_)
+          RT_RETURN_IF_ERROR(gpu_->UploadParams(model_->arena().params.data()).WithContext("evaluating"));
         RT_ASSIGN_OR_RETURN(const double l, gpu_->Forward(tokens_.data(), targets_.data(), batch_, block_));
         sum += l;
         continue;
@@ -124,6 +126,33 @@ class LmTask final : public Task {
   std::string DataDescription() const override { return data_.description; }
 #ifdef RINGTRAIN_HAVE_CUDA
   std::string DeviceName() const override { return gpu_ ? gpu_->DeviceName() : "cpu"; }
+  bool CanOptimizeOnDevice() const override { return gpu_ != nullptr; }
+  Status DeviceStart(const OptimState& st) override {
+    RT_CHECK(gpu_ && st.base == 0);
+    const float* m = st.m.size() ? st.m.data() : nullptr;
+    const float* v = st.v.size() ? st.v.data() : nullptr;
+    RT_RETURN_IF_ERROR(gpu_->StartOptimizer(model_->arena().params.data(), m, v).WithContext("starting the device optimizer"));
+    resident_ = true;
+    return Status::Ok();
+  }
+  Status DeviceZeroGrads() override { return gpu_->ZeroGrads(); }
+  StatusOr<double> DeviceGradSumSquares() override { return gpu_->GradSumSquares(); }
+  Status DeviceOptimizerUpdate(const OptimConfig& oc, double lr, int64_t t, float grad_scale,
+                               const std::vector<std::pair<size_t, size_t>>& decay_ranges) override {
+    RT_CHECK(resident_ && oc.kind != OptimKind::kSgd && oc.l1 == 0 && oc.l2 == 0);
+    gpu::AdamArgs a{lr, oc.beta1, oc.beta2, oc.eps, oc.weight_decay, grad_scale, t, oc.kind == OptimKind::kAdamW};
+    return gpu_->AdamStep(a, decay_ranges);
+  }
+  Status DeviceFetch(OptimState* st) override {
+    RT_CHECK(resident_);
+    ParamArena<float>& A = model_->arena();
+    RT_RETURN_IF_ERROR(gpu_->DownloadParams(A.params.data()));
+    const size_t n = A.layout.total();
+    st->base = 0;
+    if (st->m.size() != n) st->m.Resize(n);
+    if (st->v.size() != n) st->v.Resize(n);
+    return gpu_->DownloadMoments(st->m.data(), st->v.data());
+  }
 #endif
   nlohmann::json ModelMeta() const override {
     nlohmann::json m = {{"task", "lm"}, {"vocab_size", model_->config().vocab_size}, {"data", data_.description}};
@@ -137,6 +166,12 @@ class LmTask final : public Task {
   // micro-step uploads the parameters, runs forward and backward on the GPU, and adds the GPU's
   // gradients into the host gradients. All of them are ready at once for the sync engine.
   StatusOr<double> GpuMicroStep(float loss_scale, const GradReadyFn& ready) {
+    if (resident_) {
+      // Parameters and gradients stay on the device; the trainer zeroes the gradients per step.
+      RT_ASSIGN_OR_RETURN(const double loss, gpu_->Forward(tokens_.data(), targets_.data(), batch_, block_));
+      RT_RETURN_IF_ERROR(gpu_->Backward(loss_scale));
+      return loss;
+    }
     ParamArena<float>& A = model_->arena();
     RT_RETURN_IF_ERROR(gpu_->UploadParams(A.params.data()));
     RT_RETURN_IF_ERROR(gpu_->ZeroGrads());
@@ -152,6 +187,7 @@ class LmTask final : public Task {
   }
   std::unique_ptr<GpuGpt> gpu_;
   std::vector<float> grad_buf_;
+  bool resident_ = false;  // DeviceStart ran: the device holds the master parameters
 #endif
   TokenData data_;
   TaskShard shard_;

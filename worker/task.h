@@ -7,6 +7,8 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -15,6 +17,7 @@
 #include "core/config.h"
 #include "collectives/communicator.h"
 #include "models/gpt.h"
+#include "models/optim.h"
 
 namespace ringtrain {
 
@@ -61,6 +64,26 @@ class Task {
   virtual std::string DataDescription() const = 0;
   // Where forward/backward run: "cpu", or the GPU's name under device cuda.
   virtual std::string DeviceName() const { return "cpu"; }
+
+  // The optimizer on the device (device cuda; the trainer decides when to use it): parameters,
+  // gradients and Adam/AdamW moments stay in device memory between steps, micro-steps copy
+  // nothing between host and device, and the host copies (arena().params and the optimizer state)
+  // are brought up to date only by DeviceFetch. Until DeviceStart, the host arena is the master.
+  virtual bool CanOptimizeOnDevice() const { return false; }
+  // Uploads the host parameters and the moments of st (the whole arena; absent moments: zeros)
+  // and switches to device-resident micro-steps. Again after the host copies changed (a resume).
+  virtual Status DeviceStart(const OptimState& st) { (void)st; return Internal("this task has no device optimizer"); }
+  virtual Status DeviceZeroGrads() { return Internal("this task has no device optimizer"); }
+  // Sum of squares of the device gradients (double).
+  virtual StatusOr<double> DeviceGradSumSquares() { return Internal("this task has no device optimizer"); }
+  // OptimizerUpdate's Adam/AdamW update of the whole arena, on the device.
+  virtual Status DeviceOptimizerUpdate(const OptimConfig& oc, double lr, int64_t t, float grad_scale,
+                                       const std::vector<std::pair<size_t, size_t>>& decay_ranges) {
+    (void)oc, (void)lr, (void)t, (void)grad_scale, (void)decay_ranges;
+    return Internal("this task has no device optimizer");
+  }
+  // Copies the device parameters into arena().params and the moments into st (allocated).
+  virtual Status DeviceFetch(OptimState* st) { (void)st; return Internal("this task has no device optimizer"); }
   // model.json fields that describe the data (vocabulary, image shape, normalisation).
   virtual nlohmann::json ModelMeta() const = 0;
 };

@@ -164,6 +164,15 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const T
     }
     if (!opts.resume.empty()) RT_RETURN_IF_ERROR(t->Resume());
   }
+  // device cuda, one process: the optimizer runs on the device, so nothing crosses between host
+  // and device in a step. (Data or tensor parallelism and parameter servers reduce on the host;
+  // SGD and the L1/L2 penalties have no device kernel; optim.on_device = off keeps the host.)
+  if (!use_ps && t->world_ == 1 && config.Str("optim.on_device") == "auto" && t->oc_.kind != OptimKind::kSgd &&
+      t->oc_.l1 == 0 && t->oc_.l2 == 0 && t->task_->CanOptimizeOnDevice()) {
+    RT_CHECK(t->opt_states_.size() == 1 && t->opt_states_[0].base == 0);
+    RT_RETURN_IF_ERROR(t->task_->DeviceStart(t->opt_states_[0]));
+    t->on_device_ = true;
+  }
   if (!opts.checkpoint_root.empty() && t->ckpt_async_)
     t->PrepareSnapshot(t->CheckpointWriteSet(), ContentOf(*t->task_, t->opt_states_, t->oc_));
   t->last_save_time_ = NowS();
@@ -247,8 +256,16 @@ Status Trainer::Resume() {
   return Status::Ok();
 }
 
+Status Trainer::SyncHost() {
+  if (!host_stale_) return Status::Ok();
+  RT_RETURN_IF_ERROR(task_->DeviceFetch(&opt_states_[0]).WithContext("copying parameters and optimizer state from the device"));
+  host_stale_ = false;
+  return Status::Ok();
+}
+
 Status Trainer::SaveCheckpointAt(int64_t step) {
   if (opts_.checkpoint_root.empty()) return Status::Ok();
+  RT_RETURN_IF_ERROR(SyncHost().WithContext("saving the checkpoint of step " + std::to_string(step)));
   const bool async = ckpt_async_;
   coll::Communicator* comm = world_ > 1 ? opts_.comm : nullptr;
   CheckpointContent c = ContentOf(*task_, opt_states_, oc_);
@@ -341,6 +358,7 @@ Ranges Trainer::CheckpointWriteSet() {
 }
 
 StatusOr<std::vector<float>> Trainer::FullParams() {
+  RT_RETURN_IF_ERROR(SyncHost());
   const ParamArena<float>& A = task_->arena();
   if (tp_ == 1) return std::vector<float>(A.params.data(), A.params.data() + A.layout.total());
   std::vector<float> full;
@@ -381,7 +399,10 @@ Status Trainer::MaybeCheckpoint(int64_t done, bool last) {
 
 StatusOr<double> Trainer::Step(int64_t step) {
   ParamArena<float>& A = task_->arena();
-  A.grads.Zero();
+  if (on_device_)
+    RT_RETURN_IF_ERROR(task_->DeviceZeroGrads().WithContext("step " + std::to_string(step + 1)));
+  else
+    A.grads.Zero();
   sync_->BeginStep(step);
   double loss = 0;
   for (int micro = 0; micro < accum_; ++micro) {
@@ -403,7 +424,7 @@ StatusOr<double> Trainer::Step(int64_t step) {
   double exposed = std::chrono::duration<double>(t_synced - t0).count();
   last_backward_end_s_ = std::chrono::duration<double>(t0.time_since_epoch()).count();
   last_synced_s_ = std::chrono::duration<double>(t_synced.time_since_epoch()).count();
-  RT_ASSIGN_OR_RETURN(double sq, sync_->GradSumSquares());
+  RT_ASSIGN_OR_RETURN(double sq, on_device_ ? task_->DeviceGradSumSquares() : sync_->GradSumSquares());
   // Under PS the norm is a round trip to the servers (they have summed every worker's push):
   // communication, not compute. (All-reduce sync: a local sum and one 8-byte all-reduce.)
   if (ps_) exposed += std::chrono::duration<double>(Clock::now() - t_synced).count();
@@ -413,9 +434,15 @@ StatusOr<double> Trainer::Step(int64_t step) {
   last_grad_norm_ = std::sqrt(sq);
   const float scale = ClipScale(last_grad_norm_, oc_.grad_clip);
   const Ranges& owned = sync_->Owned();
-  for (size_t i = 0; i < owned.size(); ++i)
-    OptimizerUpdate(oc_, sched_.At(step), step + 1, scale, A.params.data(), A.grads.data(), opt_states_[i],
-                    owned[i].first, owned[i].second, decay_ranges_);
+  if (on_device_) {
+    RT_RETURN_IF_ERROR(task_->DeviceOptimizerUpdate(oc_, sched_.At(step), step + 1, scale, decay_ranges_)
+                           .WithContext("optimizer step " + std::to_string(step + 1) + " on the device"));
+    host_stale_ = true;
+  } else {
+    for (size_t i = 0; i < owned.size(); ++i)
+      OptimizerUpdate(oc_, sched_.At(step), step + 1, scale, A.params.data(), A.grads.data(), opt_states_[i],
+                      owned[i].first, owned[i].second, decay_ranges_);
+  }
   opt_step_ = step + 1;
   const auto t1 = Clock::now();
   RT_RETURN_IF_ERROR(sync_->AfterUpdate().WithContext(where));
@@ -517,6 +544,9 @@ StatusOr<TrainSummary> Trainer::Run() {
       std::printf("data parallel: %d ranks, gradient sync %s (%s, bucket %.3g MB, %s)\n", dp_, sync_->name(),
                   opts_.comm->transport_kind(), config_.Float("dist.bucket_mb"),
                   config_.Bool("dist.overlap") ? "overlapped with backward" : "after backward");
+    if (on_device_)
+      std::printf("optimizer: %s on %s (parameters, gradients and moments stay on the device)\n",
+                  config_.Str("optim.name").c_str(), task_->DeviceName().c_str());
     if (entropy)
       std::printf("synthetic source entropy rate: %.4f nats/token (the floor the loss should approach)\n", *entropy);
     std::fflush(stdout);
@@ -608,6 +638,7 @@ StatusOr<TrainSummary> Trainer::Run() {
       RT_RETURN_IF_ERROR(WriteSummary(sum));
     }
   } else if (!opts_.run_dir.empty()) {
+    RT_RETURN_IF_ERROR(SyncHost().WithContext("saving the model"));
     const auto& A = task_->arena();
     RT_RETURN_IF_ERROR(
         SaveModel(opts_.run_dir + "/model", config_, task_->ModelMeta(), A.params.data(), A.layout.total()));

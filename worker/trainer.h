@@ -78,8 +78,12 @@ class Trainer {
   int world_size() const { return world_; }
   int tensor_parallel() const { return tp_; }
   int data_parallel() const { return dp_; }
-  // The whole model's parameters (gathered over the tensor-parallel group; collective there).
+  // The whole model's parameters (gathered over the tensor-parallel group; collective there;
+  // copied from the device first when the optimizer runs there).
   StatusOr<std::vector<float>> FullParams();
+  // Whether the optimizer runs on the device (device cuda, one process, Adam/AdamW): then the host
+  // arena is brought up to date only by checkpoints, FullParams and the saved model.
+  bool optimizer_on_device() const { return on_device_; }
   // Payload bytes of the last step's tensor-parallel all-reduces (model activations and gradients,
   // plus the replicated-parameter broadcast) and of its data-parallel gradient sync, per rank
   // (parameter servers: the bytes pushed and pulled).
@@ -107,6 +111,9 @@ class Trainer {
   Status WriteSummary(const TrainSummary& s);
   Status Resume();
   Status SaveCheckpointAt(int64_t step);
+  // Optimizer on the device: copies its parameters and moments into the host arena and
+  // opt_states_[0] if a step changed them since the last copy.
+  Status SyncHost();
 
  public:
   ~Trainer();
@@ -167,6 +174,8 @@ class Trainer {
   uint64_t last_bytes_sent_ = 0, bytes_sent_seen_ = 0;
   std::vector<std::pair<size_t, size_t>> decay_ranges_;
   int accum_ = 1;
+  bool on_device_ = false;   // the task's device holds the master parameters and the moments
+  bool host_stale_ = false;  // on_device_, and a step ran since the host copies were updated
   double last_grad_norm_ = 0;
   std::FILE* metrics_ = nullptr;
 };

@@ -5,7 +5,8 @@
 # Steps, each bounded by `timeout` so one hang cannot eat the lease, each writing its own file:
 #   env.txt          nvidia-smi, the CUDA libraries found, ldd of the binaries
 #   gpu_tests.log/.json   the GPU suite (acceptance 1 and 2)
-#   bench_fp32.json  ringtrain bench train, GPT-2 124M, device cuda (fp32)
+#   bench_fp32.json  ringtrain bench train, GPT-2 124M, device cuda (fp32), optimizer on the device
+#   bench_fp32_host_optim.json   the same, 10 steps, optim.on_device=off (host optimizer)
 #   pytorch.txt      (not in quick mode) bench/pytorch_gpt.py on the same config: bf16 eager and
 #                    torch.compile, fp32 eager
 # Exit status: 0 when the suite passed, 1 otherwise; the benchmarks never change it.
@@ -49,6 +50,11 @@ cfg=bench/configs/gpt2_124m.yaml
 timeout 240 .device/bin/ringtrain bench train --config "$cfg" --set device=cuda --steps 20 --json \
   > "$out/bench_fp32.json" 2> "$out/bench_fp32.err" || echo "device_run: bench train failed: $(tail -n 3 "$out/bench_fp32.err")"
 cat "$out/bench_fp32.json"
+# The same with the optimizer on the host (parameters up and gradients down every micro-step): what
+# keeping everything on the device gains.
+timeout 180 .device/bin/ringtrain bench train --config "$cfg" --set device=cuda --set optim.on_device=off --steps 10 \
+  --json > "$out/bench_fp32_host_optim.json" 2> "$out/bench_fp32_host_optim.err" ||
+  echo "device_run: bench train (host optimizer) failed: $(tail -n 3 "$out/bench_fp32_host_optim.err")"
 
 if [ "$quick" != quick ]; then
   export PYTHONUNBUFFERED=1

@@ -230,6 +230,31 @@ __global__ void AdamKernel(float* p, const float* g, float* m, float* v, int64_t
   }
 }
 
+// One block per kSumSqBlock elements: each thread sums its strided elements in double, then the
+// block combines the 256 partials in a fixed tree. Deterministic (no atomics, fixed shapes).
+constexpr int64_t kSumSqBlock = 8192;
+__global__ void SumSqPartialKernel(double* partials, const float* g, int64_t n) {
+  __shared__ double part[kThreads];
+  const int64_t b0 = static_cast<int64_t>(blockIdx.x) * kSumSqBlock;
+  const int64_t e = b0 + kSumSqBlock < n ? b0 + kSumSqBlock : n;
+  double s = 0;
+  for (int64_t i = b0 + threadIdx.x; i < e; i += blockDim.x) s += static_cast<double>(g[i]) * g[i];
+  part[threadIdx.x] = s;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partials[blockIdx.x] = part[0];
+}
+
+// The partials summed in order by one thread (a few thousand of them for 100M elements).
+__global__ void SumSqFinalKernel(double* out, const double* partials, int64_t nb) {
+  double s = 0;
+  for (int64_t b = 0; b < nb; ++b) s += partials[b];
+  *out = s;
+}
+
 int RowThreads(int C) { return C >= 1024 ? 1024 : std::max(32, (C + 31) / 32 * 32); }
 
 }  // namespace
@@ -408,6 +433,18 @@ Status AdamUpdate(float* p, const float* g, float* m, float* v, int64_t n, const
       static_cast<float>(1.0 - a.beta1), static_cast<float>(1.0 - a.beta2), static_cast<float>(a.eps),
       static_cast<float>(a.lr / bc1), static_cast<float>(1.0 / std::sqrt(bc2)), a.decoupled ? 1.f - flr * wd : 1.f);
   return Launched("AdamUpdate");
+}
+
+int64_t SumSquaresScratch(int64_t n) { return (n + kSumSqBlock - 1) / kSumSqBlock + 1; }
+
+Status SumSquares(double* scratch, const float* g, int64_t n, cudaStream_t s) {
+  const int64_t nb = (n + kSumSqBlock - 1) / kSumSqBlock;
+  if (nb > 0) {
+    SumSqPartialKernel<<<static_cast<unsigned>(nb), kThreads, 0, s>>>(scratch + 1, g, n);
+    RT_RETURN_IF_ERROR(Launched("SumSquares (partials)"));
+  }
+  SumSqFinalKernel<<<1, 1, 0, s>>>(scratch, scratch + 1, nb);
+  return Launched("SumSquares");
 }
 
 }  // namespace ringtrain::gpu

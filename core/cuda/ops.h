@@ -91,4 +91,10 @@ struct AdamArgs {
 };
 Status AdamUpdate(float* p, const float* g, float* m, float* v, int64_t n, const AdamArgs& a, cudaStream_t s);
 
+// Sum of squares of g[0, n) in double: scratch[0] receives it (device memory of
+// SumSquaresScratch(n) doubles; the rest holds per-8192-element partials). Blocked like the CPU's
+// SumSquares, so the two agree to double rounding; repeatable run to run.
+int64_t SumSquaresScratch(int64_t n);
+Status SumSquares(double* scratch, const float* g, int64_t n, cudaStream_t s);
+
 }  // namespace ringtrain::gpu

@@ -5,6 +5,8 @@
 //    clipping, warm-up) with device cuda equals the step with device cpu within 1e-4 relative, and
 //    so do 5 steps. (The optimizer runs on the host either way; Adam's g/sqrt(v) would turn
 //    rounding-level gradients into full-size steps of either sign, so the exact check uses SGD.)
+//  - the optimizer on the device (AdamW; the default for one process) equals the host optimizer, and
+//    a run resumed from its checkpoint is bitwise the uninterrupted one;
 //  - without a GPU, device cuda is one clear error (this case runs on machines without a GPU).
 #include <gtest/gtest.h>
 
@@ -16,6 +18,7 @@
 #include "core/config.h"
 #include "models/gpt.h"
 #include "models/gpt_gpu.h"
+#include "tests/util/temp_dir.h"
 #include "worker/trainer.h"
 
 namespace ringtrain {
@@ -111,6 +114,94 @@ TEST(GpuTrainer, StepsEqualCpu) {
                                   std::max(1e-2, std::fabs(static_cast<double>((*cpu)[i]))));
     EXPECT_LE(worst, 1e-4) << "after " << steps << " step(s)";
   }
+}
+
+// The optimizer on the device (optim.on_device = auto, the default) against the host optimizer
+// (off), both with forward and backward on the GPU: AdamW with clipping, weight decay and warm-up.
+// With one micro-step per step the first step's gradients are the same bits on both paths, so the
+// parameters after it differ only by the update's rounding; later steps' losses agree to 1e-5.
+std::vector<std::string> AdamSets(const std::string& on_device, int steps) {
+  return {"device=cuda", "threads=1", "model.n_layer=2", "model.n_embd=64", "model.n_head=4", "model.block_size=32",
+          "train.batch_size=4", "data.synthetic.length=20000", "optim.name=adamw", "optim.lr=1e-3",
+          "optim.weight_decay=0.1", "optim.grad_clip=0.5", "schedule.warmup=2", "train.eval_interval=1000000",
+          "train.steps=" + std::to_string(steps), "optim.on_device=" + on_device};
+}
+
+TEST(GpuTrainer, DeviceOptimizerEqualsHostOptimizer) {
+  SKIP_WITHOUT_GPU();
+  std::vector<float> params[2];
+  std::vector<double> losses[2];
+  const char* modes[2] = {"auto", "off"};
+  for (int k = 0; k < 2; ++k) {
+    auto c = Config::Load("", AdamSets(modes[k], 5));
+    ASSERT_TRUE(c.ok()) << c.status().message();
+    TrainOptions o;
+    o.print = false;
+    auto t = Trainer::Create(*c, o);
+    ASSERT_TRUE(t.ok()) << t.status().message();
+    EXPECT_EQ((*t)->optimizer_on_device(), k == 0) << modes[k];
+    for (int s = 0; s < 5; ++s) {
+      auto l = (*t)->Step(s);
+      ASSERT_TRUE(l.ok()) << modes[k] << " step " << s + 1 << ": " << l.status().message();
+      losses[k].push_back(*l);
+      if (s == 0) {
+        auto p = (*t)->FullParams();
+        ASSERT_TRUE(p.ok()) << p.status().message();
+        params[k] = *p;
+      }
+    }
+  }
+  ASSERT_EQ(params[0].size(), params[1].size());
+  double worst = 0;
+  for (size_t i = 0; i < params[0].size(); ++i)
+    worst = std::max(worst, std::fabs(static_cast<double>(params[0][i]) - params[1][i]) /
+                                std::max(1e-2, std::fabs(static_cast<double>(params[1][i]))));
+  EXPECT_LE(worst, 1e-5) << "parameters after step 1, device vs host optimizer";
+  for (size_t s = 0; s < 5; ++s)
+    EXPECT_NEAR(losses[0][s], losses[1][s], 1e-5 * std::fabs(losses[1][s])) << "loss of step " << s + 1;
+  // The optimizer changed the parameters (the comparison above is not between two untouched copies).
+  auto c = Config::Load("", AdamSets("auto", 1));
+  ASSERT_TRUE(c.ok());
+  TrainOptions o;
+  o.print = false;
+  auto fresh = Trainer::Create(*c, o);
+  ASSERT_TRUE(fresh.ok()) << fresh.status().message();
+  auto p0 = (*fresh)->FullParams();
+  ASSERT_TRUE(p0.ok());
+  EXPECT_FALSE(*p0 == params[0]);
+}
+
+// With the optimizer on the device a checkpoint holds the device's parameters and moments, and a
+// resumed run continues to the same bits as the uninterrupted one.
+TEST(GpuTrainer, DeviceOptimizerResumesBitwise) {
+  SKIP_WITHOUT_GPU();
+  auto run = [](int steps, const std::string& root, const std::string& resume, std::vector<float>* at_start,
+                std::vector<float>* at_end) -> Status {
+    auto sets = AdamSets("auto", steps);
+    sets.push_back("checkpoint.every_steps=3");
+    RT_ASSIGN_OR_RETURN(Config c, Config::Load("", sets));
+    TrainOptions o;
+    o.print = false;
+    o.checkpoint_root = root;
+    o.resume = resume;
+    RT_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> t, Trainer::Create(c, o));
+    if (!t->optimizer_on_device()) return Internal("the optimizer is not on the device");
+    RT_ASSIGN_OR_RETURN(*at_start, t->FullParams());
+    RT_RETURN_IF_ERROR(t->Run().status());
+    RT_ASSIGN_OR_RETURN(*at_end, t->FullParams());
+    return Status::Ok();
+  };
+  const std::string whole_root = testing::TestTemp("gpu_whole"), resumed_root = testing::TestTemp("gpu_resumed");
+  std::vector<float> start, three, whole, loaded, resumed;
+  Status st = run(3, testing::TestTemp("gpu_three"), "", &start, &three);
+  ASSERT_TRUE(st.ok()) << st.message();
+  st = run(6, whole_root, "", &start, &whole);
+  ASSERT_TRUE(st.ok()) << st.message();
+  st = run(6, resumed_root, whole_root + "/step-00000003", &loaded, &resumed);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_TRUE(loaded == three) << "the step-3 checkpoint holds other parameters than a 3-step run ends with";
+  EXPECT_TRUE(resumed == whole) << "resumed at step 3, step 6 differs from the uninterrupted run";
+  EXPECT_FALSE(whole == three);
 }
 
 TEST(GpuTrainer, NoGpuIsOneClearError) {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -239,6 +240,28 @@ TEST(GpuOps, AdamAndAdamWMatchTheCpuOptimizer) {
     ExpectClose(gp.Host(), p, kind == OptimKind::kAdam ? "adam params" : "adamw params");
     ExpectClose(gm.Host(), std::vector<float>(st.m.data(), st.m.data() + n), "first moment");
     ExpectClose(gv.Host(), std::vector<float>(st.v.data(), st.v.data() + n), "second moment");
+  }
+}
+
+// The device gradient norm (the trainer's clipping with the optimizer on the device) against the
+// CPU's SumSquares, at lengths around its 8192-element blocks: equal to double rounding, and the
+// same bits when run twice.
+TEST(GpuOps, SumSquaresEqualsCpu) {
+  SKIP_WITHOUT_GPU();
+  for (size_t n : {size_t{0}, size_t{1}, size_t{8191}, size_t{8192}, size_t{8193}, size_t{1000003}}) {
+    const std::vector<float> g = Random(n, 40 + n, 3.f);
+    Dev<float> dg(g);
+    Dev<double> scratch(static_cast<size_t>(gpu::SumSquaresScratch(static_cast<int64_t>(n))));
+    ASSERT_TRUE(gpu::SumSquares(scratch.p, dg.p, static_cast<int64_t>(n), nullptr).ok());
+    const double first = scratch.Host()[0];
+    ASSERT_TRUE(gpu::SumSquares(scratch.p, dg.p, static_cast<int64_t>(n), nullptr).ok());
+    const double second = scratch.Host()[0];
+    const double want = SumSquares(g.data(), n);
+    EXPECT_LE(std::fabs(first - want), 1e-12 * std::max(1.0, want)) << n << " elements";
+    EXPECT_EQ(std::memcmp(&first, &second, sizeof first), 0) << n << " elements: not repeatable";
+    if (n > 0) {
+      EXPECT_GT(first, 0.0) << n << " elements";
+    }
   }
 }
 
