@@ -5,6 +5,14 @@
 #include <cmath>
 #include <cstdint>
 
+// The stream functions also compile for CUDA device code (dropout masks drawn on the GPU are
+// the CPU's, bit for bit).
+#ifdef __CUDACC__
+#define RT_HOST_DEVICE __host__ __device__
+#else
+#define RT_HOST_DEVICE
+#endif
+
 namespace ringtrain {
 
 // Purposes of random streams; values are part of the reproducibility contract, never renumber.
@@ -17,14 +25,14 @@ enum class RngPurpose : uint64_t {
   kTest = 99,      // tests
 };
 
-inline uint64_t SplitMix64(uint64_t x) {
+RT_HOST_DEVICE inline uint64_t SplitMix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
   x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
   return x ^ (x >> 31);
 }
 
-inline uint64_t MixKey(uint64_t seed, RngPurpose purpose, uint64_t a = 0, uint64_t b = 0, uint64_t c = 0) {
+RT_HOST_DEVICE inline uint64_t MixKey(uint64_t seed, RngPurpose purpose, uint64_t a = 0, uint64_t b = 0, uint64_t c = 0) {
   uint64_t h = SplitMix64(seed ^ 0x5851F42D4C957F2Dull);
   h = SplitMix64(h ^ static_cast<uint64_t>(purpose));
   h = SplitMix64(h ^ a);
@@ -35,17 +43,17 @@ inline uint64_t MixKey(uint64_t seed, RngPurpose purpose, uint64_t a = 0, uint64
 // xoshiro256** seeded from a mixed key. Small, fast, good statistical quality.
 class Rng {
  public:
-  explicit Rng(uint64_t key) {
+  RT_HOST_DEVICE explicit Rng(uint64_t key) {
     uint64_t x = key;
     for (auto& s : s_) {
       x = SplitMix64(x);
       s = x;
     }
   }
-  Rng(uint64_t seed, RngPurpose purpose, uint64_t a = 0, uint64_t b = 0, uint64_t c = 0)
+  RT_HOST_DEVICE Rng(uint64_t seed, RngPurpose purpose, uint64_t a = 0, uint64_t b = 0, uint64_t c = 0)
       : Rng(MixKey(seed, purpose, a, b, c)) {}
 
-  uint64_t Next() {
+  RT_HOST_DEVICE uint64_t Next() {
     const uint64_t result = Rotl(s_[1] * 5, 7) * 9;
     const uint64_t t = s_[1] << 17;
     s_[2] ^= s_[0];
@@ -89,7 +97,7 @@ class Rng {
   }
 
  private:
-  static uint64_t Rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+  RT_HOST_DEVICE static uint64_t Rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
   uint64_t s_[4];
   double spare_ = 0;
   bool has_spare_ = false;

@@ -20,12 +20,6 @@ int CudaDeviceCount(std::string* why) {
 }
 
 StatusOr<std::unique_ptr<GpuGpt>> GpuGpt::Create(const GptConfig& cfg, int local_rank) {
-  if (cfg.dropout > 0) {
-    char p[32];
-    std::snprintf(p, sizeof p, "%g", static_cast<double>(cfg.dropout));
-    return InvalidArgument(std::string("model.dropout = ") + p +
-                           ": dropout is not implemented on device cuda yet (set model.dropout=0)");
-  }
   std::string why;
   const int count = CudaDeviceCount(&why);
   if (count == 0) return Unavailable("device cuda: no CUDA device on this machine (" + why + ")");
@@ -36,7 +30,8 @@ StatusOr<std::unique_ptr<GpuGpt>> GpuGpt::Create(const GptConfig& cfg, int local
   RT_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&g->stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   RT_ASSIGN_OR_RETURN(gpu::Blas blas, gpu::Blas::Create(g->stream_));
   g->blas_ = std::make_unique<gpu::Blas>(std::move(blas));
-  g->flash_ = gpu::FlashAttentionSupports(cfg.n_embd / cfg.n_head);
+  // Dropout on the attention probabilities needs them stored: the materialised kernels then.
+  g->flash_ = gpu::FlashAttentionSupports(cfg.n_embd / cfg.n_head) && cfg.dropout == 0;
   g->layout_ = Gpt<float>::LayoutFor(cfg, 0, 1);
   const ParamLayout& L = g->layout_;
   auto find = [&](const std::string& name) { return L.Find(name); };
@@ -177,11 +172,24 @@ Status GpuGpt::PlanActivations(int B, int Tn) {
                 NH = cfg_.n_head;
   const int64_t att = static_cast<int64_t>(planB_) * NH * planT_ * (flash_ ? 1 : planT_);
   auto r = [](int64_t n) { return (n + 63) / 64 * 64; };  // 256-byte aligned pieces
-  const int64_t per_block = r(N * C) * 6 + r(N) * 4 + r(N * 3 * C) + r(att) + r(N * C) + r(N * 4 * C) * 2;
+  const bool drop = cfg_.dropout > 0;
+  const int64_t per_block = r(N * C) * 6 + r(N) * 4 + r(N * 3 * C) + r(att) + r(N * C) + r(N * 4 * C) * 2 +
+                            (drop ? r(att) : 0);  // att_drop
   const int64_t total = per_block * cfg_.n_layer + r(N * C) * 2 + r(N) * 3 + r(N * V) + r(N * C) * 2 +
                         r(N * 4 * C) + r(N * 3 * C) + r(att);
   RT_RETURN_IF_ERROR(acts_.Allocate(static_cast<size_t>(total), "activations"));
   RT_RETURN_IF_ERROR(ids_.Allocate(static_cast<size_t>(2 * N), "token ids"));
+  // Dropout keep masks: the embedding's, then per block the attention probabilities' and the two
+  // residual branches'.
+  const int64_t mask_total = drop ? r(N * C) + cfg_.n_layer * (r(att) + 2 * r(N * C)) : 0;
+  RT_RETURN_IF_ERROR(masks_.Allocate(static_cast<size_t>(mask_total), "dropout masks"));
+  uint8_t* mp = masks_.data();
+  auto take_mask = [&](int64_t n) {
+    uint8_t* q = mp;
+    mp += r(n);
+    return q;
+  };
+  keep_emb_ = drop ? take_mask(N * C) : nullptr;
   float* p = acts_.data();
   auto take = [&](int64_t n) {
     float* q = p;
@@ -196,6 +204,10 @@ Status GpuGpt::PlanActivations(int B, int Tn) {
     a.ln1_rstd = take(N);
     a.qkv = take(N * 3 * C);
     a.att = take(att);
+    a.att_drop = drop ? take(att) : nullptr;
+    a.keep_att = drop ? take_mask(att) : nullptr;
+    a.keep_attproj = drop ? take_mask(N * C) : nullptr;
+    a.keep_fcproj = drop ? take_mask(N * C) : nullptr;
     a.atty = take(N * C);
     a.attproj = take(N * C);
     a.res1 = take(N * C);
@@ -218,14 +230,29 @@ Status GpuGpt::PlanActivations(int B, int Tn) {
   datt_ = take(att);
   losses_ = take(N);
   RT_CHECK(p <= acts_.data() + acts_.size());
+  RT_CHECK(mp == masks_.data() + mask_total);
   host_losses_.resize(static_cast<size_t>(N));
   return Status::Ok();
 }
 
-StatusOr<double> GpuGpt::Forward(const int32_t* tokens, const int32_t* targets, int B, int Tn) {
+StatusOr<double> GpuGpt::Forward(const int32_t* tokens, const int32_t* targets, int B, int Tn, bool train,
+                                 uint64_t seed, uint64_t dropout_key, int64_t row_begin) {
   RT_RETURN_IF_ERROR(PlanActivations(B, Tn));
   const int N = B * Tn, C = cfg_.n_embd, V = cfg_.vocab_size, NH = cfg_.n_head;
   const int64_t NC = static_cast<int64_t>(N) * C;
+  const float p = cfg_.dropout;
+  const bool drop = train && cfg_.dropout > 0;
+  cur_dropout_ = drop;
+  // The CPU model's mask sites and keys (models/gpt.cc): 0 the embedding, then 3 per block;
+  // residual masks keyed by global batch row, attention masks by (global row, head), which for
+  // the B rows here are the B*NH consecutive rows from row_begin*NH.
+  auto mask = [&](uint8_t* keep, int64_t n, uint64_t site) {
+    return gpu::DropoutMaskRows(keep, p, B, n / B, row_begin, seed, dropout_key * 4096 + site, stream_);
+  };
+  auto att_mask = [&](uint8_t* keep, uint64_t site) {
+    return gpu::DropoutMaskRows(keep, p, static_cast<int64_t>(B) * NH, static_cast<int64_t>(Tn) * Tn,
+                                row_begin * NH, seed, dropout_key * 4096 + site, stream_);
+  };
   curB_ = B;
   curT_ = Tn;
   have_targets_ = targets != nullptr;
@@ -240,20 +267,34 @@ StatusOr<double> GpuGpt::Forward(const int32_t* tokens, const int32_t* targets, 
         "copying targets to the device");
   const gpu::Blas& blas = *blas_;
   RT_RETURN_IF_ERROR(gpu::EmbeddingForward(encoded_, d_tokens, P(wte_), P(wpe_), B, Tn, C, stream_));
+  if (drop) {
+    RT_RETURN_IF_ERROR(mask(keep_emb_, NC, 0));
+    RT_RETURN_IF_ERROR(gpu::DropoutApply(encoded_, encoded_, keep_emb_, p, NC, stream_));
+  }
   const float* x = encoded_;
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const Block& b = blocks_[static_cast<size_t>(l)];
     const BlockActs& a = ba_[static_cast<size_t>(l)];
     RT_RETURN_IF_ERROR(gpu::LayerNormForward(a.ln1, a.ln1_mean, a.ln1_rstd, x, P(b.ln1_w), P(b.ln1_b), N, C, stream_));
     RT_RETURN_IF_ERROR(gpu::LinearForward(blas, a.qkv, a.ln1, P(b.attn_w), P(b.attn_b), N, C, 3 * C));
+    if (drop) RT_RETURN_IF_ERROR(att_mask(a.keep_att, 1 + 3 * static_cast<uint64_t>(l)));
     RT_RETURN_IF_ERROR(flash_ ? gpu::FlashAttentionForward(a.atty, a.att, a.qkv, B, Tn, C, NH, stream_)
-                              : gpu::AttentionForward(blas, a.atty, a.att, a.qkv, B, Tn, C, NH));
+                              : gpu::AttentionForward(blas, a.atty, a.att, a.att_drop, drop ? a.keep_att : nullptr, p,
+                                                      a.qkv, B, Tn, C, NH));
     RT_RETURN_IF_ERROR(gpu::LinearForward(blas, a.attproj, a.atty, P(b.proj_w), P(b.proj_b), N, C, C));
+    if (drop) {
+      RT_RETURN_IF_ERROR(mask(a.keep_attproj, NC, 2 + 3 * static_cast<uint64_t>(l)));
+      RT_RETURN_IF_ERROR(gpu::DropoutApply(a.attproj, a.attproj, a.keep_attproj, p, NC, stream_));
+    }
     RT_RETURN_IF_ERROR(gpu::ResidualForward(a.res1, x, a.attproj, NC, stream_));
     RT_RETURN_IF_ERROR(gpu::LayerNormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res1, P(b.ln2_w), P(b.ln2_b), N, C, stream_));
     RT_RETURN_IF_ERROR(gpu::LinearForward(blas, a.fch, a.ln2, P(b.fc_w), P(b.fc_b), N, C, 4 * C));
     RT_RETURN_IF_ERROR(gpu::GeluForward(a.fch_gelu, a.fch, 4 * NC, stream_));
     RT_RETURN_IF_ERROR(gpu::LinearForward(blas, a.fcproj, a.fch_gelu, P(b.fcproj_w), P(b.fcproj_b), N, 4 * C, C));
+    if (drop) {
+      RT_RETURN_IF_ERROR(mask(a.keep_fcproj, NC, 3 + 3 * static_cast<uint64_t>(l)));
+      RT_RETURN_IF_ERROR(gpu::DropoutApply(a.fcproj, a.fcproj, a.keep_fcproj, p, NC, stream_));
+    }
     RT_RETURN_IF_ERROR(gpu::ResidualForward(a.res2, a.res1, a.fcproj, NC, stream_));
     x = a.res2;
   }
@@ -280,6 +321,8 @@ Status GpuGpt::Backward(float loss_scale) {
   const int B = curB_, Tn = curT_, N = B * Tn, C = cfg_.n_embd, V = cfg_.vocab_size, NH = cfg_.n_head;
   const int64_t NC = static_cast<int64_t>(N) * C;
   const float scale = cur_valid_ > 0 ? loss_scale / static_cast<float>(cur_valid_) : 0.f;
+  const float p = cfg_.dropout;
+  const bool drop = cur_dropout_;
   const int32_t* d_tokens = ids_.data();
   const int32_t* d_targets = ids_.data() + N;
   const gpu::Blas& blas = *blas_;
@@ -294,25 +337,37 @@ Status GpuGpt::Backward(float loss_scale) {
     const Block& b = blocks_[static_cast<size_t>(l)];
     const BlockActs& a = ba_[static_cast<size_t>(l)];
     const float* x = l > 0 ? ba_[static_cast<size_t>(l - 1)].res2 : encoded_;
-    // MLP branch: dres holds d(res2).
-    RT_RETURN_IF_ERROR(gpu::LinearBackward(blas, dbig_, G(b.fcproj_w), G(b.fcproj_b), dres_, a.fch_gelu,
+    // MLP branch: dres holds d(res2); with dropout, the gradient of the branch before it is dtmp.
+    const float* dfcproj = dres_;
+    if (drop) {
+      RT_RETURN_IF_ERROR(gpu::DropoutApply(dtmp_, dres_, a.keep_fcproj, p, NC, stream_));
+      dfcproj = dtmp_;
+    }
+    RT_RETURN_IF_ERROR(gpu::LinearBackward(blas, dbig_, G(b.fcproj_w), G(b.fcproj_b), dfcproj, a.fch_gelu,
                                            P(b.fcproj_w), N, 4 * C, C));
     RT_RETURN_IF_ERROR(gpu::GeluBackward(dbig_, dbig_, a.fch, 4 * NC, stream_));
     RT_RETURN_IF_ERROR(gpu::LinearBackward(blas, dtmp_, G(b.fc_w), G(b.fc_b), dbig_, a.ln2, P(b.fc_w), N, C, 4 * C));
     RT_RETURN_IF_ERROR(gpu::LayerNormBackward(dres_, G(b.ln2_w), G(b.ln2_b), dtmp_, a.res1, P(b.ln2_w), a.ln2_mean,
                                               a.ln2_rstd, N, C, stream_));  // dres now d(res1)
     // Attention branch.
+    const float* dattproj = dres_;
+    if (drop) {
+      RT_RETURN_IF_ERROR(gpu::DropoutApply(dtmp_, dres_, a.keep_attproj, p, NC, stream_));
+      dattproj = dtmp_;
+    }
     float* datty = dbig_;  // (N,C) of the (N,4C) scratch
     RT_RETURN_IF_ERROR(
-        gpu::LinearBackward(blas, datty, G(b.proj_w), G(b.proj_b), dres_, a.atty, P(b.proj_w), N, C, C));
+        gpu::LinearBackward(blas, datty, G(b.proj_w), G(b.proj_b), dattproj, a.atty, P(b.proj_w), N, C, C));
     RT_RETURN_IF_ERROR(flash_ ? gpu::FlashAttentionBackward(dqkv_, datt_, datty, a.qkv, a.atty, a.att, B, Tn, C, NH,
                                                             stream_)
-                              : gpu::AttentionBackward(blas, dqkv_, datt_, datty, a.qkv, a.att, B, Tn, C, NH));
+                              : gpu::AttentionBackward(blas, dqkv_, datt_, datty, a.qkv, a.att, a.att_drop,
+                                                       drop ? a.keep_att : nullptr, p, B, Tn, C, NH));
     RT_RETURN_IF_ERROR(
         gpu::LinearBackward(blas, dtmp_, G(b.attn_w), G(b.attn_b), dqkv_, a.ln1, P(b.attn_w), N, C, 3 * C));
     RT_RETURN_IF_ERROR(gpu::LayerNormBackward(dres_, G(b.ln1_w), G(b.ln1_b), dtmp_, x, P(b.ln1_w), a.ln1_mean,
                                               a.ln1_rstd, N, C, stream_));  // dres now d(x)
   }
+  if (drop) RT_RETURN_IF_ERROR(gpu::DropoutApply(dres_, dres_, keep_emb_, p, NC, stream_));
   return gpu::EmbeddingBackward(G(wte_), G(wpe_), dres_, d_tokens, B, Tn, C, stream_);
 }
 

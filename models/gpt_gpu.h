@@ -3,8 +3,9 @@
 // as one block and back, and the CPU model is the reference the GPU tests compare against.
 // Parameters, gradients and activations live in device memory planned once (no allocation inside
 // a step); every kernel runs on the model's own stream. Attention is the fused (flash-style)
-// kernel where the head size allows (16, 32, 64, 128), so no (T,T) matrix is stored. No dropout
-// and no tensor parallelism yet: Create refuses them.
+// kernel where the head size allows (16, 32, 64, 128) and there is no dropout, so no (T,T) matrix
+// is stored. Dropout draws the CPU model's masks bit for bit (same streams and sites), so a
+// training step with dropout equals the CPU's too. No tensor parallelism yet.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -47,7 +48,10 @@ class GpuGpt {
   Status PlanActivations(int B, int Tn);
   // tokens, targets (B,Tn) on the host; targets may be null (no loss). Returns the mean loss over
   // targets >= 0, summed in double on the host (0 without targets). Waits for the device.
-  StatusOr<double> Forward(const int32_t* tokens, const int32_t* targets, int B, int Tn);
+  // train enables dropout with the CPU model's masks: keyed by (seed, dropout_key, site), rows
+  // numbered from row_begin in the global batch (Gpt<float>::Forward's arguments).
+  StatusOr<double> Forward(const int32_t* tokens, const int32_t* targets, int B, int Tn, bool train = false,
+                           uint64_t seed = 0, uint64_t dropout_key = 0, int64_t row_begin = 0);
   // Backward of (loss_scale * mean loss) of the last Forward with targets; parameter gradients
   // accumulate into the device gradients. Enqueued on the model's stream; returns once enqueued.
   Status Backward(float loss_scale);
@@ -77,6 +81,8 @@ class GpuGpt {
     // att: the (B,NH,T,T) probabilities, or with flash attention the (B,NH,T) log-sum-exps.
     float *ln1, *ln1_mean, *ln1_rstd, *qkv, *att, *atty, *attproj, *res1;
     float *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *fcproj, *res2;
+    float* att_drop;  // dropout: the (B,NH,T,T) probabilities after dropout (else null)
+    uint8_t *keep_att, *keep_attproj, *keep_fcproj;  // dropout keep masks (else null)
   };
   float* P(int i) { return i >= 0 ? params_.data() + layout_.spec(i).offset : nullptr; }
   float* G(int i) { return i >= 0 ? grads_.data() + layout_.spec(i).offset : nullptr; }
@@ -96,6 +102,8 @@ class GpuGpt {
   int planB_ = 0, planT_ = 0;
   cuda::DeviceBuffer<float> acts_;
   cuda::DeviceBuffer<int32_t> ids_;  // tokens then targets, (B,Tn) each
+  cuda::DeviceBuffer<uint8_t> masks_;  // dropout keep masks (model.dropout > 0)
+  uint8_t* keep_emb_ = nullptr;
   std::vector<BlockActs> ba_;
   float *encoded_ = nullptr, *lnf_ = nullptr, *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr, *logits_ = nullptr,
         *losses_ = nullptr, *dres_ = nullptr, *dtmp_ = nullptr, *dbig_ = nullptr, *dqkv_ = nullptr,
@@ -104,6 +112,7 @@ class GpuGpt {
   int curB_ = 0, curT_ = 0;
   int64_t cur_valid_ = 0;
   bool have_targets_ = false;
+  bool cur_dropout_ = false;  // the last Forward applied dropout
 };
 
 // Number of CUDA devices this process sees (0 when there is no driver or no device; then `why`,

@@ -76,7 +76,7 @@ class LmTask final : public Task {
     const int row0 = shard_.rank * batch_;
     data_.SampleBatch(Split::kTrain, seed_, index, row0, batch_, block_, tokens_.data(), targets_.data());
 #ifdef RINGTRAIN_HAVE_CUDA
-    if (gpu_) return GpuMicroStep(loss_scale, ready);
+    if (gpu_) return GpuMicroStep(index, row0, loss_scale, ready);
 #endif
     const double loss = model_->Forward(tokens_.data(), targets_.data(), batch_, block_, true, seed_, index, row0);
     RT_RETURN_IF_ERROR(model_->tp_status());
@@ -165,17 +165,20 @@ class LmTask final : public Task {
   // device cuda: the host arena stays the master copy (optimizer, sync, checkpoints); each
   // micro-step uploads the parameters, runs forward and backward on the GPU, and adds the GPU's
   // gradients into the host gradients. All of them are ready at once for the sync engine.
-  StatusOr<double> GpuMicroStep(float loss_scale, const GradReadyFn& ready) {
+  // Dropout (train) draws the CPU model's masks: keyed by the micro-step index and global rows.
+  StatusOr<double> GpuMicroStep(uint64_t index, int row0, float loss_scale, const GradReadyFn& ready) {
     if (resident_) {
       // Parameters and gradients stay on the device; the trainer zeroes the gradients per step.
-      RT_ASSIGN_OR_RETURN(const double loss, gpu_->Forward(tokens_.data(), targets_.data(), batch_, block_));
+      RT_ASSIGN_OR_RETURN(const double loss,
+                          gpu_->Forward(tokens_.data(), targets_.data(), batch_, block_, true, seed_, index, row0));
       RT_RETURN_IF_ERROR(gpu_->Backward(loss_scale));
       return loss;
     }
     ParamArena<float>& A = model_->arena();
     RT_RETURN_IF_ERROR(gpu_->UploadParams(A.params.data()));
     RT_RETURN_IF_ERROR(gpu_->ZeroGrads());
-    RT_ASSIGN_OR_RETURN(const double loss, gpu_->Forward(tokens_.data(), targets_.data(), batch_, block_));
+    RT_ASSIGN_OR_RETURN(const double loss,
+                        gpu_->Forward(tokens_.data(), targets_.data(), batch_, block_, true, seed_, index, row0));
     RT_RETURN_IF_ERROR(gpu_->Backward(loss_scale));
     RT_RETURN_IF_ERROR(gpu_->DownloadGrads(grad_buf_.data()));
     float* g = A.grads.data();

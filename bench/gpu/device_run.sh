@@ -7,6 +7,7 @@
 #   gpu_tests.log/.json   the GPU suite (acceptance 1 and 2)
 #   bench_fp32.json  ringtrain bench train, GPT-2 124M, device cuda (fp32), optimizer on the device
 #   bench_fp32_host_optim.json   the same, 10 steps, optim.on_device=off (host optimizer)
+#   shakespeare.txt  (not in quick mode) nanoGPT's shakespeare_char recipe, at most 150 s
 #   pytorch.txt      (not in quick mode) bench/pytorch_gpt.py on the same config: bf16 eager and
 #                    torch.compile, fp32 eager
 # Exit status: 0 when the suite passed, 1 otherwise; the benchmarks never change it.
@@ -16,7 +17,7 @@ out=${OUT:-out-gpu}
 mkdir -p "$out"
 quick=${1:-}
 [ -f .device/bundle.tar.xz ] || { echo "device_run: .device/bundle.tar.xz missing: run bench/gpu/pack.sh here and carry .device" >&2; exit 2; }
-rm -rf .device/bin .device/lib
+rm -rf .device/bin .device/lib .device/data
 tar -C .device -xJf .device/bundle.tar.xz || exit 2
 [ "$(cat .device/commit.txt)" = "$(git rev-parse HEAD 2>/dev/null || cat .device/commit.txt)" ] ||
   echo "device_run: warning: the bundle was built at $(cat .device/commit.txt), the tree is at $(git rev-parse HEAD)"
@@ -63,6 +64,15 @@ if [ "$quick" != quick ]; then
     > "$out/pytorch.txt" 2>&1 || echo "device_run: the PyTorch reference failed (pytorch.txt)"
   tail -n 6 "$out/pytorch.txt"
 fi
+# nanoGPT's shakespeare_char recipe (target: validation loss <= 1.47 within 2 minutes). Bounded at
+# 150 s: the progress and evaluation lines in shakespeare.txt say how far it got by then.
+if [ "$quick" != quick ] && [ -f .device/data/input.txt ]; then
+  timeout 150 .device/bin/ringtrain train --config bench/configs/shakespeare_char_gpu.yaml --set device=cuda \
+    --set data.path=.device/data/input.txt --run-dir "$out/shakespeare_run" > "$out/shakespeare.txt" 2>&1 ||
+    echo "device_run: shakespeare_char stopped (exit $?; 124 = the 150 s bound)"
+  grep -E "val loss|^done" "$out/shakespeare.txt" | tail -n 4
+fi
+
 skipped=$(grep -c '^\[  SKIPPED \]' "$out/gpu_tests.log" || true)
 echo "device_run: suite $([ $status = 0 ] && echo passed || echo FAILED), $skipped case(s) skipped (on a GPU machine expect only multi-GPU NCCL cases); files in $out"
 exit $status

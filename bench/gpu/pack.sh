@@ -29,6 +29,9 @@ done | sort -u | while read -r name path; do
   cp -L "$path" "$stage/lib/$name"
 done
 ls "$stage/lib" > "$stage/libs.txt"
+# Tiny Shakespeare (1 MB) for the shakespeare_char recipe, when this machine has it.
+data=../shared/data/tinyshakespeare/input.txt
+if [ -f "$data" ]; then mkdir -p "$stage/data" && cp "$data" "$stage/data/"; else echo "pack: $data missing: the recipe run will be skipped" >&2; fi
 git rev-parse HEAD > "$stage/commit.txt"
-tar -C "$stage" -cJf .device/bundle.tar.xz bin lib libs.txt commit.txt
+tar -C "$stage" -cJf .device/bundle.tar.xz bin lib libs.txt commit.txt $( [ -d "$stage/data" ] && echo data )
 echo "pack: .device/bundle.tar.xz, $(du -sh .device/bundle.tar.xz | cut -f1) ($(wc -l < "$stage/libs.txt") libraries, commit $(cut -c1-8 "$stage/commit.txt")); on the device: bench/gpu/device_run.sh with carry [.device]"

@@ -6,6 +6,7 @@
 
 #include "core/cuda/launch.cuh"
 #include "core/cuda/ops.h"
+#include "core/rng.h"
 
 namespace ringtrain::gpu {
 
@@ -255,6 +256,23 @@ __global__ void SumSqFinalKernel(double* out, const double* partials, int64_t nb
   *out = s;
 }
 
+__global__ void DropoutApplyKernel(float* out, const float* in, const uint8_t* keep, float scale, int64_t n) {
+  RT_GRID_STRIDE(i, n) { out[i] = keep[i] ? in[i] * scale : 0.f; }
+}
+
+// One thread per (row, 4096-element block): the CPU's streams, drawn in the same order.
+constexpr int64_t kDropoutBlock = 4096;
+__global__ void DropoutMaskKernel(uint8_t* keep, uint64_t threshold, int64_t rows, int64_t row_len, int64_t per_row,
+                                  int64_t row_begin, uint64_t seed, uint64_t key) {
+  RT_GRID_STRIDE(job, rows * per_row) {
+    const int64_t r = job / per_row, blk = job % per_row;
+    Rng rng(seed, RngPurpose::kDropout, key, static_cast<uint64_t>(row_begin + r), static_cast<uint64_t>(blk));
+    uint8_t* k = keep + r * row_len;
+    const int64_t end = (blk + 1) * kDropoutBlock < row_len ? (blk + 1) * kDropoutBlock : row_len;
+    for (int64_t i = blk * kDropoutBlock; i < end; ++i) k[i] = rng.Next() >= threshold ? 1 : 0;
+  }
+}
+
 int RowThreads(int C) { return C >= 1024 ? 1024 : std::max(32, (C + 31) / 32 * 32); }
 
 }  // namespace
@@ -334,7 +352,8 @@ Status LinearBackward(const Blas& blas, float* din, float* dw, float* db, const 
   return Launched("LinearBackward bias");
 }
 
-Status AttentionForward(const Blas& blas, float* out, float* att, const float* qkv, int B, int T, int C, int NH) {
+Status AttentionForward(const Blas& blas, float* out, float* att, float* att_drop, const uint8_t* keep, float p,
+                        const float* qkv, int B, int T, int C, int NH) {
   const int hs = C / NH, C3 = 3 * C;
   const float scale = 1.f / std::sqrt(static_cast<float>(hs)), one = 1.f, zero = 0.f;
   const int64_t TT = static_cast<int64_t>(T) * T;
@@ -349,9 +368,11 @@ Status AttentionForward(const Blas& blas, float* out, float* att, const float* q
   }
   CausalSoftmaxKernel<<<static_cast<unsigned>(static_cast<int64_t>(B) * NH * T), kThreads, 0, blas.stream()>>>(att, T);
   RT_RETURN_IF_ERROR(Launched("AttentionForward softmax"));
+  if (keep) RT_RETURN_IF_ERROR(DropoutApply(att_drop, att, keep, p, static_cast<int64_t>(B) * NH * TT, blas.stream()));
+  const float* weights = keep ? att_drop : att;
   for (int b = 0; b < B; ++b) {
     const float* v = qkv + static_cast<int64_t>(b) * T * C3 + 2 * C;
-    const float* a = att + static_cast<int64_t>(b) * NH * TT;
+    const float* a = weights + static_cast<int64_t>(b) * NH * TT;
     float* o = out + static_cast<int64_t>(b) * T * C;
     // out^T (hs,T) = v^T (hs,T) * att^T (T,T)
     RT_RETURN_IF_ERROR(BlasStatus(cublasSgemmStridedBatched(blas.handle(), CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, &one, v,
@@ -362,25 +383,28 @@ Status AttentionForward(const Blas& blas, float* out, float* att, const float* q
 }
 
 Status AttentionBackward(const Blas& blas, float* dqkv, float* scratch, const float* dout, const float* qkv,
-                         const float* att, int B, int T, int C, int NH) {
+                         const float* att, const float* att_drop, const uint8_t* keep, float p, int B, int T, int C,
+                         int NH) {
   const int hs = C / NH, C3 = 3 * C;
   const float scale = 1.f / std::sqrt(static_cast<float>(hs)), one = 1.f, zero = 0.f;
   const int64_t TT = static_cast<int64_t>(T) * T;
   for (int b = 0; b < B; ++b) {
     const float* v = qkv + static_cast<int64_t>(b) * T * C3 + 2 * C;
     const float* d = dout + static_cast<int64_t>(b) * T * C;
-    const float* a = att + static_cast<int64_t>(b) * NH * TT;
+    const float* a = (keep ? att_drop : att) + static_cast<int64_t>(b) * NH * TT;  // the weights forward used
     float* datt = scratch + static_cast<int64_t>(b) * NH * TT;
     float* dv = dqkv + static_cast<int64_t>(b) * T * C3 + 2 * C;
     // datt^T (T,T) = v (T,hs) * dout_h^T (hs,T)
     RT_RETURN_IF_ERROR(BlasStatus(cublasSgemmStridedBatched(blas.handle(), CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, &one, v,
                                                             C3, hs, d, C, hs, &zero, datt, T, TT, NH),
                                   "AttentionBackward sgemm (datt)"));
-    // dv^T (hs,T) = dout_h^T (hs,T) * att (T,T)
+    // dv^T (hs,T) = dout_h^T (hs,T) * att (T,T) (the dropped-out weights with dropout)
     RT_RETURN_IF_ERROR(BlasStatus(cublasSgemmStridedBatched(blas.handle(), CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, &one, d,
                                                             C, hs, a, T, TT, &zero, dv, C3, hs, NH),
                                   "AttentionBackward sgemm (dv)"));
   }
+  // Gradient of the probabilities before dropout, then the softmax's.
+  if (keep) RT_RETURN_IF_ERROR(DropoutApply(scratch, scratch, keep, p, static_cast<int64_t>(B) * NH * TT, blas.stream()));
   SoftmaxBackwardKernel<<<static_cast<unsigned>(static_cast<int64_t>(B) * NH * T), kThreads, 0, blas.stream()>>>(
       scratch, att, T);
   RT_RETURN_IF_ERROR(Launched("AttentionBackward softmax"));
@@ -400,6 +424,22 @@ Status AttentionBackward(const Blas& blas, float* dqkv, float* scratch, const fl
                                   "AttentionBackward sgemm (dk)"));
   }
   return Status::Ok();
+}
+
+Status DropoutApply(float* out, const float* in, const uint8_t* keep, float p, int64_t n, cudaStream_t s) {
+  if (n == 0) return Status::Ok();
+  DropoutApplyKernel<<<Blocks(n), kThreads, 0, s>>>(out, in, keep, 1.f / (1.f - p), n);
+  return Launched("DropoutApply");
+}
+
+Status DropoutMaskRows(uint8_t* keep, float p, int64_t rows, int64_t row_len, int64_t row_begin, uint64_t seed,
+                       uint64_t key, cudaStream_t s) {
+  const uint64_t threshold = static_cast<uint64_t>(static_cast<double>(p) * 18446744073709551616.0);
+  const int64_t per_row = (row_len + kDropoutBlock - 1) / kDropoutBlock;
+  if (rows * per_row == 0) return Status::Ok();
+  DropoutMaskKernel<<<Blocks(rows * per_row, 128), 128, 0, s>>>(keep, threshold, rows, row_len, per_row, row_begin,
+                                                                  seed, key);
+  return Launched("DropoutMaskRows");
 }
 
 Status GeluForward(float* out, const float* in, int64_t n, cudaStream_t s) {

@@ -53,12 +53,16 @@ Status LinearForward(const Blas& blas, float* out, const float* in, const float*
 Status LinearBackward(const Blas& blas, float* din, float* dw, float* db, const float* dout, const float* in,
                       const float* w, int N, int C, int OC, bool accumulate_din = false);
 
-// Causal self-attention, no dropout. qkv (B,T,3C) holds q|k|v; out (B,T,C); att (B,NH,T,T)
-// receives the softmax probabilities (zero above the diagonal).
-Status AttentionForward(const Blas& blas, float* out, float* att, const float* qkv, int B, int T, int C, int NH);
-// dqkv (B,T,3C) overwritten. scratch: B*NH*T*T floats.
+// Causal self-attention. qkv (B,T,3C) holds q|k|v; out (B,T,C); att (B,NH,T,T) receives the
+// softmax probabilities (zero above the diagonal). Dropout on the probabilities with a keep mask
+// (B,NH,T,T), as the CPU's: att_drop receives att * keep / (1-p) and the values are weighted by
+// it; keep = nullptr: no dropout (att_drop unused).
+Status AttentionForward(const Blas& blas, float* out, float* att, float* att_drop, const uint8_t* keep, float p,
+                        const float* qkv, int B, int T, int C, int NH);
+// dqkv (B,T,3C) overwritten. scratch: B*NH*T*T floats. att_drop, keep, p: the forward's.
 Status AttentionBackward(const Blas& blas, float* dqkv, float* scratch, const float* dout, const float* qkv,
-                         const float* att, int B, int T, int C, int NH);
+                         const float* att, const float* att_drop, const uint8_t* keep, float p, int B, int T, int C,
+                         int NH);
 
 // Fused causal self-attention (flash-style, core/cuda/flash_attention.cu): the same result as
 // AttentionForward without storing (B,NH,T,T). out (B,T,C); lse (B,NH,T) receives each query row's
@@ -72,6 +76,14 @@ Status FlashAttentionBackward(float* dqkv, float* delta, const float* dout, cons
 // GELU, tanh approximation; backward overwrites din.
 Status GeluForward(float* out, const float* in, int64_t n, cudaStream_t s);
 Status GeluBackward(float* din, const float* dout, const float* in, int64_t n, cudaStream_t s);
+
+// Dropout with a precomputed keep mask: out = in * keep / (1-p) (in place allowed).
+Status DropoutApply(float* out, const float* in, const uint8_t* keep, float p, int64_t n, cudaStream_t s);
+// The CPU's cpu::DropoutMaskRows on the device, bit for bit: keep[i] = 1 with probability 1-p for
+// `rows` rows of row_len elements that are rows [row_begin, row_begin + rows) of a larger batch,
+// each (global row, 4096-element block) drawing from its own stream keyed by (seed, key).
+Status DropoutMaskRows(uint8_t* keep, float p, int64_t rows, int64_t row_len, int64_t row_begin, uint64_t seed,
+                       uint64_t key, cudaStream_t s);
 
 // out = a + b.
 Status ResidualForward(float* out, const float* a, const float* b, int64_t n, cudaStream_t s);

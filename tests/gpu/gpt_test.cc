@@ -1,10 +1,11 @@
 // GPT on the GPU (models/gpt_gpu.h, device cuda) against the CPU model, fp32:
-//  - one forward and backward: the loss and every parameter gradient tensor, within 1e-4 of the
-//    tensor's largest reference magnitude;
+//  - one forward and backward, without and with dropout: the loss and every parameter gradient
+//    tensor, within 1e-4 of the tensor's largest reference magnitude;
 //  - issue 10 acceptance 2: one training step through the trainer (SGD with momentum, weight decay,
-//    clipping, warm-up) with device cuda equals the step with device cpu within 1e-4 relative, and
-//    so do 5 steps. (The optimizer runs on the host either way; Adam's g/sqrt(v) would turn
-//    rounding-level gradients into full-size steps of either sign, so the exact check uses SGD.)
+//    clipping, warm-up; without and with dropout) with device cuda equals the step with device cpu
+//    within 1e-4 relative, and so do 5 steps. (SGD runs on the host on both; Adam's g/sqrt(v)
+//    would turn rounding-level gradients into full-size steps of either sign, so the exact check
+//    uses SGD.)
 //  - the optimizer on the device (AdamW; the default for one process) equals the host optimizer, and
 //    a run resumed from its checkpoint is bitwise the uninterrupted one;
 //  - without a GPU, device cuda is one clear error (this case runs on machines without a GPU).
@@ -13,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/config.h"
@@ -41,17 +43,22 @@ void ExpectTensorsClose(const ParamLayout& L, const float* got, const float* wan
   }
 }
 
-// Head size 16 runs the fused attention kernel, 24 the materialised one.
-class GpuGptModel : public ::testing::TestWithParam<int> {};
+// Head size 16 runs the fused attention kernel, 24 the materialised one; with dropout (the GPU
+// drawing the CPU's masks, from a batch row offset as a data-parallel rank does) both run the
+// materialised one.
+class GpuGptModel : public ::testing::TestWithParam<std::tuple<int, float>> {};
 
 TEST_P(GpuGptModel, ForwardBackwardEqualsCpu) {
   SKIP_WITHOUT_GPU();
   GptConfig cfg;
   cfg.n_layer = 2;
   cfg.n_head = 4;
-  cfg.n_embd = 4 * GetParam();
+  cfg.n_embd = 4 * std::get<0>(GetParam());
   cfg.block_size = 40;
   cfg.vocab_size = 67;
+  cfg.dropout = std::get<1>(GetParam());
+  const uint64_t seed = 21, key = 5;
+  const int64_t row_begin = 6;
   const int B = 3, T = 37, N = B * T;
   Gpt<float> cpu(cfg);
   cpu.InitWeights(7);
@@ -65,9 +72,9 @@ TEST_P(GpuGptModel, ForwardBackwardEqualsCpu) {
   }
   ASSERT_TRUE((*gpu)->UploadParams(cpu.arena().params.data()).ok());
   cpu.arena().grads.Zero();
-  const double want = cpu.Forward(tokens.data(), targets.data(), B, T, true);
+  const double want = cpu.Forward(tokens.data(), targets.data(), B, T, true, seed, key, row_begin);
   cpu.Backward(1.0f);
-  auto got = (*gpu)->Forward(tokens.data(), targets.data(), B, T);
+  auto got = (*gpu)->Forward(tokens.data(), targets.data(), B, T, true, seed, key, row_begin);
   ASSERT_TRUE(got.ok()) << got.status().message();
   EXPECT_NEAR(*got, want, 1e-5 * std::fabs(want));
   ASSERT_TRUE((*gpu)->Backward(1.0f).ok());
@@ -80,7 +87,36 @@ TEST_P(GpuGptModel, ForwardBackwardEqualsCpu) {
   EXPECT_GT(norm, 1e-6);
 }
 
-INSTANTIATE_TEST_SUITE_P(HeadSize, GpuGptModel, ::testing::Values(16, 24));
+INSTANTIATE_TEST_SUITE_P(HeadSizeDropout, GpuGptModel,
+                         ::testing::Combine(::testing::Values(16, 24), ::testing::Values(0.0f, 0.2f)));
+
+// Dropout changes the result (the masks are applied, not drawn and ignored): the same batch in
+// training and in evaluation mode gives different losses on the GPU, as on the CPU.
+TEST(GpuGptDropout, TrainingModeDiffersFromEvaluation) {
+  SKIP_WITHOUT_GPU();
+  GptConfig cfg;
+  cfg.n_layer = 1;
+  cfg.n_head = 2;
+  cfg.n_embd = 32;
+  cfg.block_size = 16;
+  cfg.vocab_size = 20;
+  cfg.dropout = 0.3f;
+  Gpt<float> cpu(cfg);
+  cpu.InitWeights(3);
+  auto gpu = GpuGpt::Create(cfg, 0);
+  ASSERT_TRUE(gpu.ok()) << gpu.status().message();
+  ASSERT_TRUE((*gpu)->UploadParams(cpu.arena().params.data()).ok());
+  std::vector<int32_t> tokens(32), targets(32);
+  for (int i = 0; i < 32; ++i) {
+    tokens[static_cast<size_t>(i)] = i % cfg.vocab_size;
+    targets[static_cast<size_t>(i)] = (i * 7 + 1) % cfg.vocab_size;
+  }
+  auto eval = (*gpu)->Forward(tokens.data(), targets.data(), 2, 16);
+  auto train = (*gpu)->Forward(tokens.data(), targets.data(), 2, 16, true, 1, 0, 0);
+  ASSERT_TRUE(eval.ok() && train.ok());
+  EXPECT_NE(*eval, *train);
+  EXPECT_NEAR(*eval, cpu.Forward(tokens.data(), targets.data(), 2, 16, false), 1e-5 * std::fabs(*eval));
+}
 
 std::vector<std::string> Sets(const std::string& device) {
   return {"device=" + device, "threads=1", "model.n_layer=2", "model.n_embd=64", "model.n_head=4",
@@ -89,8 +125,10 @@ std::vector<std::string> Sets(const std::string& device) {
           "train.eval_interval=1000000"};
 }
 
-StatusOr<std::vector<float>> Train(const std::string& device, int steps) {
-  RT_ASSIGN_OR_RETURN(Config c, Config::Load("", Sets(device)));
+StatusOr<std::vector<float>> Train(const std::string& device, int steps, const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> sets = Sets(device);
+  sets.insert(sets.end(), extra.begin(), extra.end());
+  RT_ASSIGN_OR_RETURN(Config c, Config::Load("", sets));
   TrainOptions o;
   o.print = false;
   RT_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> t, Trainer::Create(c, o));
@@ -101,19 +139,21 @@ StatusOr<std::vector<float>> Train(const std::string& device, int steps) {
 
 TEST(GpuTrainer, StepsEqualCpu) {
   SKIP_WITHOUT_GPU();
-  for (int steps : {1, 5}) {
-    auto cpu = Train("cpu", steps);
-    auto gpu = Train("cuda", steps);
-    ASSERT_TRUE(cpu.ok()) << cpu.status().message();
-    ASSERT_TRUE(gpu.ok()) << gpu.status().message();
-    ASSERT_EQ(cpu->size(), gpu->size());
-    // Relative to each parameter's own size (at least 1e-2, the init scale's order).
-    double worst = 0;
-    for (size_t i = 0; i < cpu->size(); ++i)
-      worst = std::max(worst, std::fabs(static_cast<double>((*gpu)[i]) - (*cpu)[i]) /
-                                  std::max(1e-2, std::fabs(static_cast<double>((*cpu)[i]))));
-    EXPECT_LE(worst, 1e-4) << "after " << steps << " step(s)";
-  }
+  for (const std::vector<std::string>& extra : {std::vector<std::string>{}, std::vector<std::string>{"model.dropout=0.1"}})
+    for (int steps : {1, 5}) {
+      const std::string what = std::to_string(steps) + " step(s)" + (extra.empty() ? "" : " with dropout");
+      auto cpu = Train("cpu", steps, extra);
+      auto gpu = Train("cuda", steps, extra);
+      ASSERT_TRUE(cpu.ok()) << cpu.status().message();
+      ASSERT_TRUE(gpu.ok()) << gpu.status().message();
+      ASSERT_EQ(cpu->size(), gpu->size());
+      // Relative to each parameter's own size (at least 1e-2, the init scale's order).
+      double worst = 0;
+      for (size_t i = 0; i < cpu->size(); ++i)
+        worst = std::max(worst, std::fabs(static_cast<double>((*gpu)[i]) - (*cpu)[i]) /
+                                    std::max(1e-2, std::fabs(static_cast<double>((*cpu)[i]))));
+      EXPECT_LE(worst, 1e-4) << "after " << what;
+    }
 }
 
 // The optimizer on the device (optim.on_device = auto, the default) against the host optimizer
@@ -215,14 +255,15 @@ TEST(GpuTrainer, NoGpuIsOneClearError) {
 TEST(GpuTrainer, RefusesWhatTheGpuPathLacks) {
   // Checked before any device is touched, so this runs everywhere.
   auto sets = Sets("cuda");
-  sets.push_back("model.dropout=0.1");
+  sets.push_back("model.type=lenet");
+  sets.push_back("data.source=synthetic_images");
   auto c = Config::Load("", sets);
   ASSERT_TRUE(c.ok());
   TrainOptions o;
   o.print = false;
   auto t = Trainer::Create(*c, o);
   ASSERT_FALSE(t.ok());
-  EXPECT_NE(t.status().message().find("dropout"), std::string::npos) << t.status().message();
+  EXPECT_NE(t.status().message().find("device cuda runs GPT models only"), std::string::npos) << t.status().message();
 }
 
 }  // namespace

@@ -140,17 +140,72 @@ TEST(GpuOps, Attention) {
   auto blas = gpu::Blas::Create(nullptr);
   ASSERT_TRUE(blas.ok()) << blas.status().message();
   const int64_t TT = static_cast<int64_t>(B) * NH * T * T;
-  auto qkv = Random(N * 3 * C, 30, 2.f), dout = Random(N * C, 31);
-  std::vector<float> out(N * C), att(TT), dqkv(N * 3 * C), scratch(cpu::AttentionScratchSize(T));
-  Dev<float> g_qkv(qkv), g_dout(dout), g_out(N * C), g_att(TT), g_dqkv(N * 3 * C), g_scratch(TT);
-  cpu::AttentionForward(out.data(), att.data(), static_cast<float*>(nullptr), nullptr, 0.f, qkv.data(), B, T, C, NH);
-  ASSERT_TRUE(gpu::AttentionForward(*blas, g_out.p, g_att.p, g_qkv.p, B, T, C, NH).ok());
-  ExpectClose(g_att.Host(), att, "attention probabilities");
-  ExpectClose(g_out.Host(), out, "attention out");
-  cpu::AttentionBackward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), att.data(), static_cast<float*>(nullptr),
-                         nullptr, 0.f, B, T, C, NH);
-  ASSERT_TRUE(gpu::AttentionBackward(*blas, g_dqkv.p, g_scratch.p, g_dout.p, g_qkv.p, g_att.p, B, T, C, NH).ok());
-  ExpectClose(g_dqkv.Host(), dqkv, "attention dqkv");
+  // Without dropout, then with dropout on the probabilities (the GPU draws its own mask, which
+  // must be the CPU's bit for bit).
+  for (const float p : {0.f, 0.3f}) {
+    SCOPED_TRACE("dropout " + std::to_string(p));
+    auto qkv = Random(N * 3 * C, 30, 2.f), dout = Random(N * C, 31);
+    std::vector<float> out(N * C), att(TT), att_drop(TT), dqkv(N * 3 * C), scratch(cpu::AttentionScratchSize(T));
+    std::vector<uint8_t> keep(static_cast<size_t>(TT));
+    Dev<float> g_qkv(qkv), g_dout(dout), g_out(N * C), g_att(TT), g_att_drop(TT), g_dqkv(N * 3 * C), g_scratch(TT);
+    Dev<uint8_t> g_keep(static_cast<size_t>(TT));
+    const bool drop = p > 0;
+    if (drop) {
+      cpu::DropoutMaskRows(keep.data(), p, static_cast<int64_t>(B) * NH, static_cast<int64_t>(T) * T, 5 * NH, 11, 77);
+      ASSERT_TRUE(gpu::DropoutMaskRows(g_keep.p, p, static_cast<int64_t>(B) * NH, static_cast<int64_t>(T) * T, 5 * NH,
+                                       11, 77, nullptr)
+                      .ok());
+      ASSERT_TRUE(g_keep.Host() == keep) << "the GPU's attention dropout mask is not the CPU's";
+    }
+    cpu::AttentionForward(out.data(), att.data(), att_drop.data(), drop ? keep.data() : nullptr, p, qkv.data(), B, T,
+                          C, NH);
+    ASSERT_TRUE(gpu::AttentionForward(*blas, g_out.p, g_att.p, g_att_drop.p, drop ? g_keep.p : nullptr, p, g_qkv.p, B,
+                                      T, C, NH)
+                    .ok());
+    ExpectClose(g_att.Host(), att, "attention probabilities");
+    if (drop) ExpectClose(g_att_drop.Host(), att_drop, "attention probabilities after dropout");
+    ExpectClose(g_out.Host(), out, "attention out");
+    cpu::AttentionBackward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), att.data(), att_drop.data(),
+                           drop ? keep.data() : nullptr, p, B, T, C, NH);
+    ASSERT_TRUE(gpu::AttentionBackward(*blas, g_dqkv.p, g_scratch.p, g_dout.p, g_qkv.p, g_att.p, g_att_drop.p,
+                                       drop ? g_keep.p : nullptr, p, B, T, C, NH)
+                    .ok());
+    ExpectClose(g_dqkv.Host(), dqkv, "attention dqkv");
+  }
+}
+
+// Dropout masks drawn on the GPU are the CPU's, byte for byte, for rows shorter and longer than
+// the 4096-element blocks the streams are cut into, from a row offset (a data-parallel rank's
+// slice of the batch); applying a mask gives the CPU's values exactly.
+TEST(GpuOps, DropoutMaskIsTheCpuMask) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    int64_t rows, row_len, row_begin;
+    float p;
+  };
+  for (const Case& c : {Case{3, 100, 0, 0.1f}, Case{4, 4096, 2, 0.5f}, Case{2, 10000, 7, 0.2f}, Case{5, 1, 1, 0.9f}}) {
+    SCOPED_TRACE(std::to_string(c.rows) + " rows of " + std::to_string(c.row_len) + " from row " +
+                 std::to_string(c.row_begin) + ", p " + std::to_string(c.p));
+    const size_t n = static_cast<size_t>(c.rows * c.row_len);
+    std::vector<uint8_t> keep(n);
+    cpu::DropoutMaskRows(keep.data(), c.p, c.rows, c.row_len, c.row_begin, 1337, 4096 * 3 + 2);
+    Dev<uint8_t> g_keep(n);
+    ASSERT_TRUE(gpu::DropoutMaskRows(g_keep.p, c.p, c.rows, c.row_len, c.row_begin, 1337, 4096 * 3 + 2, nullptr).ok());
+    const std::vector<uint8_t> got = g_keep.Host();
+    ASSERT_TRUE(got == keep);
+    size_t kept = 0;
+    for (uint8_t k : got) kept += k;
+    if (n >= 4096) {  // the mask is not degenerate
+      EXPECT_GT(kept, 0u);
+      EXPECT_LT(kept, n);
+    }
+    const std::vector<float> in = Random(n, 50);
+    std::vector<float> out(n);
+    cpu::DropoutApply(out.data(), in.data(), keep.data(), c.p, static_cast<int64_t>(n));
+    Dev<float> g_in(in), g_out(n);
+    ASSERT_TRUE(gpu::DropoutApply(g_out.p, g_in.p, g_keep.p, c.p, static_cast<int64_t>(n), nullptr).ok());
+    EXPECT_TRUE(g_out.Host() == out) << "dropout applied on the GPU differs from the CPU's";
+  }
 }
 
 // Flash attention against the CPU reference at every supported head size, with T not a multiple
