@@ -241,6 +241,8 @@ Status BenchTrain(const BenchArgs& a) {
                         {"dp_allreduce_bytes_per_step", dp_bytes},
                         {"dp_bus_bytes_per_step", dp_bytes * dp_bus},
                         {"device", device},
+                        {"precision", config.Str("precision")},
+                        {"optimizer_on_device", trainer->optimizer_on_device()},
                         {"model_flops_per_token", lm ? nlohmann::json(flops_per_token) : nlohmann::json()},
                         {"model_tflops", lm ? nlohmann::json(achieved_tflops) : nlohmann::json()},
                         {"peak_tflops_per_device", peak > 0 ? nlohmann::json(peak) : nlohmann::json()},
@@ -265,7 +267,8 @@ Status BenchTrain(const BenchArgs& a) {
     std::printf("  %d steps after %d warm-up: %.1f ms/step (median %.1f), %.0f %s/s%s\n", a.steps, a.warmup, mean,
                 median, per_s, unit, world > 1 ? " over all ranks" : "");
     if (lm) {
-      std::printf("  device %s: model FLOPs 6N + 12LCT = %.3f GFLOP/token, %.3f TFLOP/s", device.c_str(),
+      std::printf("  device %s (%s%s): model FLOPs 6N + 12LCT = %.3f GFLOP/token, %.3f TFLOP/s", device.c_str(),
+                  config.Str("precision").c_str(), trainer->optimizer_on_device() ? ", optimizer on the device" : "",
                   flops_per_token / 1e9, achieved_tflops);
       if (peak > 0)
         std::printf("; MFU %.1f%% of %d x %.1f TFLOP/s (dense bf16 peak%s)\n", 100.0 * mfu, world, peak,

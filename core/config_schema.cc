@@ -13,6 +13,9 @@ const std::vector<ConfigKey>& ConfigSchema() {
       {"threads", T::kInt, "0", 0, 4096, {}, "thread budget for BLAS and OpenMP loops (0: RINGTRAIN_THREADS or all cores)"},
       {"device", T::kString, "cpu", -1e300, 1e300, {"cpu", "cuda"},
        "where GPT forward/backward run: cpu, or cuda (fp32; one GPU per local rank: local rank mod visible GPUs)"},
+      {"precision", T::kString, "fp32", -1e300, 1e300, {"fp32", "bf16"},
+       "device cuda: fp32, or bf16 mixed precision (every Linear's product from bf16 inputs on tensor cores, fp32 "
+       "accumulation; parameters, gradients, activations, optimizer state and reductions stay fp32). device cpu: fp32"},
       // Model
       {"model.type", T::kString, "gpt", -1e300, 1e300, {"gpt", "mlp", "lenet", "resnet"}, "model family"},
       {"model.n_layer", T::kInt, "2", 1, 1024, {}, "Transformer blocks"},

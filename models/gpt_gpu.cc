@@ -19,7 +19,7 @@ int CudaDeviceCount(std::string* why) {
   return n;
 }
 
-StatusOr<std::unique_ptr<GpuGpt>> GpuGpt::Create(const GptConfig& cfg, int local_rank) {
+StatusOr<std::unique_ptr<GpuGpt>> GpuGpt::Create(const GptConfig& cfg, int local_rank, bool bf16) {
   std::string why;
   const int count = CudaDeviceCount(&why);
   if (count == 0) return Unavailable("device cuda: no CUDA device on this machine (" + why + ")");
@@ -30,6 +30,11 @@ StatusOr<std::unique_ptr<GpuGpt>> GpuGpt::Create(const GptConfig& cfg, int local
   RT_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&g->stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   RT_ASSIGN_OR_RETURN(gpu::Blas blas, gpu::Blas::Create(g->stream_));
   g->blas_ = std::make_unique<gpu::Blas>(std::move(blas));
+  g->bf16_ = bf16;
+  if (bf16) {
+    RT_ASSIGN_OR_RETURN(gpu::Blas blas16, gpu::Blas::Create(g->stream_, /*pedantic=*/false));
+    g->blas16_ = std::make_unique<gpu::Blas>(std::move(blas16));
+  }
   // Dropout on the attention probabilities needs them stored: the materialised kernels then.
   g->flash_ = gpu::FlashAttentionSupports(cfg.n_embd / cfg.n_head) && cfg.dropout == 0;
   g->layout_ = Gpt<float>::LayoutFor(cfg, 0, 1);
@@ -50,6 +55,7 @@ StatusOr<std::unique_ptr<GpuGpt>> GpuGpt::Create(const GptConfig& cfg, int local
   RT_CHECK(g->wte_ >= 0 && g->wpe_ >= 0 && g->lnf_w_ >= 0);
   RT_RETURN_IF_ERROR(g->params_.Allocate(L.total(), "parameters"));
   RT_RETURN_IF_ERROR(g->grads_.Allocate(L.total(), "gradients"));
+  if (bf16) RT_RETURN_IF_ERROR(g->wbf_.Allocate(L.total(), "bf16 weights"));
   RT_RETURN_IF_ERROR(g->ZeroGrads());
   return g;
 }
@@ -162,6 +168,21 @@ Status GpuGpt::DownloadMoments(float* m, float* v) {
   return Synchronize();
 }
 
+Status GpuGpt::Lin(float* out, const float* in, int w, int b, int N, int C, int OC) {
+  if (!bf16_) return gpu::LinearForward(*blas_, out, in, P(w), P(b), N, C, OC);
+  RT_RETURN_IF_ERROR(gpu::ToBf16(xbf_.data(), in, static_cast<int64_t>(N) * C, stream_));
+  return gpu::LinearForwardBf16(*blas16_, out, xbf_.data(), W16(w), P(b), N, C, OC);
+}
+
+Status GpuGpt::LinBack(float* din, int w, int b, const float* dout, const float* in, int N, int C, int OC) {
+  if (!bf16_) return gpu::LinearBackward(*blas_, din, G(w), G(b), dout, in, P(w), N, C, OC);
+  // The input is rounded again rather than kept from the forward: one cheap pass, no (N,C) bf16
+  // copy per layer held through the step.
+  RT_RETURN_IF_ERROR(gpu::ToBf16(xbf_.data(), in, static_cast<int64_t>(N) * C, stream_));
+  RT_RETURN_IF_ERROR(gpu::ToBf16(dbf_.data(), dout, static_cast<int64_t>(N) * OC, stream_));
+  return gpu::LinearBackwardBf16(*blas16_, din, G(w), G(b), dout, dbf_.data(), xbf_.data(), W16(w), N, C, OC);
+}
+
 Status GpuGpt::PlanActivations(int B, int Tn) {
   RT_CHECK(Tn <= cfg_.block_size);
   if (B <= planB_ && Tn <= planT_) return Status::Ok();
@@ -179,6 +200,11 @@ Status GpuGpt::PlanActivations(int B, int Tn) {
                         r(N * 4 * C) + r(N * 3 * C) + r(att);
   RT_RETURN_IF_ERROR(acts_.Allocate(static_cast<size_t>(total), "activations"));
   RT_RETURN_IF_ERROR(ids_.Allocate(static_cast<size_t>(2 * N), "token ids"));
+  if (bf16_) {
+    // Matmul inputs rounded to bf16: the widest input is (N,4C), the widest output gradient (N,V).
+    RT_RETURN_IF_ERROR(xbf_.Allocate(static_cast<size_t>(N * 4 * C), "bf16 matmul inputs"));
+    RT_RETURN_IF_ERROR(dbf_.Allocate(static_cast<size_t>(N * std::max<int64_t>(V, 4 * C)), "bf16 output gradients"));
+  }
   // Dropout keep masks: the embedding's, then per block the attention probabilities' and the two
   // residual branches'.
   const int64_t mask_total = drop ? r(N * C) + cfg_.n_layer * (r(att) + 2 * r(N * C)) : 0;
@@ -266,6 +292,9 @@ StatusOr<double> GpuGpt::Forward(const int32_t* tokens, const int32_t* targets, 
         cudaMemcpyAsync(d_targets, targets, sizeof(int32_t) * N, cudaMemcpyHostToDevice, stream_),
         "copying targets to the device");
   const gpu::Blas& blas = *blas_;
+  // bf16: the weights rounded once per forward (parameters change between steps, not within one).
+  if (bf16_)
+    RT_RETURN_IF_ERROR(gpu::ToBf16(wbf_.data(), params_.data(), static_cast<int64_t>(layout_.total()), stream_));
   RT_RETURN_IF_ERROR(gpu::EmbeddingForward(encoded_, d_tokens, P(wte_), P(wpe_), B, Tn, C, stream_));
   if (drop) {
     RT_RETURN_IF_ERROR(mask(keep_emb_, NC, 0));
@@ -276,21 +305,21 @@ StatusOr<double> GpuGpt::Forward(const int32_t* tokens, const int32_t* targets, 
     const Block& b = blocks_[static_cast<size_t>(l)];
     const BlockActs& a = ba_[static_cast<size_t>(l)];
     RT_RETURN_IF_ERROR(gpu::LayerNormForward(a.ln1, a.ln1_mean, a.ln1_rstd, x, P(b.ln1_w), P(b.ln1_b), N, C, stream_));
-    RT_RETURN_IF_ERROR(gpu::LinearForward(blas, a.qkv, a.ln1, P(b.attn_w), P(b.attn_b), N, C, 3 * C));
+    RT_RETURN_IF_ERROR(Lin(a.qkv, a.ln1, b.attn_w, b.attn_b, N, C, 3 * C));
     if (drop) RT_RETURN_IF_ERROR(att_mask(a.keep_att, 1 + 3 * static_cast<uint64_t>(l)));
     RT_RETURN_IF_ERROR(flash_ ? gpu::FlashAttentionForward(a.atty, a.att, a.qkv, B, Tn, C, NH, stream_)
                               : gpu::AttentionForward(blas, a.atty, a.att, a.att_drop, drop ? a.keep_att : nullptr, p,
                                                       a.qkv, B, Tn, C, NH));
-    RT_RETURN_IF_ERROR(gpu::LinearForward(blas, a.attproj, a.atty, P(b.proj_w), P(b.proj_b), N, C, C));
+    RT_RETURN_IF_ERROR(Lin(a.attproj, a.atty, b.proj_w, b.proj_b, N, C, C));
     if (drop) {
       RT_RETURN_IF_ERROR(mask(a.keep_attproj, NC, 2 + 3 * static_cast<uint64_t>(l)));
       RT_RETURN_IF_ERROR(gpu::DropoutApply(a.attproj, a.attproj, a.keep_attproj, p, NC, stream_));
     }
     RT_RETURN_IF_ERROR(gpu::ResidualForward(a.res1, x, a.attproj, NC, stream_));
     RT_RETURN_IF_ERROR(gpu::LayerNormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res1, P(b.ln2_w), P(b.ln2_b), N, C, stream_));
-    RT_RETURN_IF_ERROR(gpu::LinearForward(blas, a.fch, a.ln2, P(b.fc_w), P(b.fc_b), N, C, 4 * C));
+    RT_RETURN_IF_ERROR(Lin(a.fch, a.ln2, b.fc_w, b.fc_b, N, C, 4 * C));
     RT_RETURN_IF_ERROR(gpu::GeluForward(a.fch_gelu, a.fch, 4 * NC, stream_));
-    RT_RETURN_IF_ERROR(gpu::LinearForward(blas, a.fcproj, a.fch_gelu, P(b.fcproj_w), P(b.fcproj_b), N, 4 * C, C));
+    RT_RETURN_IF_ERROR(Lin(a.fcproj, a.fch_gelu, b.fcproj_w, b.fcproj_b, N, 4 * C, C));
     if (drop) {
       RT_RETURN_IF_ERROR(mask(a.keep_fcproj, NC, 3 + 3 * static_cast<uint64_t>(l)));
       RT_RETURN_IF_ERROR(gpu::DropoutApply(a.fcproj, a.fcproj, a.keep_fcproj, p, NC, stream_));
@@ -300,7 +329,7 @@ StatusOr<double> GpuGpt::Forward(const int32_t* tokens, const int32_t* targets, 
   }
   RT_RETURN_IF_ERROR(gpu::LayerNormForward(lnf_, lnf_mean_, lnf_rstd_, x, P(lnf_w_), P(lnf_b_), N, C, stream_));
   // Output layer tied to the token embedding: logits (N,V) = lnf (N,C) @ wte^T.
-  RT_RETURN_IF_ERROR(gpu::LinearForward(blas, logits_, lnf_, P(wte_), nullptr, N, C, V));
+  RT_RETURN_IF_ERROR(Lin(logits_, lnf_, wte_, -1, N, C, V));
   if (!targets) {
     RT_RETURN_IF_ERROR(Synchronize());
     return 0.0;
@@ -328,7 +357,7 @@ Status GpuGpt::Backward(float loss_scale) {
   const gpu::Blas& blas = *blas_;
   // dlogits in place of the logits.
   RT_RETURN_IF_ERROR(gpu::SoftmaxCrossEntropy(losses_, logits_, logits_, d_targets, N, V, scale, stream_));
-  RT_RETURN_IF_ERROR(gpu::LinearBackward(blas, dtmp_, G(wte_), nullptr, logits_, lnf_, P(wte_), N, C, V));
+  RT_RETURN_IF_ERROR(LinBack(dtmp_, wte_, -1, logits_, lnf_, N, C, V));
   RT_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(dres_, 0, sizeof(float) * NC, stream_), "zeroing the residual gradient");
   const float* xlast = cfg_.n_layer > 0 ? ba_.back().res2 : encoded_;
   RT_RETURN_IF_ERROR(
@@ -343,10 +372,9 @@ Status GpuGpt::Backward(float loss_scale) {
       RT_RETURN_IF_ERROR(gpu::DropoutApply(dtmp_, dres_, a.keep_fcproj, p, NC, stream_));
       dfcproj = dtmp_;
     }
-    RT_RETURN_IF_ERROR(gpu::LinearBackward(blas, dbig_, G(b.fcproj_w), G(b.fcproj_b), dfcproj, a.fch_gelu,
-                                           P(b.fcproj_w), N, 4 * C, C));
+    RT_RETURN_IF_ERROR(LinBack(dbig_, b.fcproj_w, b.fcproj_b, dfcproj, a.fch_gelu, N, 4 * C, C));
     RT_RETURN_IF_ERROR(gpu::GeluBackward(dbig_, dbig_, a.fch, 4 * NC, stream_));
-    RT_RETURN_IF_ERROR(gpu::LinearBackward(blas, dtmp_, G(b.fc_w), G(b.fc_b), dbig_, a.ln2, P(b.fc_w), N, C, 4 * C));
+    RT_RETURN_IF_ERROR(LinBack(dtmp_, b.fc_w, b.fc_b, dbig_, a.ln2, N, C, 4 * C));
     RT_RETURN_IF_ERROR(gpu::LayerNormBackward(dres_, G(b.ln2_w), G(b.ln2_b), dtmp_, a.res1, P(b.ln2_w), a.ln2_mean,
                                               a.ln2_rstd, N, C, stream_));  // dres now d(res1)
     // Attention branch.
@@ -357,13 +385,13 @@ Status GpuGpt::Backward(float loss_scale) {
     }
     float* datty = dbig_;  // (N,C) of the (N,4C) scratch
     RT_RETURN_IF_ERROR(
-        gpu::LinearBackward(blas, datty, G(b.proj_w), G(b.proj_b), dattproj, a.atty, P(b.proj_w), N, C, C));
+        LinBack(datty, b.proj_w, b.proj_b, dattproj, a.atty, N, C, C));
     RT_RETURN_IF_ERROR(flash_ ? gpu::FlashAttentionBackward(dqkv_, datt_, datty, a.qkv, a.atty, a.att, B, Tn, C, NH,
                                                             stream_)
                               : gpu::AttentionBackward(blas, dqkv_, datt_, datty, a.qkv, a.att, a.att_drop,
                                                        drop ? a.keep_att : nullptr, p, B, Tn, C, NH));
     RT_RETURN_IF_ERROR(
-        gpu::LinearBackward(blas, dtmp_, G(b.attn_w), G(b.attn_b), dqkv_, a.ln1, P(b.attn_w), N, C, 3 * C));
+        LinBack(dtmp_, b.attn_w, b.attn_b, dqkv_, a.ln1, N, C, 3 * C));
     RT_RETURN_IF_ERROR(gpu::LayerNormBackward(dres_, G(b.ln1_w), G(b.ln1_b), dtmp_, x, P(b.ln1_w), a.ln1_mean,
                                               a.ln1_rstd, N, C, stream_));  // dres now d(x)
   }

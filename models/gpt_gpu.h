@@ -27,8 +27,10 @@ class GpuGpt {
  public:
   // The model on visible CUDA device local_rank mod (number of visible devices): one GPU per local
   // rank. Fails with one line when there is no device or when the config asks for what the GPU
-  // path lacks.
-  static StatusOr<std::unique_ptr<GpuGpt>> Create(const GptConfig& cfg, int local_rank);
+  // path lacks. bf16: mixed precision, every Linear's product (the lm head's too) from bf16
+  // inputs on tensor cores with fp32 accumulation; parameters, gradients, activations, attention
+  // and every reduction stay fp32. Otherwise strict fp32 (no TF32).
+  static StatusOr<std::unique_ptr<GpuGpt>> Create(const GptConfig& cfg, int local_rank, bool bf16 = false);
   ~GpuGpt();
   GpuGpt(const GpuGpt&) = delete;
   GpuGpt& operator=(const GpuGpt&) = delete;
@@ -85,6 +87,10 @@ class GpuGpt {
     uint8_t *keep_att, *keep_attproj, *keep_fcproj;  // dropout keep masks (else null)
   };
   float* P(int i) { return i >= 0 ? params_.data() + layout_.spec(i).offset : nullptr; }
+  const gpu::bf16* W16(int i) const { return wbf_.data() + layout_.spec(i).offset; }
+  // A Linear (parameter indices w and b; b < 0: none): fp32 or, in bf16 mode, with bf16 products.
+  Status Lin(float* out, const float* in, int w, int b, int N, int C, int OC);
+  Status LinBack(float* din, int w, int b, const float* dout, const float* in, int N, int C, int OC);
   float* G(int i) { return i >= 0 ? grads_.data() + layout_.spec(i).offset : nullptr; }
 
   GptConfig cfg_;
@@ -93,6 +99,10 @@ class GpuGpt {
   bool flash_ = false;  // fused attention (head sizes it supports), else the materialised kernels
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<gpu::Blas> blas_;
+  bool bf16_ = false;
+  std::unique_ptr<gpu::Blas> blas16_;  // bf16 mode: a handle free to use any tensor-core kernel
+  cuda::DeviceBuffer<gpu::bf16> wbf_;  // bf16 mode: the parameters rounded, refreshed every Forward
+  cuda::DeviceBuffer<gpu::bf16> xbf_, dbf_;  // bf16 mode: one matmul's input / output gradient
   cuda::DeviceBuffer<float> params_, grads_;
   cuda::DeviceBuffer<float> m_, v_;      // optimizer moments (StartOptimizer)
   cuda::DeviceBuffer<double> sumsq_;     // SumSquares scratch

@@ -45,7 +45,7 @@ class LmTask final : public Task {
       if (shard.tp && shard.tp->size() > 1)
         return InvalidArgument("device cuda does not combine with parallel.tensor > 1 yet");
 #ifdef RINGTRAIN_HAVE_CUDA
-      RT_ASSIGN_OR_RETURN(t->gpu_, GpuGpt::Create(gc, shard.local_rank));
+      RT_ASSIGN_OR_RETURN(t->gpu_, GpuGpt::Create(gc, shard.local_rank, c.Str("precision") == "bf16"));
       RT_RETURN_IF_ERROR(t->gpu_->PlanActivations(t->batch_, t->block_));
       t->grad_buf_.resize(t->model_->arena().layout.total());
 #else
@@ -330,6 +330,9 @@ StatusOr<std::unique_ptr<Task>> MakeTask(const Config& config, const SavedModel*
   const bool image_data = source == "mnist" || source == "cifar10" || source == "synthetic_images";
   if (type != "gpt" && config.Str("device") == "cuda")
     return InvalidArgument("config: device cuda runs GPT models only so far (model.type is " + type + ")");
+  if (config.Str("precision") != "fp32" && config.Str("device") != "cuda")
+    return InvalidArgument("config: precision " + config.Str("precision") +
+                           " needs device cuda (device cpu computes in fp32)");
   if (type == "gpt") {
     if (image_data)
       return InvalidArgument("config: model.type gpt needs token data, but data.source is " + source +

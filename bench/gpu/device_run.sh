@@ -6,7 +6,8 @@
 #   env.txt          nvidia-smi, the CUDA libraries found, ldd of the binaries
 #   gpu_tests.log/.json   the GPU suite (acceptance 1 and 2)
 #   bench_fp32.json  ringtrain bench train, GPT-2 124M, device cuda (fp32), optimizer on the device
-#   bench_fp32_host_optim.json   the same, 10 steps, optim.on_device=off (host optimizer)
+#   bench_bf16.json  the same with precision=bf16 (tensor-core products, fp32 everything else)
+#   bench_fp32_host_optim.json   the fp32 run, 10 steps, optim.on_device=off (host optimizer)
 #   shakespeare.txt  (not in quick mode) nanoGPT's shakespeare_char recipe, at most 150 s
 #   pytorch.txt      (not in quick mode) bench/pytorch_gpt.py on the same config: bf16 eager and
 #                    torch.compile, fp32 eager
@@ -51,6 +52,10 @@ cfg=bench/configs/gpt2_124m.yaml
 timeout 240 .device/bin/ringtrain bench train --config "$cfg" --set device=cuda --steps 20 --json \
   > "$out/bench_fp32.json" 2> "$out/bench_fp32.err" || echo "device_run: bench train failed: $(tail -n 3 "$out/bench_fp32.err")"
 cat "$out/bench_fp32.json"
+# bf16 mixed precision (tensor-core products), the figure to set against PyTorch's bf16 lines.
+timeout 180 .device/bin/ringtrain bench train --config "$cfg" --set device=cuda --set precision=bf16 --steps 20 --json \
+  > "$out/bench_bf16.json" 2> "$out/bench_bf16.err" || echo "device_run: bench train (bf16) failed: $(tail -n 3 "$out/bench_bf16.err")"
+cat "$out/bench_bf16.json"
 # The same with the optimizer on the host (parameters up and gradients down every micro-step): what
 # keeping everything on the device gains.
 timeout 180 .device/bin/ringtrain bench train --config "$cfg" --set device=cuda --set optim.on_device=off --steps 10 \

@@ -256,6 +256,10 @@ __global__ void SumSqFinalKernel(double* out, const double* partials, int64_t nb
   *out = s;
 }
 
+__global__ void ToBf16Kernel(bf16* out, const float* in, int64_t n) {
+  RT_GRID_STRIDE(i, n) { out[i] = __float2bfloat16_rn(in[i]); }
+}
+
 __global__ void DropoutApplyKernel(float* out, const float* in, const uint8_t* keep, float scale, int64_t n) {
   RT_GRID_STRIDE(i, n) { out[i] = keep[i] ? in[i] * scale : 0.f; }
 }
@@ -277,13 +281,14 @@ int RowThreads(int C) { return C >= 1024 ? 1024 : std::max(32, (C + 31) / 32 * 3
 
 }  // namespace
 
-StatusOr<Blas> Blas::Create(cudaStream_t s) {
+StatusOr<Blas> Blas::Create(cudaStream_t s, bool pedantic) {
   cublasHandle_t h = nullptr;
   RT_RETURN_IF_ERROR(BlasStatus(cublasCreate(&h), "cublasCreate"));
   const Status st = [&]() -> Status {
     RT_RETURN_IF_ERROR(BlasStatus(cublasSetStream(h, s), "cublasSetStream"));
     // fp32 mode means fp32: no TF32 tensor-core shortcuts, which round inputs to 10 mantissa bits.
-    return BlasStatus(cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode");
+    return BlasStatus(cublasSetMathMode(h, pedantic ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH),
+                      "cublasSetMathMode");
   }();
   if (!st.ok()) {
     cublasDestroy(h);
@@ -350,6 +355,44 @@ Status LinearBackward(const Blas& blas, float* din, float* dw, float* db, const 
   if (db == nullptr) return Status::Ok();
   ColumnSumKernel<<<Blocks(OC, 128), 128, 0, blas.stream()>>>(db, dout, N, OC);
   return Launched("LinearBackward bias");
+}
+
+Status LinearForwardBf16(const Blas& blas, float* out, const bf16* in, const bf16* w, const float* b, int N, int C,
+                         int OC) {
+  const float one = 1.f, zero = 0.f;
+  // out^T (OC,N) = w (OC,C) * in^T (C,N), column-major views of the row-major arrays.
+  RT_RETURN_IF_ERROR(BlasStatus(cublasGemmEx(blas.handle(), CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, w, CUDA_R_16BF, C,
+                                             in, CUDA_R_16BF, C, &zero, out, CUDA_R_32F, OC, CUBLAS_COMPUTE_32F,
+                                             CUBLAS_GEMM_DEFAULT),
+                                "LinearForwardBf16 gemm"));
+  if (b == nullptr) return Status::Ok();
+  const int64_t n = static_cast<int64_t>(N) * OC;
+  BiasRowsKernel<<<Blocks(n), kThreads, 0, blas.stream()>>>(out, b, OC, n);
+  return Launched("LinearForwardBf16 bias");
+}
+
+Status LinearBackwardBf16(const Blas& blas, float* din, float* dw, float* db, const float* dout, const bf16* dout16,
+                          const bf16* in, const bf16* w, int N, int C, int OC) {
+  const float one = 1.f, zero = 0.f;
+  // din^T (C,N) = w^T (C,OC) * dout^T (OC,N)
+  RT_RETURN_IF_ERROR(BlasStatus(cublasGemmEx(blas.handle(), CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, w, CUDA_R_16BF, C,
+                                             dout16, CUDA_R_16BF, OC, &zero, din, CUDA_R_32F, C, CUBLAS_COMPUTE_32F,
+                                             CUBLAS_GEMM_DEFAULT),
+                                "LinearBackwardBf16 gemm (input)"));
+  // dw^T (C,OC) += in^T (C,N) * dout (N,OC)
+  RT_RETURN_IF_ERROR(BlasStatus(cublasGemmEx(blas.handle(), CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, in, CUDA_R_16BF,
+                                             C, dout16, CUDA_R_16BF, OC, &one, dw, CUDA_R_32F, C, CUBLAS_COMPUTE_32F,
+                                             CUBLAS_GEMM_DEFAULT),
+                                "LinearBackwardBf16 gemm (weights)"));
+  if (db == nullptr) return Status::Ok();
+  ColumnSumKernel<<<Blocks(OC, 128), 128, 0, blas.stream()>>>(db, dout, N, OC);
+  return Launched("LinearBackwardBf16 bias");
+}
+
+Status ToBf16(bf16* out, const float* in, int64_t n, cudaStream_t s) {
+  if (n == 0) return Status::Ok();
+  ToBf16Kernel<<<Blocks(n), kThreads, 0, s>>>(out, in, n);
+  return Launched("ToBf16");
 }
 
 Status AttentionForward(const Blas& blas, float* out, float* att, float* att_drop, const uint8_t* keep, float p,

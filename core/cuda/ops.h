@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -16,10 +17,14 @@
 
 namespace ringtrain::gpu {
 
-// A cuBLAS handle bound to one stream, in strict fp32 (no TF32), for the matmuls below.
+using bf16 = __nv_bfloat16;
+
+// A cuBLAS handle bound to one stream, for the matmuls below. pedantic (the fp32 ops): strict fp32,
+// no TF32 tensor-core shortcuts, which round inputs to 10 mantissa bits. The bf16 ops use a
+// handle made with pedantic = false, so cuBLAS may pick any tensor-core kernel.
 class Blas {
  public:
-  static StatusOr<Blas> Create(cudaStream_t s);
+  static StatusOr<Blas> Create(cudaStream_t s, bool pedantic = true);
   Blas(Blas&& o) noexcept : h_(o.h_), s_(o.s_) { o.h_ = nullptr; }
   Blas& operator=(Blas&&) = delete;
   Blas(const Blas&) = delete;
@@ -52,6 +57,16 @@ Status LinearForward(const Blas& blas, float* out, const float* in, const float*
 // din (N,C) = dout @ w (accumulate_din: +=), dw += dout^T @ in, db += column sums (db may be null).
 Status LinearBackward(const Blas& blas, float* din, float* dw, float* db, const float* dout, const float* in,
                       const float* w, int N, int C, int OC, bool accumulate_din = false);
+
+// bf16 mixed precision: the same products with bf16 inputs (in, w, dout), fp32 accumulation and
+// fp32 outputs (out, din, dw), on tensor cores. LinearBackwardBf16 takes dout twice: rounded to
+// bf16 for the products, and in fp32 for the bias gradient (db may be null).
+Status LinearForwardBf16(const Blas& blas, float* out, const bf16* in, const bf16* w, const float* b, int N, int C,
+                         int OC);
+Status LinearBackwardBf16(const Blas& blas, float* din, float* dw, float* db, const float* dout, const bf16* dout16,
+                          const bf16* in, const bf16* w, int N, int C, int OC);
+// out[i] = in[i] rounded to the nearest bf16 (ties to even).
+Status ToBf16(bf16* out, const float* in, int64_t n, cudaStream_t s);
 
 // Causal self-attention. qkv (B,T,3C) holds q|k|v; out (B,T,C); att (B,NH,T,T) receives the
 // softmax probabilities (zero above the diagonal). Dropout on the probabilities with a keep mask

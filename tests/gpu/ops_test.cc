@@ -135,6 +135,45 @@ TEST(GpuOps, Linear) {
   }
 }
 
+// bf16 mixed precision: the same Linear with inputs rounded to bf16 (ToBf16) and fp32 results,
+// within 1e-2 of the fp32 CPU reference's largest magnitude, and visibly not fp32 (a difference
+// of at least 1e-6: the products really use the rounded inputs). Larger than the fp32 case so
+// the sums run over hundreds of products.
+TEST(GpuOps, LinearBf16) {
+  SKIP_WITHOUT_GPU();
+  auto blas = gpu::Blas::Create(nullptr, /*pedantic=*/false);
+  ASSERT_TRUE(blas.ok()) << blas.status().message();
+  const int n = 64, c = 256, oc = 384;
+  auto in = Random(static_cast<size_t>(n) * c, 60), w = Random(static_cast<size_t>(oc) * c, 61), b = Random(oc, 62),
+       dout = Random(static_cast<size_t>(n) * oc, 63);
+  std::vector<float> out(static_cast<size_t>(n) * oc), din(in.size()), dw(w.size(), 0.f), db(oc, 0.f);
+  Dev<float> g_in(in), g_w(w), g_b(b), g_dout(dout), g_out(out.size()), g_din(din.size()), g_dw(dw), g_db(db);
+  Dev<gpu::bf16> in16(in.size()), w16(w.size()), dout16(dout.size());
+  ASSERT_TRUE(gpu::ToBf16(in16.p, g_in.p, static_cast<int64_t>(in.size()), nullptr).ok());
+  ASSERT_TRUE(gpu::ToBf16(w16.p, g_w.p, static_cast<int64_t>(w.size()), nullptr).ok());
+  ASSERT_TRUE(gpu::ToBf16(dout16.p, g_dout.p, static_cast<int64_t>(dout.size()), nullptr).ok());
+  cpu::LinearForward(out.data(), in.data(), w.data(), b.data(), n, c, oc);
+  ASSERT_TRUE(gpu::LinearForwardBf16(*blas, g_out.p, in16.p, w16.p, g_b.p, n, c, oc).ok());
+  cpu::LinearBackward(din.data(), dw.data(), db.data(), dout.data(), in.data(), w.data(), n, c, oc, false);
+  ASSERT_TRUE(gpu::LinearBackwardBf16(*blas, g_din.p, g_dw.p, g_db.p, g_dout.p, dout16.p, in16.p, w16.p, n, c, oc).ok());
+  auto largest_diff = [](const std::vector<float>& a, const std::vector<float>& ref) {
+    double d = 0;
+    for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::fabs(static_cast<double>(a[i]) - ref[i]));
+    return d;
+  };
+  struct Out {
+    const char* what;
+    std::vector<float> got;
+    const std::vector<float>& want;
+  };
+  for (const Out& o : {Out{"bf16 linear out", g_out.Host(), out}, Out{"bf16 linear din", g_din.Host(), din},
+                       Out{"bf16 linear dw", g_dw.Host(), dw}}) {
+    ExpectClose(o.got, o.want, o.what, 1e-2);
+    EXPECT_GE(largest_diff(o.got, o.want), 1e-6) << o.what << " equals fp32: were the inputs rounded?";
+  }
+  ExpectClose(g_db.Host(), db, "bf16 linear db (fp32 column sums)", 1e-5);
+}
+
 TEST(GpuOps, Attention) {
   SKIP_WITHOUT_GPU();
   auto blas = gpu::Blas::Create(nullptr);
