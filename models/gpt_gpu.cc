@@ -71,6 +71,7 @@ GpuGpt::~GpuGpt() {
     cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);
     blas_.reset();
+    blas16_.reset();  // both handles are bound to the stream
     cudaStreamDestroy(stream_);
   }
 }

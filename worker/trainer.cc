@@ -418,13 +418,19 @@ StatusOr<double> Trainer::Step(int64_t step) {
   const std::string where = "gradient sync at step " + std::to_string(step + 1);
   if (opts_.barrier_before_sync && world_ > 1)
     RT_RETURN_IF_ERROR(opts_.comm->Barrier().WithContext("barrier before the gradient sync at step " + std::to_string(step + 1)));
+  // Optimizer on the device: backward was only enqueued; the norm waits for it, so backward's end
+  // (t0 below) is when the device finished, not when the host finished enqueueing.
+  double device_sq = 0;
+  if (on_device_) {
+    RT_ASSIGN_OR_RETURN(device_sq, task_->DeviceGradSumSquares());
+  }
   const auto t0 = Clock::now();
   RT_RETURN_IF_ERROR(sync_->Finish().WithContext(where));
   const auto t_synced = Clock::now();
   double exposed = std::chrono::duration<double>(t_synced - t0).count();
   last_backward_end_s_ = std::chrono::duration<double>(t0.time_since_epoch()).count();
   last_synced_s_ = std::chrono::duration<double>(t_synced.time_since_epoch()).count();
-  RT_ASSIGN_OR_RETURN(double sq, on_device_ ? task_->DeviceGradSumSquares() : sync_->GradSumSquares());
+  RT_ASSIGN_OR_RETURN(double sq, on_device_ ? StatusOr<double>(device_sq) : sync_->GradSumSquares());
   // Under PS the norm is a round trip to the servers (they have summed every worker's push):
   // communication, not compute. (All-reduce sync: a local sum and one 8-byte all-reduce.)
   if (ps_) exposed += std::chrono::duration<double>(Clock::now() - t_synced).count();

@@ -249,11 +249,19 @@ __global__ void SumSqPartialKernel(double* partials, const float* g, int64_t n) 
   if (threadIdx.x == 0) partials[blockIdx.x] = part[0];
 }
 
-// The partials summed in order by one thread (a few thousand of them for 100M elements).
+// The partials summed by one block in a fixed order: thread t adds partials t, t + 256, ... in
+// order, then the block's fixed tree. Deterministic; no long serial chain on one thread.
 __global__ void SumSqFinalKernel(double* out, const double* partials, int64_t nb) {
+  __shared__ double part[kThreads];
   double s = 0;
-  for (int64_t b = 0; b < nb; ++b) s += partials[b];
-  *out = s;
+  for (int64_t b = threadIdx.x; b < nb; b += blockDim.x) s += partials[b];
+  part[threadIdx.x] = s;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *out = part[0];
 }
 
 __global__ void ToBf16Kernel(bf16* out, const float* in, int64_t n) {
@@ -273,7 +281,16 @@ __global__ void DropoutMaskKernel(uint8_t* keep, uint64_t threshold, int64_t row
     Rng rng(seed, RngPurpose::kDropout, key, static_cast<uint64_t>(row_begin + r), static_cast<uint64_t>(blk));
     uint8_t* k = keep + r * row_len;
     const int64_t end = (blk + 1) * kDropoutBlock < row_len ? (blk + 1) * kDropoutBlock : row_len;
-    for (int64_t i = blk * kDropoutBlock; i < end; ++i) k[i] = rng.Next() >= threshold ? 1 : 0;
+    int64_t i = blk * kDropoutBlock;
+    // Bytes up to an 8-byte boundary, then 8 draws per 8-byte store (little-endian: draw j is
+    // byte j), then the tail: the same bytes in the same order as one store each.
+    for (; i < end && (reinterpret_cast<uintptr_t>(k + i) & 7) != 0; ++i) k[i] = rng.Next() >= threshold ? 1 : 0;
+    for (; i + 8 <= end; i += 8) {
+      uint64_t word = 0;
+      for (int j = 0; j < 8; ++j) word |= static_cast<uint64_t>(rng.Next() >= threshold ? 1 : 0) << (8 * j);
+      *reinterpret_cast<uint64_t*>(k + i) = word;
+    }
+    for (; i < end; ++i) k[i] = rng.Next() >= threshold ? 1 : 0;
   }
 }
 
@@ -526,7 +543,7 @@ Status SumSquares(double* scratch, const float* g, int64_t n, cudaStream_t s) {
     SumSqPartialKernel<<<static_cast<unsigned>(nb), kThreads, 0, s>>>(scratch + 1, g, n);
     RT_RETURN_IF_ERROR(Launched("SumSquares (partials)"));
   }
-  SumSqFinalKernel<<<1, 1, 0, s>>>(scratch, scratch + 1, nb);
+  SumSqFinalKernel<<<1, kThreads, 0, s>>>(scratch, scratch + 1, nb);
   return Launched("SumSquares");
 }
 
