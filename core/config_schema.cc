@@ -64,9 +64,10 @@ const std::vector<ConfigKey>& ConfigSchema() {
       // Optimizer
       {"optim.name", T::kString, "adamw", -1e300, 1e300, {"sgd", "adam", "adamw"}, "optimizer"},
       {"optim.on_device", T::kString, "auto", -1e300, 1e300, {"auto", "off"},
-       "device cuda: auto runs Adam/AdamW on the GPU when the job is one process (no data or tensor parallelism, "
-       "no parameter servers, optim.l1 = optim.l2 = 0), so parameters, gradients and moments stay there; off "
-       "keeps the optimizer on the host (parameters up and gradients down every micro-step)"},
+       "device cuda: auto runs Adam/AdamW on the GPU (no tensor parallelism, ZeRO-1 or parameter servers; "
+       "optim.l1 = optim.l2 = 0), so parameters, gradients and moments stay there and data-parallel ranks average "
+       "gradients on the GPUs with NCCL; off keeps the optimizer on the host (parameters up and gradients down "
+       "every micro-step, gradients reduced on the host)"},
       {"optim.lr", T::kFloat, "3e-3", 0, 1e6, {}, "peak learning rate"},
       {"optim.beta1", T::kFloat, "0.9", 0, 0.999999, {}, "Adam beta1"},
       {"optim.beta2", T::kFloat, "0.99", 0, 0.99999999, {}, "Adam beta2"},

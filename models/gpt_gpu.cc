@@ -1,6 +1,8 @@
 #include "models/gpt_gpu.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <initializer_list>
 #include <cstdio>
 #include <string>
 #include <tuple>
@@ -50,9 +52,24 @@ StatusOr<std::unique_ptr<GpuGpt>> GpuGpt::Create(const GptConfig& cfg, int local
                                find(p + "attn.c_attn.bias"), find(p + "attn.c_proj.weight"),
                                find(p + "attn.c_proj.bias"), find(p + "ln_2.weight"), find(p + "ln_2.bias"),
                                find(p + "mlp.c_fc.weight"), find(p + "mlp.c_fc.bias"), find(p + "mlp.c_proj.weight"),
-                               find(p + "mlp.c_proj.bias")});
+                               find(p + "mlp.c_proj.bias"), {}});
   }
   RT_CHECK(g->wte_ >= 0 && g->wpe_ >= 0 && g->lnf_w_ >= 0);
+  // Each block's parameters are one contiguous range of the arena (as in Gpt<float>).
+  auto range = [&L](std::initializer_list<int> ids) {
+    size_t b = SIZE_MAX, e = 0;
+    for (int i : ids) {
+      if (i < 0) continue;
+      b = std::min(b, L.spec(i).offset);
+      e = std::max(e, L.spec(i).offset + static_cast<size_t>(L.spec(i).numel));
+    }
+    return std::pair<size_t, size_t>{b, e};
+  };
+  for (Block& b : g->blocks_)
+    b.range = range({b.ln1_w, b.ln1_b, b.attn_w, b.attn_b, b.proj_w, b.proj_b, b.ln2_w, b.ln2_b, b.fc_w, b.fc_b,
+                     b.fcproj_w, b.fcproj_b});
+  g->lnf_range_ = range({g->lnf_w_, g->lnf_b_});
+  g->emb_range_ = range({g->wte_, g->wpe_});
   RT_RETURN_IF_ERROR(g->params_.Allocate(L.total(), "parameters"));
   RT_RETURN_IF_ERROR(g->grads_.Allocate(L.total(), "gradients"));
   if (bf16) RT_RETURN_IF_ERROR(g->wbf_.Allocate(L.total(), "bf16 weights"));
@@ -346,7 +363,7 @@ StatusOr<double> GpuGpt::Forward(const int32_t* tokens, const int32_t* targets, 
   return cur_valid_ > 0 ? sum / static_cast<double>(cur_valid_) : 0.0;
 }
 
-Status GpuGpt::Backward(float loss_scale) {
+Status GpuGpt::Backward(float loss_scale, const GradReadyFn& on_ready) {
   RT_CHECK_MSG(have_targets_, "Backward needs a Forward with targets");
   const int B = curB_, Tn = curT_, N = B * Tn, C = cfg_.n_embd, V = cfg_.vocab_size, NH = cfg_.n_head;
   const int64_t NC = static_cast<int64_t>(N) * C;
@@ -363,6 +380,7 @@ Status GpuGpt::Backward(float loss_scale) {
   const float* xlast = cfg_.n_layer > 0 ? ba_.back().res2 : encoded_;
   RT_RETURN_IF_ERROR(
       gpu::LayerNormBackward(dres_, G(lnf_w_), G(lnf_b_), dtmp_, xlast, P(lnf_w_), lnf_mean_, lnf_rstd_, N, C, stream_));
+  if (on_ready) on_ready(lnf_range_.first, lnf_range_.second);
   for (int l = cfg_.n_layer - 1; l >= 0; --l) {
     const Block& b = blocks_[static_cast<size_t>(l)];
     const BlockActs& a = ba_[static_cast<size_t>(l)];
@@ -395,9 +413,12 @@ Status GpuGpt::Backward(float loss_scale) {
         LinBack(dtmp_, b.attn_w, b.attn_b, dqkv_, a.ln1, N, C, 3 * C));
     RT_RETURN_IF_ERROR(gpu::LayerNormBackward(dres_, G(b.ln1_w), G(b.ln1_b), dtmp_, x, P(b.ln1_w), a.ln1_mean,
                                               a.ln1_rstd, N, C, stream_));  // dres now d(x)
+    if (on_ready) on_ready(b.range.first, b.range.second);
   }
   if (drop) RT_RETURN_IF_ERROR(gpu::DropoutApply(dres_, dres_, keep_emb_, p, NC, stream_));
-  return gpu::EmbeddingBackward(G(wte_), G(wpe_), dres_, d_tokens, B, Tn, C, stream_);
+  RT_RETURN_IF_ERROR(gpu::EmbeddingBackward(G(wte_), G(wpe_), dres_, d_tokens, B, Tn, C, stream_));
+  if (on_ready) on_ready(emb_range_.first, emb_range_.second);
+  return Status::Ok();
 }
 
 }  // namespace ringtrain

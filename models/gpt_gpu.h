@@ -56,7 +56,15 @@ class GpuGpt {
                            uint64_t seed = 0, uint64_t dropout_key = 0, int64_t row_begin = 0);
   // Backward of (loss_scale * mean loss) of the last Forward with targets; parameter gradients
   // accumulate into the device gradients. Enqueued on the model's stream; returns once enqueued.
-  Status Backward(float loss_scale);
+  // on_ready(begin, end) is called on this thread as soon as the kernels that finish the
+  // gradients of arena range [begin, end) are enqueued (ln_f, then each block from the last, then
+  // the embeddings: Gpt<float>'s ranges), so a caller can queue their all-reduce behind them on
+  // another stream while the rest of backward is still being enqueued and run.
+  Status Backward(float loss_scale, const GradReadyFn& on_ready = nullptr);
+  int device() const { return device_; }
+  cudaStream_t stream() const { return stream_; }
+  // Device gradients (layout().total() floats), for collectives on them.
+  float* grads() { return grads_.data(); }
   // Waits for everything enqueued on the model's stream.
   Status Synchronize();
 
@@ -78,6 +86,7 @@ class GpuGpt {
   GpuGpt(const GptConfig& cfg) : cfg_(cfg) {}
   struct Block {
     int ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b;
+    std::pair<size_t, size_t> range;  // the block's parameters in the arena
   };
   struct BlockActs {
     // att: the (B,NH,T,T) probabilities, or with flash attention the (B,NH,T) log-sum-exps.
@@ -108,6 +117,7 @@ class GpuGpt {
   cuda::DeviceBuffer<double> sumsq_;     // SumSquares scratch
   int wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1;
   std::vector<Block> blocks_;
+  std::pair<size_t, size_t> lnf_range_, emb_range_;
 
   int planB_ = 0, planT_ = 0;
   cuda::DeviceBuffer<float> acts_;

@@ -10,6 +10,9 @@
 #ifdef RINGTRAIN_HAVE_CUDA
 #include "models/gpt_gpu.h"
 #endif
+#ifdef RINGTRAIN_HAVE_NCCL
+#include "collectives/nccl/nccl_communicator.h"
+#endif
 #include "worker/metrics.h"
 
 namespace ringtrain {
@@ -39,6 +42,7 @@ class LmTask final : public Task {
     t->batch_ = static_cast<int>(c.Int("train.batch_size"));
     t->block_ = gc.block_size;
     t->eval_batches_ = static_cast<int>(c.Int("train.eval_batches"));
+    t->deadline_s_ = c.Float("dist.deadline_s");
     t->model_->InitWeights(t->seed_);
     if (saved) RT_RETURN_IF_ERROR(LoadParams(*saved, t->model_->arena(), "GPT"));
     if (c.Str("device") == "cuda") {
@@ -126,9 +130,21 @@ class LmTask final : public Task {
   std::string DataDescription() const override { return data_.description; }
 #ifdef RINGTRAIN_HAVE_CUDA
   std::string DeviceName() const override { return gpu_ ? gpu_->DeviceName() : "cpu"; }
-  bool CanOptimizeOnDevice() const override { return gpu_ != nullptr; }
+  bool CanOptimizeOnDevice(bool data_parallel) const override {
+#ifdef RINGTRAIN_HAVE_NCCL
+    (void)data_parallel;
+    return gpu_ != nullptr;
+#else
+    return gpu_ != nullptr && !data_parallel;  // no NCCL in this build: the host reduces
+#endif
+  }
   Status DeviceStart(const OptimState& st) override {
     RT_CHECK(gpu_ && st.base == 0);
+#ifdef RINGTRAIN_HAVE_NCCL
+    if (shard_.comm && shard_.comm->size() > 1 && !nccl_) {
+      RT_ASSIGN_OR_RETURN(nccl_, coll::NcclCommunicator::Create(*shard_.comm, gpu_->device(), deadline_s_));
+    }
+#endif
     const float* m = st.m.size() ? st.m.data() : nullptr;
     const float* v = st.v.size() ? st.v.data() : nullptr;
     RT_RETURN_IF_ERROR(gpu_->StartOptimizer(model_->arena().params.data(), m, v).WithContext("starting the device optimizer"));
@@ -136,7 +152,19 @@ class LmTask final : public Task {
     return Status::Ok();
   }
   Status DeviceZeroGrads() override { return gpu_->ZeroGrads(); }
-  StatusOr<double> DeviceGradSumSquares() override { return gpu_->GradSumSquares(); }
+  StatusOr<double> DeviceGradSumSquares() override {
+#ifdef RINGTRAIN_HAVE_NCCL
+    Status first = grad_sync_error_;
+    for (coll::Work& w : grad_works_) {
+      const Status s = w.Wait();
+      if (first.ok() && !s.ok()) first = s;
+    }
+    grad_works_.clear();
+    grad_sync_error_ = Status::Ok();
+    RT_RETURN_IF_ERROR(first.WithContext("averaging gradients over the data-parallel group (NCCL)"));
+#endif
+    return gpu_->GradSumSquares();
+  }
   Status DeviceOptimizerUpdate(const OptimConfig& oc, double lr, int64_t t, float grad_scale,
                                const std::vector<std::pair<size_t, size_t>>& decay_ranges) override {
     RT_CHECK(resident_ && oc.kind != OptimKind::kSgd && oc.l1 == 0 && oc.l2 == 0);
@@ -171,6 +199,20 @@ class LmTask final : public Task {
       // Parameters and gradients stay on the device; the trainer zeroes the gradients per step.
       RT_ASSIGN_OR_RETURN(const double loss,
                           gpu_->Forward(tokens_.data(), targets_.data(), batch_, block_, true, seed_, index, row0));
+#ifdef RINGTRAIN_HAVE_NCCL
+      if (nccl_ && ready) {
+        // The step's last micro-step: each range's average over the group goes on the NCCL
+        // stream behind the kernels that finish it, while the rest of backward runs.
+        RT_RETURN_IF_ERROR(gpu_->Backward(loss_scale, [this](size_t b, size_t e) {
+          if (!grad_sync_error_.ok()) return;
+          grad_sync_error_ = nccl_->WaitFor(gpu_->stream());
+          if (grad_sync_error_.ok())
+            grad_works_.push_back(nccl_->IAllReduce(gpu_->grads() + b, static_cast<int64_t>(e - b),
+                                                    coll::DataType::kF32, coll::ReduceOp::kAvg));
+        }));
+        return loss;
+      }
+#endif
       RT_RETURN_IF_ERROR(gpu_->Backward(loss_scale));
       return loss;
     }
@@ -192,6 +234,14 @@ class LmTask final : public Task {
   std::vector<float> grad_buf_;
   bool resident_ = false;  // DeviceStart ran: the device holds the master parameters
 #endif
+#ifdef RINGTRAIN_HAVE_NCCL
+  // Data parallelism with the optimizer on the device: the group's communicator on the devices,
+  // the step's queued gradient averages, and the first error queueing them.
+  std::unique_ptr<coll::NcclCommunicator> nccl_;
+  std::vector<coll::Work> grad_works_;
+  Status grad_sync_error_;
+#endif
+  double deadline_s_ = 300;
   TokenData data_;
   TaskShard shard_;
   std::unique_ptr<Gpt<float>> model_;

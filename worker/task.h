@@ -69,9 +69,14 @@ class Task {
   // gradients and Adam/AdamW moments stay in device memory between steps, micro-steps copy
   // nothing between host and device, and the host copies (arena().params and the optimizer state)
   // are brought up to date only by DeviceFetch. Until DeviceStart, the host arena is the master.
-  virtual bool CanOptimizeOnDevice() const { return false; }
+  // data_parallel: whether the job has several data-parallel ranks, whose gradients the task must
+  // then average on the devices itself (NCCL).
+  virtual bool CanOptimizeOnDevice(bool data_parallel) const { (void)data_parallel; return false; }
   // Uploads the host parameters and the moments of st (the whole arena; absent moments: zeros)
   // and switches to device-resident micro-steps. Again after the host copies changed (a resume).
+  // With data parallelism (collective over the group): sets up the device communicator; from then
+  // on the micro-step given a ready callback (the step's last) queues each range's average over
+  // the group as soon as backward has finished it, and DeviceGradSumSquares waits for them.
   virtual Status DeviceStart(const OptimState& st) { (void)st; return Internal("this task has no device optimizer"); }
   virtual Status DeviceZeroGrads() { return Internal("this task has no device optimizer"); }
   // Sum of squares of the device gradients (double).

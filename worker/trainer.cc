@@ -155,7 +155,15 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const T
     t->opt_states_.clear();
     t->ckpt_async_ = false;  // the servers write their shards synchronously
   } else {
-    t->sync_ = MakeGradientSync(dpc, A, so);
+    // device cuda with Adam/AdamW: the optimizer runs on the device, so nothing crosses between
+    // host and device in a step; with data parallelism the task averages the gradients on the
+    // devices (NCCL), queued behind backward. (Tensor parallelism, ZeRO-1 and parameter servers
+    // work on the host arena; SGD and the L1/L2 penalties have no device kernel;
+    // optim.on_device = off keeps the host.)
+    t->on_device_ = t->tp_ == 1 && !(so.zero1 && t->dp_ > 1) && config.Str("optim.on_device") == "auto" &&
+                    t->oc_.kind != OptimKind::kSgd && t->oc_.l1 == 0 && t->oc_.l2 == 0 &&
+                    t->task_->CanOptimizeOnDevice(t->dp_ > 1);
+    t->sync_ = t->on_device_ ? std::unique_ptr<GradientSync>(std::make_unique<NoSync>(A)) : MakeGradientSync(dpc, A, so);
     // The gradient norm sums over the TP group; replicated tensors count once (TP rank 0's).
     if (t->tp_ > 1 && t->tp_comm_->rank() != 0) t->sync_->set_norm_skip(t->replicated_);
     for (const auto& [b, e] : t->sync_->Owned()) {
@@ -164,14 +172,10 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const T
     }
     if (!opts.resume.empty()) RT_RETURN_IF_ERROR(t->Resume());
   }
-  // device cuda, one process: the optimizer runs on the device, so nothing crosses between host
-  // and device in a step. (Data or tensor parallelism and parameter servers reduce on the host;
-  // SGD and the L1/L2 penalties have no device kernel; optim.on_device = off keeps the host.)
-  if (!use_ps && t->world_ == 1 && config.Str("optim.on_device") == "auto" && t->oc_.kind != OptimKind::kSgd &&
-      t->oc_.l1 == 0 && t->oc_.l2 == 0 && t->task_->CanOptimizeOnDevice()) {
+  if (t->on_device_) {
+    // After a resume: the loaded parameters and moments go up.
     RT_CHECK(t->opt_states_.size() == 1 && t->opt_states_[0].base == 0);
     RT_RETURN_IF_ERROR(t->task_->DeviceStart(t->opt_states_[0]));
-    t->on_device_ = true;
   }
   if (!opts.checkpoint_root.empty() && t->ckpt_async_)
     t->PrepareSnapshot(t->CheckpointWriteSet(), ContentOf(*t->task_, t->opt_states_, t->oc_));
@@ -546,6 +550,9 @@ StatusOr<TrainSummary> Trainer::Run() {
     if (ps_)
       std::printf("parameter servers: %d worker(s), %s, bucket %.3g MB, %s\n", dp_, sync_->name(),
                   config_.Float("dist.bucket_mb"), config_.Bool("dist.overlap") ? "pushed during backward" : "pushed after backward");
+    else if (dp_ > 1 && on_device_)
+      std::printf("data parallel: %d ranks, gradients averaged on the devices by NCCL, each block's queued as "
+                  "backward finishes it\n", dp_);
     else if (dp_ > 1)
       std::printf("data parallel: %d ranks, gradient sync %s (%s, bucket %.3g MB, %s)\n", dp_, sync_->name(),
                   opts_.comm->transport_kind(), config_.Float("dist.bucket_mb"),

@@ -81,8 +81,9 @@ class Trainer {
   // The whole model's parameters (gathered over the tensor-parallel group; collective there;
   // copied from the device first when the optimizer runs there).
   StatusOr<std::vector<float>> FullParams();
-  // Whether the optimizer runs on the device (device cuda, one process, Adam/AdamW): then the host
-  // arena is brought up to date only by checkpoints, FullParams and the saved model.
+  // Whether the optimizer runs on the device (device cuda, Adam/AdamW, no TP/ZeRO-1/PS; data
+  // parallelism through NCCL): then the host arena is brought up to date only by checkpoints,
+  // FullParams and the saved model.
   bool optimizer_on_device() const { return on_device_; }
   // Payload bytes of the last step's tensor-parallel all-reduces (model activations and gradients,
   // plus the replicated-parameter broadcast) and of its data-parallel gradient sync, per rank

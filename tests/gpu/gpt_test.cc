@@ -6,8 +6,9 @@
 //    within 1e-4 relative, and so do 5 steps. (SGD runs on the host on both; Adam's g/sqrt(v)
 //    would turn rounding-level gradients into full-size steps of either sign, so the exact check
 //    uses SGD.)
-//  - the optimizer on the device (AdamW; the default for one process) equals the host optimizer, and
-//    a run resumed from its checkpoint is bitwise the uninterrupted one;
+//  - the optimizer on the device (AdamW; the default) equals the host optimizer, a run resumed from
+//    its checkpoint is bitwise the uninterrupted one, and with 2 GPUs data parallelism through NCCL
+//    follows one process;
 //  - without a GPU, device cuda is one clear error (this case runs on machines without a GPU).
 #include <gtest/gtest.h>
 
@@ -20,6 +21,7 @@
 #include "core/config.h"
 #include "models/gpt.h"
 #include "models/gpt_gpu.h"
+#include "tests/util/run_ranks.h"
 #include "tests/util/temp_dir.h"
 #include "worker/trainer.h"
 
@@ -334,6 +336,53 @@ TEST(GpuTrainer, Bf16TrainsLikeFp32) {
   }
   EXPECT_LT(last[0], first - 0.1);  // (on the CPU, fp32: 2.81 at step 1, 2.60 at step 30)
   EXPECT_NEAR(last[1], last[0], 0.03 * last[0]);
+}
+
+// Data parallelism with the optimizer on the device: 2 in-process ranks with a GPU each average
+// their gradients with NCCL, queued behind each block's backward. The replicas stay bitwise
+// identical, and the losses follow one process training the whole batch (within 1e-4).
+TEST(GpuDataParallel, NcclOnDeviceFollowsOneProcess) {
+  if (CudaDeviceCount() < 2) GTEST_SKIP() << "needs 2 CUDA devices, this machine has " << CudaDeviceCount();
+  auto sets = AdamSets("auto", 5);
+  std::vector<double> one_losses;
+  {
+    auto whole = sets;
+    whole.push_back("train.batch_size=8");
+    auto c = Config::Load("", whole);
+    ASSERT_TRUE(c.ok()) << c.status().message();
+    TrainOptions o;
+    o.print = false;
+    auto t = Trainer::Create(*c, o);
+    ASSERT_TRUE(t.ok()) << t.status().message();
+    for (int s = 0; s < 5; ++s) {
+      auto l = (*t)->Step(s);
+      ASSERT_TRUE(l.ok()) << l.status().message();
+      one_losses.push_back(*l);
+    }
+  }
+  std::vector<double> losses[2];
+  std::vector<float> params[2];
+  auto st = testing::RunRanks(2, [&](coll::Communicator& comm) -> Status {
+    const size_t r = static_cast<size_t>(comm.rank());
+    RT_ASSIGN_OR_RETURN(Config c, Config::Load("", sets));  // batch 4 per rank
+    TrainOptions o;
+    o.print = false;
+    o.comm = &comm;
+    o.local_size = 2;
+    o.local_rank = comm.rank();
+    RT_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> t, Trainer::Create(c, o));
+    if (!t->optimizer_on_device()) return Internal("the optimizer is not on the device");
+    for (int s = 0; s < 5; ++s) {
+      RT_ASSIGN_OR_RETURN(const double l, t->Step(s));
+      losses[r].push_back(l);
+    }
+    RT_ASSIGN_OR_RETURN(params[r], t->FullParams());
+    return Status::Ok();
+  });
+  for (size_t r = 0; r < 2; ++r) ASSERT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r].message();
+  EXPECT_TRUE(params[0] == params[1]) << "the two replicas differ after 5 steps";
+  for (size_t s = 0; s < 5; ++s)
+    EXPECT_NEAR(losses[0][s], one_losses[s], 1e-4 * std::fabs(one_losses[s])) << "loss of step " << s + 1;
 }
 
 TEST(GpuTrainer, NoGpuIsOneClearError) {
