@@ -214,7 +214,7 @@ Status BenchTrain(const BenchArgs& a) {
                         {"num_params", trainer->task().NumParams()},
                         {"ranks", world},
                         {"transport", world > 1 ? dist.comm->transport_kind() : "none"},
-                        {"sync", trainer->sync().name()},
+                        {"sync", trainer->SyncName()},
                         {"exposed_comm_ms_per_step", exposed_ms / static_cast<double>(a.steps)},
                         {"exposed_comm_share", exposed_share},
                         // Averages over ranks: time communication was in progress per step, the
@@ -278,7 +278,7 @@ Status BenchTrain(const BenchArgs& a) {
     }
     if (world > 1)
       std::printf("  %d ranks (%s, sync %s): exposed communication %.2f ms/step = %.1f%% of the step\n", world,
-                  dist.comm->transport_kind(), trainer->sync().name(), exposed_ms / static_cast<double>(a.steps),
+                  dist.comm->transport_kind(), trainer->SyncName().c_str(), exposed_ms / static_cast<double>(a.steps),
                   100.0 * exposed_share);
     if (vs_one)
       std::printf("  1 rank alone (rank 0, same per-rank batch and threads, in %d-step blocks alternating with the "

@@ -131,11 +131,13 @@ class LmTask final : public Task {
 #ifdef RINGTRAIN_HAVE_CUDA
   std::string DeviceName() const override { return gpu_ ? gpu_->DeviceName() : "cpu"; }
   bool CanOptimizeOnDevice(bool data_parallel) const override {
+    if (!gpu_) return false;
+    if (!data_parallel) return true;
 #ifdef RINGTRAIN_HAVE_NCCL
-    (void)data_parallel;
-    return gpu_ != nullptr;
+    // NCCL needs a GPU of its own per rank; ranks sharing GPUs reduce on the host.
+    return shard_.local_size <= CudaDeviceCount();
 #else
-    return gpu_ != nullptr && !data_parallel;  // no NCCL in this build: the host reduces
+    return false;  // no NCCL in this build: the host reduces
 #endif
   }
   Status DeviceStart(const OptimState& st) override {
@@ -152,7 +154,8 @@ class LmTask final : public Task {
     return Status::Ok();
   }
   Status DeviceZeroGrads() override { return gpu_->ZeroGrads(); }
-  StatusOr<double> DeviceGradSumSquares() override {
+  Status DeviceFinishBackward() override { return gpu_->Synchronize(); }
+  Status DeviceFinishGradSync() override {
 #ifdef RINGTRAIN_HAVE_NCCL
     Status first = grad_sync_error_;
     for (coll::Work& w : grad_works_) {
@@ -161,10 +164,12 @@ class LmTask final : public Task {
     }
     grad_works_.clear();
     grad_sync_error_ = Status::Ok();
-    RT_RETURN_IF_ERROR(first.WithContext("averaging gradients over the data-parallel group (NCCL)"));
+    return first.WithContext("averaging gradients over the data-parallel group (NCCL)");
+#else
+    return Status::Ok();
 #endif
-    return gpu_->GradSumSquares();
   }
+  StatusOr<double> DeviceGradSumSquares() override { return gpu_->GradSumSquares(); }
   Status DeviceOptimizerUpdate(const OptimConfig& oc, double lr, int64_t t, float grad_scale,
                                const std::vector<std::pair<size_t, size_t>>& decay_ranges) override {
     RT_CHECK(resident_ && oc.kind != OptimKind::kSgd && oc.l1 == 0 && oc.l2 == 0);
@@ -203,6 +208,8 @@ class LmTask final : public Task {
       if (nccl_ && ready) {
         // The step's last micro-step: each range's average over the group goes on the NCCL
         // stream behind the kernels that finish it, while the rest of backward runs.
+        grad_works_.clear();
+        grad_sync_error_ = Status::Ok();
         RT_RETURN_IF_ERROR(gpu_->Backward(loss_scale, [this](size_t b, size_t e) {
           if (!grad_sync_error_.ok()) return;
           grad_sync_error_ = nccl_->WaitFor(gpu_->stream());

@@ -37,6 +37,7 @@ struct TaskShard {
   coll::Communicator* comm = nullptr;  // not owned; null for one process
   coll::Communicator* tp = nullptr;    // not owned; null: no tensor parallelism
   int local_rank = 0;                  // on this node (picks the GPU under device cuda)
+  int local_size = 1;                  // processes of the job on this node
 };
 
 class Task {
@@ -79,7 +80,12 @@ class Task {
   // the group as soon as backward has finished it, and DeviceGradSumSquares waits for them.
   virtual Status DeviceStart(const OptimState& st) { (void)st; return Internal("this task has no device optimizer"); }
   virtual Status DeviceZeroGrads() { return Internal("this task has no device optimizer"); }
-  // Sum of squares of the device gradients (double).
+  // After the micro-steps: waits until the device has finished backward, then (data parallelism)
+  // until the gradient averages queued behind it have finished. The trainer times the second
+  // wait as exposed communication.
+  virtual Status DeviceFinishBackward() { return Internal("this task has no device optimizer"); }
+  virtual Status DeviceFinishGradSync() { return Internal("this task has no device optimizer"); }
+  // Sum of squares of the device gradients (double; after DeviceFinishGradSync).
   virtual StatusOr<double> DeviceGradSumSquares() { return Internal("this task has no device optimizer"); }
   // OptimizerUpdate's Adam/AdamW update of the whole arena, on the device.
   virtual Status DeviceOptimizerUpdate(const OptimConfig& oc, double lr, int64_t t, float grad_scale,

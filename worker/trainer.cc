@@ -107,6 +107,7 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const T
   if (dpc) shard = {dpc->rank(), dpc->size(), dpc, nullptr};
   shard.tp = t->tp_comm_.get();
   shard.local_rank = opts.local_rank;
+  shard.local_size = opts.local_size;
   RT_ASSIGN_OR_RETURN(t->task_, MakeTask(config, nullptr, shard));
   t->accum_ = static_cast<int>(config.Int("train.grad_accum"));
   ParamArena<float>& A = t->task_->arena();
@@ -163,6 +164,13 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const T
     t->on_device_ = t->tp_ == 1 && !(so.zero1 && t->dp_ > 1) && config.Str("optim.on_device") == "auto" &&
                     t->oc_.kind != OptimKind::kSgd && t->oc_.l1 == 0 && t->oc_.l2 == 0 &&
                     t->task_->CanOptimizeOnDevice(t->dp_ > 1);
+    if (dpc && config.Str("device") == "cuda") {
+      // Every rank of the group must take the same path (their collectives differ): all or none.
+      double all = t->on_device_ ? 1.0 : 0.0;
+      RT_RETURN_IF_ERROR(dpc->AllReduce(&all, 1, coll::DataType::kF64, coll::ReduceOp::kMin)
+                             .WithContext("agreeing where the optimizer runs"));
+      t->on_device_ = all > 0.5;
+    }
     t->sync_ = t->on_device_ ? std::unique_ptr<GradientSync>(std::make_unique<NoSync>(A)) : MakeGradientSync(dpc, A, so);
     // The gradient norm sums over the TP group; replicated tensors count once (TP rank 0's).
     if (t->tp_ > 1 && t->tp_comm_->rank() != 0) t->sync_->set_norm_skip(t->replicated_);
@@ -422,19 +430,18 @@ StatusOr<double> Trainer::Step(int64_t step) {
   const std::string where = "gradient sync at step " + std::to_string(step + 1);
   if (opts_.barrier_before_sync && world_ > 1)
     RT_RETURN_IF_ERROR(opts_.comm->Barrier().WithContext("barrier before the gradient sync at step " + std::to_string(step + 1)));
-  // Optimizer on the device: backward was only enqueued; the norm waits for it, so backward's end
-  // (t0 below) is when the device finished, not when the host finished enqueueing.
-  double device_sq = 0;
-  if (on_device_) {
-    RT_ASSIGN_OR_RETURN(device_sq, task_->DeviceGradSumSquares());
-  }
+  // Optimizer on the device: backward was only enqueued, so backward's end (t0) is when the
+  // device finished it, and the wait for the gradient averages queued behind it is the exposed
+  // communication.
+  if (on_device_) RT_RETURN_IF_ERROR(task_->DeviceFinishBackward().WithContext("step " + std::to_string(step + 1)));
   const auto t0 = Clock::now();
   RT_RETURN_IF_ERROR(sync_->Finish().WithContext(where));
+  if (on_device_) RT_RETURN_IF_ERROR(task_->DeviceFinishGradSync().WithContext(where));
   const auto t_synced = Clock::now();
   double exposed = std::chrono::duration<double>(t_synced - t0).count();
   last_backward_end_s_ = std::chrono::duration<double>(t0.time_since_epoch()).count();
   last_synced_s_ = std::chrono::duration<double>(t_synced.time_since_epoch()).count();
-  RT_ASSIGN_OR_RETURN(double sq, on_device_ ? StatusOr<double>(device_sq) : sync_->GradSumSquares());
+  RT_ASSIGN_OR_RETURN(double sq, on_device_ ? task_->DeviceGradSumSquares() : sync_->GradSumSquares());
   // Under PS the norm is a round trip to the servers (they have summed every worker's push):
   // communication, not compute. (All-reduce sync: a local sum and one 8-byte all-reduce.)
   if (ps_) exposed += std::chrono::duration<double>(Clock::now() - t_synced).count();

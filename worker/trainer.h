@@ -85,6 +85,9 @@ class Trainer {
   // parallelism through NCCL): then the host arena is brought up to date only by checkpoints,
   // FullParams and the saved model.
   bool optimizer_on_device() const { return on_device_; }
+  // How gradients are made consistent, for reports: the sync engine's name, or "nccl (device)"
+  // when data-parallel ranks average them on their GPUs.
+  std::string SyncName() const { return on_device_ && dp_ > 1 ? "nccl (device)" : sync_->name(); }
   // Payload bytes of the last step's tensor-parallel all-reduces (model activations and gradients,
   // plus the replicated-parameter broadcast) and of its data-parallel gradient sync, per rank
   // (parameter servers: the bytes pushed and pulled).

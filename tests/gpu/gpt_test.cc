@@ -11,6 +11,7 @@
 //    follows one process;
 //  - without a GPU, device cuda is one clear error (this case runs on machines without a GPU).
 #include <gtest/gtest.h>
+#include <stdlib.h>
 
 #include <algorithm>
 #include <cmath>
@@ -27,6 +28,11 @@
 
 namespace ringtrain {
 namespace {
+
+// Eager CUDA module loading for the whole suite, set before any CUDA call: with lazy loading a
+// kernel's first launch may wait for the whole context, and in-process ranks would then wait on
+// each other's spinning NCCL kernels.
+const int kEagerModules = ::setenv("CUDA_MODULE_LOADING", "EAGER", /*overwrite=*/0);
 
 #define SKIP_WITHOUT_GPU() \
   if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device on this machine"
@@ -338,12 +344,27 @@ TEST(GpuTrainer, Bf16TrainsLikeFp32) {
   EXPECT_NEAR(last[1], last[0], 0.03 * last[0]);
 }
 
+// A trainer for in-process rank comm of a 2-rank job on this machine (local ranks 0 and 1).
+StatusOr<std::unique_ptr<Trainer>> RankTrainer(const std::vector<std::string>& sets, coll::Communicator& comm) {
+  RT_ASSIGN_OR_RETURN(Config c, Config::Load("", sets));
+  TrainOptions o;
+  o.print = false;
+  o.comm = &comm;
+  o.local_size = 2;
+  o.local_rank = comm.rank();
+  return Trainer::Create(c, o);
+}
+
 // Data parallelism with the optimizer on the device: 2 in-process ranks with a GPU each average
 // their gradients with NCCL, queued behind each block's backward. The replicas stay bitwise
 // identical, and the losses follow one process training the whole batch (within 1e-4).
 TEST(GpuDataParallel, NcclOnDeviceFollowsOneProcess) {
+#ifndef RINGTRAIN_HAVE_NCCL
+  GTEST_SKIP() << "this build has no NCCL: data-parallel GPU jobs reduce on the host";
+#endif
   if (CudaDeviceCount() < 2) GTEST_SKIP() << "needs 2 CUDA devices, this machine has " << CudaDeviceCount();
   auto sets = AdamSets("auto", 5);
+  sets.push_back("dist.deadline_s=60");  // a failing rank does not keep the other waiting 300 s
   std::vector<double> one_losses;
   {
     auto whole = sets;
@@ -364,13 +385,7 @@ TEST(GpuDataParallel, NcclOnDeviceFollowsOneProcess) {
   std::vector<float> params[2];
   auto st = testing::RunRanks(2, [&](coll::Communicator& comm) -> Status {
     const size_t r = static_cast<size_t>(comm.rank());
-    RT_ASSIGN_OR_RETURN(Config c, Config::Load("", sets));  // batch 4 per rank
-    TrainOptions o;
-    o.print = false;
-    o.comm = &comm;
-    o.local_size = 2;
-    o.local_rank = comm.rank();
-    RT_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> t, Trainer::Create(c, o));
+    RT_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> t, RankTrainer(sets, comm));  // batch 4 per rank
     if (!t->optimizer_on_device()) return Internal("the optimizer is not on the device");
     for (int s = 0; s < 5; ++s) {
       RT_ASSIGN_OR_RETURN(const double l, t->Step(s));
@@ -383,6 +398,21 @@ TEST(GpuDataParallel, NcclOnDeviceFollowsOneProcess) {
   EXPECT_TRUE(params[0] == params[1]) << "the two replicas differ after 5 steps";
   for (size_t s = 0; s < 5; ++s)
     EXPECT_NEAR(losses[0][s], one_losses[s], 1e-4 * std::fabs(one_losses[s])) << "loss of step " << s + 1;
+}
+
+// Two ranks on a machine with one GPU share it; NCCL cannot put two ranks on one device, so the
+// job keeps the host optimizer (every rank agrees) and still trains.
+TEST(GpuDataParallel, RanksSharingAGpuReduceOnTheHost) {
+  if (CudaDeviceCount() != 1) GTEST_SKIP() << "for machines with exactly one CUDA device";
+  auto sets = AdamSets("auto", 2);
+  sets.push_back("dist.deadline_s=60");
+  auto st = testing::RunRanks(2, [&](coll::Communicator& comm) -> Status {
+    RT_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> t, RankTrainer(sets, comm));
+    if (t->optimizer_on_device()) return Internal("two ranks on one GPU chose the device optimizer");
+    for (int s = 0; s < 2; ++s) RT_RETURN_IF_ERROR(t->Step(s).status());
+    return Status::Ok();
+  });
+  for (size_t r = 0; r < 2; ++r) EXPECT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r].message();
 }
 
 TEST(GpuTrainer, NoGpuIsOneClearError) {
