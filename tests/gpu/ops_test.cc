@@ -14,61 +14,14 @@
 #include "core/cuda/ops.h"
 #include "core/rng.h"
 #include "models/optim.h"
+#include "tests/gpu/gpu_test_util.h"
 
 namespace ringtrain {
 namespace {
 
-bool HaveGpu() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-
-#define SKIP_WITHOUT_GPU() \
-  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device on this machine"
-
-std::vector<float> Random(size_t n, uint64_t key, float scale = 1.f) {
-  Rng r(key);
-  std::vector<float> v(n);
-  for (auto& x : v) x = (r.UniformF() * 2.f - 1.f) * scale;
-  return v;
-}
-
-// A device copy of a host vector; Host() copies it back.
-template <typename T>
-struct Dev {
-  T* p = nullptr;
-  size_t n = 0;
-  explicit Dev(const std::vector<T>& h) : n(h.size()) {
-    EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(1, n) * sizeof(T)), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  explicit Dev(size_t count) : Dev(std::vector<T>(count)) {}
-  ~Dev() { cudaFree(p); }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  std::vector<T> Host() const {
-    std::vector<T> h(n);
-    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-    return h;
-  }
-};
-
-// Largest |got - want| relative to the largest |want|.
-void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, const char* what, double tol = 1e-5) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  double diff = 0, mag = 1e-30;
-  size_t at = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double d = std::fabs(static_cast<double>(got[i]) - want[i]);
-    if (d > diff) {
-      diff = d;
-      at = i;
-    }
-    mag = std::max(mag, std::fabs(static_cast<double>(want[i])));
-  }
-  EXPECT_LE(diff / mag, tol) << what << ": element " << at << " is " << got[at] << ", reference " << want[at];
-}
+using testing::Dev;
+using testing::ExpectClose;
+using testing::Random;
 
 constexpr int B = 2, T = 16, C = 32, NH = 4, V = 50, N = B * T, OC = 48;
 
