@@ -201,7 +201,7 @@ void MaxPoolForward(T* out, int32_t* argmax, const T* in, int N, int C, int H, i
     for (int oh = 0; oh < OH; ++oh) {
       for (int ow = 0; ow < OW; ++ow) {
         T best = -std::numeric_limits<T>::infinity();
-        int32_t bi = 0;
+        int32_t bi = oh * st * W + ow * st;  // the window's first pixel if nothing beats -inf (NaNs)
         for (int i = 0; i < k; ++i) {
           for (int j = 0; j < k; ++j) {
             const int idx = (oh * st + i) * W + ow * st + j;

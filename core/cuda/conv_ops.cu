@@ -65,16 +65,28 @@ __global__ void BiasPlanesKernel(float* out, const float* b, int OC, int64_t P, 
   RT_GRID_STRIDE(i, n) { out[i] += b[(i / P) % OC]; }
 }
 
-// db[oc] += sum over images and positions of dout (N,OC,P), in order: one thread per channel.
-__global__ void BiasGradPlanesKernel(float* db, const float* dout, int N, int OC, int64_t P) {
-  const int oc = blockIdx.x * blockDim.x + threadIdx.x;
-  if (oc >= OC) return;
-  float acc = 0.f;
-  for (int n = 0; n < N; ++n) {
-    const float* d = dout + (static_cast<int64_t>(n) * OC + oc) * P;
-    for (int64_t i = 0; i < P; ++i) acc += d[i];
+// Sum over the block of per-thread values (blockDim.x = kThreads), fixed tree; every thread gets it.
+__device__ float BlockTreeSum(float v, float* part) {
+  __syncthreads();  // part may still be read by a previous call
+  part[threadIdx.x] = v;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
+    __syncthreads();
   }
-  db[oc] += acc;
+  return part[0];
+}
+
+// db[oc] += sum over images and positions of dout (N,OC,P): one block per channel, each thread a
+// strided share, then a fixed tree (deterministic).
+__global__ void BiasGradPlanesKernel(float* db, const float* dout, int N, int OC, int64_t P) {
+  __shared__ float part[kThreads];
+  const int oc = blockIdx.x;
+  const int64_t cnt = static_cast<int64_t>(N) * P;
+  float acc = 0.f;
+  for (int64_t j = threadIdx.x; j < cnt; j += blockDim.x) acc += dout[((j / P) * OC + oc) * P + j % P];
+  acc = BlockTreeSum(acc, part);
+  if (threadIdx.x == 0) db[oc] += acc;
 }
 
 __global__ void MaxPoolFwdKernel(float* out, int32_t* argmax, const float* in, int H, int W, int k, int st, int OH,
@@ -83,7 +95,7 @@ __global__ void MaxPoolFwdKernel(float* out, int32_t* argmax, const float* in, i
     const int ow = static_cast<int>(o % OW), oh = static_cast<int>((o / OW) % OH);
     const float* x = in + (o / (static_cast<int64_t>(OH) * OW)) * H * W;
     float best = -INFINITY;
-    int32_t bi = 0;
+    int32_t bi = oh * st * W + ow * st;  // the window's first pixel if nothing beats -inf (NaNs)
     for (int i = 0; i < k; ++i)
       for (int j = 0; j < k; ++j) {
         const int idx = (oh * st + i) * W + ow * st + j;
@@ -145,7 +157,8 @@ __global__ void AvgPoolBwdKernel(float* din, const float* dout, int H, int W, in
     Covering(iw, k, st, OW, &ow0, &ow1);
     float acc = 0.f;
     for (int oh = oh0; oh <= oh1; ++oh)
-      for (int ow = ow0; ow <= ow1; ++ow) acc += dout[plane * OH * OW + static_cast<int64_t>(oh) * OW + ow] * inv;
+      for (int ow = ow0; ow <= ow1; ++ow)  // the product rounded first, as the CPU's (no FMA)
+        acc += __fmul_rn(dout[plane * OH * OW + static_cast<int64_t>(oh) * OW + ow], inv);
     din[i] = acc;
   }
 }
@@ -156,18 +169,6 @@ __global__ void ReluFwdKernel(float* out, const float* in, int64_t n) {
 
 __global__ void ReluBwdKernel(float* din, const float* dout, const float* out, int64_t n) {
   RT_GRID_STRIDE(i, n) { din[i] = out[i] > 0.f ? dout[i] : 0.f; }
-}
-
-// Sum over the block of per-thread values (blockDim.x = kThreads), fixed tree; every thread gets it.
-__device__ float BlockTreeSum(float v, float* part) {
-  __syncthreads();  // part may still be read by a previous call
-  part[threadIdx.x] = v;
-  __syncthreads();
-  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-    if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
-    __syncthreads();
-  }
-  return part[0];
 }
 
 // One block per channel: mean, centred variance, then the normalisation.
@@ -279,8 +280,8 @@ Status Conv2dBackward(const Blas& blas, float* din, float* dw, float* db, const 
                     scratch + img * ckk * ohw, static_cast<int>(ohw), dout + img * s.OC * ohw, static_cast<int>(ohw),
                     &one, dw, static_cast<int>(ckk)),
         "Conv2dBackward sgemm (weights)"));
-  if (db) {
-    BiasGradPlanesKernel<<<Blocks(s.OC, 128), 128, 0, blas.stream()>>>(db, dout, s.N, s.OC, ohw);
+  if (db && s.OC > 0) {
+    BiasGradPlanesKernel<<<s.OC, kThreads, 0, blas.stream()>>>(db, dout, s.N, s.OC, ohw);
     RT_RETURN_IF_ERROR(Launched("Conv2dBackward bias"));
   }
   if (din == nullptr) return Status::Ok();
@@ -340,6 +341,7 @@ Status ReluBackward(float* din, const float* dout, const float* out, int64_t n, 
 Status BatchNormForward(float* out, float* mean, float* rstd, float* running_mean, float* running_var, const float* in,
                         const float* w, const float* b, int N, int C, int HW, bool train, float momentum, float eps,
                         cudaStream_t s) {
+  if (C == 0) return Status::Ok();
   BatchNormFwdKernel<<<C, kThreads, 0, s>>>(out, mean, rstd, running_mean, running_var, in, w, b, N, C, HW, train,
                                             momentum, eps);
   return Launched("BatchNormForward");
@@ -347,6 +349,7 @@ Status BatchNormForward(float* out, float* mean, float* rstd, float* running_mea
 
 Status BatchNormBackward(float* din, float* dw, float* db, const float* dout, const float* in, const float* w,
                          const float* mean, const float* rstd, int N, int C, int HW, cudaStream_t s) {
+  if (C == 0) return Status::Ok();
   BatchNormBwdKernel<<<C, kThreads, 0, s>>>(din, dw, db, dout, in, w, mean, rstd, N, C, HW);
   return Launched("BatchNormBackward");
 }
