@@ -11,6 +11,8 @@
 #   shakespeare.txt  (not in quick mode) nanoGPT's shakespeare_char recipe, at most 150 s
 #   pytorch.txt      (not in quick mode) bench/pytorch_gpt.py on the same config: bf16 eager and
 #                    torch.compile, fp32 eager
+# Most important first, within one budget (DEVICE_BUDGET_S, default 520 s; see below); steps.log
+# says which step a bound stopped or the budget skipped.
 # Exit status: 0 when the suite passed, 1 otherwise; the benchmarks never change it.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -44,40 +46,56 @@ if grep -q "=> not found" "$out/env.txt"; then
   exit 1
 fi
 
+# Every step gets at most its own cap and what is left of the call's budget (DEVICE_BUDGET_S,
+# default 520 s, under the 540 s the device call is given), most important first, so a slow step
+# costs the later ones, never the results already written.
+budget=${DEVICE_BUDGET_S:-520}
+cap() {  # cap SECONDS: the timeout for the next step, or 0 when under 20 s are left
+  local left=$((budget - SECONDS - 5))
+  if [ "$left" -lt 20 ]; then echo 0; elif [ "$1" -lt "$left" ]; then echo "$1"; else echo "$left"; fi
+}
+step() {  # step NAME CAP CMD...: runs CMD under the capped timeout, or says it was skipped
+  local name=$1 t
+  t=$(cap "$2")
+  shift 2
+  # Notes go to steps.log (the command's own output is redirected by the caller).
+  if [ "$t" = 0 ]; then echo "device_run: $name skipped: the call's budget is spent" >> "$out/steps.log"; return 0; fi
+  timeout "$t" "$@" || echo "device_run: $name stopped (exit $?; 124 = its ${t} s bound)" >> "$out/steps.log"
+}
+
 status=0
-timeout 300 .device/bin/gpu_tests --gtest_output="json:$out/gpu_tests.json" > "$out/gpu_tests.log" 2>&1 || status=1
+t=$(cap 240)
+timeout "$t" .device/bin/gpu_tests --gtest_output="json:$out/gpu_tests.json" > "$out/gpu_tests.log" 2>&1 || status=1
 tail -n 30 "$out/gpu_tests.log"
 
 cfg=bench/configs/gpt2_124m.yaml
-timeout 240 .device/bin/ringtrain bench train --config "$cfg" --set device=cuda --steps 20 --json \
-  > "$out/bench_fp32.json" 2> "$out/bench_fp32.err" || echo "device_run: bench train failed: $(tail -n 3 "$out/bench_fp32.err")"
+step "bench train (fp32)" 90 .device/bin/ringtrain bench train --config "$cfg" --set device=cuda --steps 20 --json \
+  > "$out/bench_fp32.json" 2> "$out/bench_fp32.err"
 cat "$out/bench_fp32.json"
 # bf16 mixed precision (tensor-core products), the figure to set against PyTorch's bf16 lines.
-timeout 180 .device/bin/ringtrain bench train --config "$cfg" --set device=cuda --set precision=bf16 --steps 20 --json \
-  > "$out/bench_bf16.json" 2> "$out/bench_bf16.err" || echo "device_run: bench train (bf16) failed: $(tail -n 3 "$out/bench_bf16.err")"
+step "bench train (bf16)" 90 .device/bin/ringtrain bench train --config "$cfg" --set device=cuda --set precision=bf16 \
+  --steps 20 --json > "$out/bench_bf16.json" 2> "$out/bench_bf16.err"
 cat "$out/bench_bf16.json"
-# The same with the optimizer on the host (parameters up and gradients down every micro-step): what
-# keeping everything on the device gains.
-timeout 180 .device/bin/ringtrain bench train --config "$cfg" --set device=cuda --set optim.on_device=off --steps 10 \
-  --json > "$out/bench_fp32_host_optim.json" 2> "$out/bench_fp32_host_optim.err" ||
-  echo "device_run: bench train (host optimizer) failed: $(tail -n 3 "$out/bench_fp32_host_optim.err")"
-
-if [ "$quick" != quick ]; then
-  export PYTHONUNBUFFERED=1
-  { timeout 400 python3 bench/pytorch_gpt.py --config "$cfg" --device cuda --dtype bf16 --mode both
-    timeout 120 python3 bench/pytorch_gpt.py --config "$cfg" --device cuda --dtype fp32 --mode eager; } \
-    > "$out/pytorch.txt" 2>&1 || echo "device_run: the PyTorch reference failed (pytorch.txt)"
-  tail -n 6 "$out/pytorch.txt"
-fi
-# nanoGPT's shakespeare_char recipe (target: validation loss <= 1.47 within 2 minutes). Bounded at
-# 150 s: the progress and evaluation lines in shakespeare.txt say how far it got by then.
+# nanoGPT's shakespeare_char recipe (target: validation loss <= 1.47 within 2 minutes); the
+# progress and evaluation lines in shakespeare.txt say how far it got if the bound stops it.
 if [ "$quick" != quick ] && [ -f .device/data/input.txt ]; then
-  timeout 150 .device/bin/ringtrain train --config bench/configs/shakespeare_char_gpu.yaml --set device=cuda \
-    --set data.path=.device/data/input.txt --run-dir "$out/shakespeare_run" > "$out/shakespeare.txt" 2>&1 ||
-    echo "device_run: shakespeare_char stopped (exit $?; 124 = the 150 s bound)"
+  step "shakespeare_char" 150 .device/bin/ringtrain train --config bench/configs/shakespeare_char_gpu.yaml \
+    --set device=cuda --set data.path=.device/data/input.txt --run-dir "$out/shakespeare_run" > "$out/shakespeare.txt" 2>&1
   grep -E "val loss|^done" "$out/shakespeare.txt" | tail -n 4
 fi
+# The fp32 run with the optimizer on the host (parameters up and gradients down every micro-step):
+# what keeping everything on the device gains.
+step "bench train (host optimizer)" 60 .device/bin/ringtrain bench train --config "$cfg" --set device=cuda \
+  --set optim.on_device=off --steps 10 --json > "$out/bench_fp32_host_optim.json" 2> "$out/bench_fp32_host_optim.err"
+if [ "$quick" != quick ]; then
+  export PYTHONUNBUFFERED=1
+  { step "PyTorch bf16 (eager, compile)" 300 python3 bench/pytorch_gpt.py --config "$cfg" --device cuda --dtype bf16 --mode both
+    step "PyTorch fp32 (eager)" 90 python3 bench/pytorch_gpt.py --config "$cfg" --device cuda --dtype fp32 --mode eager; } \
+    > "$out/pytorch.txt" 2>&1
+  tail -n 8 "$out/pytorch.txt"
+fi
 
+cat "$out/steps.log" 2>/dev/null
 skipped=$(grep -c '^\[  SKIPPED \]' "$out/gpu_tests.log" || true)
 echo "device_run: suite $([ $status = 0 ] && echo passed || echo FAILED), $skipped case(s) skipped (on a GPU machine expect only multi-GPU NCCL cases); files in $out"
 exit $status
