@@ -150,22 +150,13 @@ Status GpuGpt::AdamStep(const gpu::AdamArgs& a, const std::vector<std::pair<size
   RT_CHECK(m_.size() == layout_.total() && v_.size() == layout_.total());  // StartOptimizer first
   gpu::AdamArgs off = a;
   off.weight_decay = 0;
-  auto run = [&](const gpu::AdamArgs& args, size_t b, size_t e) -> Status {
-    if (e <= b) return Status::Ok();
-    return gpu::AdamUpdate(params_.data() + b, grads_.data() + b, m_.data() + b, v_.data() + b,
-                           static_cast<int64_t>(e - b), args, stream_);
-  };
-  size_t pos = 0;
-  const size_t end = layout_.total();
-  for (const auto& [db, de] : decay_ranges) {
-    if (de <= pos) continue;
-    if (db >= end) break;
-    const size_t s = std::max(db, pos), e = std::min(de, end);
-    RT_RETURN_IF_ERROR(run(off, pos, s));
-    RT_RETURN_IF_ERROR(run(a, s, e));
-    pos = e;
-  }
-  return run(off, pos, end);
+  Status st;
+  ForEachDecaySegment(0, layout_.total(), decay_ranges, [&](size_t b, size_t e, bool decay) {
+    if (st.ok())
+      st = gpu::AdamUpdate(params_.data() + b, grads_.data() + b, m_.data() + b, v_.data() + b,
+                           static_cast<int64_t>(e - b), decay ? a : off, stream_);
+  });
+  return st;
 }
 
 Status GpuGpt::DownloadParams(float* host) {

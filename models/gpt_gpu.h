@@ -20,6 +20,7 @@
 #include "core/cuda/memory.h"
 #include "core/cuda/ops.h"
 #include "models/gpt.h"
+#include "models/optim.h"
 
 namespace ringtrain {
 

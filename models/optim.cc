@@ -93,17 +93,9 @@ void OptimizerUpdate(const OptimConfig& oc, double lr, int64_t t, float grad_sca
   RT_CHECK(begin >= st.base && (st.m.size() == 0 || end <= st.base + st.m.size()));
   float* m = st.m.size() ? st.m.data() : nullptr;
   float* v = st.v.size() ? st.v.data() : nullptr;
-  size_t pos = begin;
-  for (const auto& [db, de] : decay_ranges) {
-    if (de <= pos) continue;
-    if (db >= end) break;
-    const size_t s = std::max(db, pos);
-    if (s > pos) UpdateSegment(oc, lr, t, grad_scale, false, params, grads, m, v, st.base, pos, s);
-    const size_t e2 = std::min(de, end);
-    UpdateSegment(oc, lr, t, grad_scale, true, params, grads, m, v, st.base, s, e2);
-    pos = e2;
-  }
-  if (pos < end) UpdateSegment(oc, lr, t, grad_scale, false, params, grads, m, v, st.base, pos, end);
+  ForEachDecaySegment(begin, end, decay_ranges, [&](size_t b, size_t e, bool decay) {
+    UpdateSegment(oc, lr, t, grad_scale, decay, params, grads, m, v, st.base, b, e);
+  });
 }
 
 double SumSquares(const float* g, size_t n) {

@@ -44,6 +44,23 @@ void OptimizerUpdate(const OptimConfig& oc, double lr, int64_t t, float grad_sca
                      const float* grads, OptimState& st, size_t begin, size_t end,
                      const std::vector<std::pair<size_t, size_t>>& decay_ranges);
 
+// Cuts [begin, end) into consecutive segments at the edges of decay_ranges (sorted, disjoint) and
+// calls fn(b, e, decay) for each non-empty one in order; decay: the segment lies in a decay range.
+// The one walk OptimizerUpdate and the device optimizer share.
+template <typename Fn>
+void ForEachDecaySegment(size_t begin, size_t end, const std::vector<std::pair<size_t, size_t>>& decay_ranges, Fn fn) {
+  size_t pos = begin;
+  for (const auto& [db, de] : decay_ranges) {
+    if (de <= pos) continue;
+    if (db >= end) break;
+    const size_t s = db > pos ? db : pos, e = de < end ? de : end;
+    if (s > pos) fn(pos, s, false);
+    fn(s, e, true);
+    pos = e;
+  }
+  if (pos < end) fn(pos, end, false);
+}
+
 // Sum of squares of g[0, n) in double (deterministic blocked reduction).
 double SumSquares(const float* g, size_t n);
 // The factor clipping by global norm applies: min(1, clip / (norm + 1e-6)); 1 when clip <= 0.

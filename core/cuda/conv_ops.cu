@@ -11,6 +11,7 @@ namespace ringtrain::gpu {
 namespace {
 
 using cuda::Blocks;
+using cuda::BlockSum;
 using cuda::kThreads;
 using cuda::Launched;
 
@@ -65,27 +66,15 @@ __global__ void BiasPlanesKernel(float* out, const float* b, int OC, int64_t P, 
   RT_GRID_STRIDE(i, n) { out[i] += b[(i / P) % OC]; }
 }
 
-// Sum over the block of per-thread values (blockDim.x = kThreads), fixed tree; every thread gets it.
-__device__ float BlockTreeSum(float v, float* part) {
-  __syncthreads();  // part may still be read by a previous call
-  part[threadIdx.x] = v;
-  __syncthreads();
-  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-    if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
-    __syncthreads();
-  }
-  return part[0];
-}
-
 // db[oc] += sum over images and positions of dout (N,OC,P): one block per channel, each thread a
-// strided share, then a fixed tree (deterministic).
+// strided share, then BlockSum (deterministic).
 __global__ void BiasGradPlanesKernel(float* db, const float* dout, int N, int OC, int64_t P) {
-  __shared__ float part[kThreads];
+  __shared__ float sh[32];
   const int oc = blockIdx.x;
   const int64_t cnt = static_cast<int64_t>(N) * P;
   float acc = 0.f;
   for (int64_t j = threadIdx.x; j < cnt; j += blockDim.x) acc += dout[((j / P) * OC + oc) * P + j % P];
-  acc = BlockTreeSum(acc, part);
+  acc = BlockSum(acc, sh);
   if (threadIdx.x == 0) db[oc] += acc;
 }
 
@@ -175,7 +164,7 @@ __global__ void ReluBwdKernel(float* din, const float* dout, const float* out, i
 __global__ void BatchNormFwdKernel(float* out, float* mean, float* rstd, float* running_mean, float* running_var,
                                    const float* in, const float* w, const float* b, int N, int C, int HW, bool train,
                                    float momentum, float eps) {
-  __shared__ float part[kThreads];
+  __shared__ float sh[32];
   const int c = blockIdx.x;
   const int64_t cnt = static_cast<int64_t>(N) * HW;
   auto at = [&](int64_t j) { return (static_cast<int64_t>(j / HW) * C + c) * HW + j % HW; };
@@ -183,13 +172,13 @@ __global__ void BatchNormFwdKernel(float* out, float* mean, float* rstd, float* 
   if (train) {
     float acc = 0.f;
     for (int64_t j = threadIdx.x; j < cnt; j += blockDim.x) acc += in[at(j)];
-    m = BlockTreeSum(acc, part) / static_cast<float>(cnt);
+    m = BlockSum(acc, sh) / static_cast<float>(cnt);
     float var = 0.f;
     for (int64_t j = threadIdx.x; j < cnt; j += blockDim.x) {
       const float d = in[at(j)] - m;
       var += d * d;
     }
-    var = BlockTreeSum(var, part);
+    var = BlockSum(var, sh);
     const float biased = var / static_cast<float>(cnt);
     s = 1.f / sqrtf(biased + eps);
     if (threadIdx.x == 0) {
@@ -211,7 +200,7 @@ __global__ void BatchNormFwdKernel(float* out, float* mean, float* rstd, float* 
 
 __global__ void BatchNormBwdKernel(float* din, float* dw, float* db, const float* dout, const float* in, const float* w,
                                    const float* mean, const float* rstd, int N, int C, int HW) {
-  __shared__ float part[kThreads];
+  __shared__ float sh[32];
   const int c = blockIdx.x;
   const int64_t cnt = static_cast<int64_t>(N) * HW;
   auto at = [&](int64_t j) { return (static_cast<int64_t>(j / HW) * C + c) * HW + j % HW; };
@@ -222,8 +211,8 @@ __global__ void BatchNormBwdKernel(float* din, float* dw, float* db, const float
     sd += d;
     sdn += d * (in[at(j)] - m) * s;
   }
-  const float sum_d = BlockTreeSum(sd, part);
-  const float sum_dn = BlockTreeSum(sdn, part);
+  const float sum_d = BlockSum(sd, sh);
+  const float sum_dn = BlockSum(sdn, sh);
   if (threadIdx.x == 0) {
     dw[c] += sum_dn;
     if (db) db[c] += sum_d;

@@ -5,7 +5,7 @@
 // launch error, if any.
 //
 // Determinism: no atomics. Input gradients that several outputs feed (col2im, pooling) are
-// gathered by one thread per input element, in a fixed order; per-channel sums walk fixed trees.
+// gathered by one thread per input element, in a fixed order; per-channel sums use BlockSum.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -19,6 +19,23 @@ inline unsigned Blocks(int64_t n, int per_block = kThreads) {
 // The error of the last launch, as a Status naming it.
 inline Status Launched(const char* what) { return CudaStatus(cudaGetLastError(), what); }
 
+#ifdef __CUDACC__
+// Sum of v over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+// Warp shuffles, then the warps' sums through shared32 (32 elements): a fixed order, so the
+// result is repeatable. For float and double.
+template <typename T>
+__device__ T BlockSum(T v, T* shared32) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  __syncthreads();  // shared32 may still be read by a previous call
+  if (lane == 0) shared32[warp] = v;
+  __syncthreads();
+  T t = lane < warps ? shared32[lane] : T(0);
+  for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+  return t;
+}
+#endif
+
 }  // namespace ringtrain::cuda
 
 #define RT_GRID_STRIDE(i, n)                                                             \

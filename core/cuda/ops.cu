@@ -13,6 +13,7 @@ namespace ringtrain::gpu {
 namespace {
 
 using cuda::Blocks;
+using cuda::BlockSum;
 using cuda::kThreads;
 using cuda::Launched;
 constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2/pi)
@@ -20,18 +21,6 @@ constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2/pi)
 Status BlasStatus(cublasStatus_t st, const char* what) {
   if (st == CUBLAS_STATUS_SUCCESS) return Status::Ok();
   return Internal(std::string(what) + ": cuBLAS: " + cublasGetStatusString(st));
-}
-
-// Sum of v over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
-__device__ float BlockSum(float v, float* shared32) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  __syncthreads();  // shared32 may still be read by a previous call
-  if (lane == 0) shared32[warp] = v;
-  __syncthreads();
-  float t = lane < warps ? shared32[lane] : 0.f;
-  for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-  return t;
 }
 
 __device__ float BlockMax(float v, float* shared32) {
@@ -231,37 +220,27 @@ __global__ void AdamKernel(float* p, const float* g, float* m, float* v, int64_t
   }
 }
 
-// One block per kSumSqBlock elements: each thread sums its strided elements in double, then the
-// block combines the 256 partials in a fixed tree. Deterministic (no atomics, fixed shapes).
+// One block per kSumSqBlock elements: each thread sums its strided elements in double, then
+// BlockSum combines them. Deterministic (no atomics, fixed shapes).
 constexpr int64_t kSumSqBlock = 8192;
 __global__ void SumSqPartialKernel(double* partials, const float* g, int64_t n) {
-  __shared__ double part[kThreads];
+  __shared__ double sh[32];
   const int64_t b0 = static_cast<int64_t>(blockIdx.x) * kSumSqBlock;
   const int64_t e = b0 + kSumSqBlock < n ? b0 + kSumSqBlock : n;
   double s = 0;
   for (int64_t i = b0 + threadIdx.x; i < e; i += blockDim.x) s += static_cast<double>(g[i]) * g[i];
-  part[threadIdx.x] = s;
-  __syncthreads();
-  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-    if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) partials[blockIdx.x] = part[0];
+  s = BlockSum(s, sh);
+  if (threadIdx.x == 0) partials[blockIdx.x] = s;
 }
 
 // The partials summed by one block in a fixed order: thread t adds partials t, t + 256, ... in
-// order, then the block's fixed tree. Deterministic; no long serial chain on one thread.
+// order, then BlockSum. Deterministic; no long serial chain on one thread.
 __global__ void SumSqFinalKernel(double* out, const double* partials, int64_t nb) {
-  __shared__ double part[kThreads];
+  __shared__ double sh[32];
   double s = 0;
   for (int64_t b = threadIdx.x; b < nb; b += blockDim.x) s += partials[b];
-  part[threadIdx.x] = s;
-  __syncthreads();
-  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-    if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) *out = part[0];
+  s = BlockSum(s, sh);
+  if (threadIdx.x == 0) *out = s;
 }
 
 __global__ void ToBf16Kernel(bf16* out, const float* in, int64_t n) {

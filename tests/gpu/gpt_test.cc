@@ -147,28 +147,19 @@ TEST(GpuGptBf16, ForwardBackwardCloseToCpu) {
 // training and in evaluation mode gives different losses on the GPU, as on the CPU.
 TEST(GpuGptDropout, TrainingModeDiffersFromEvaluation) {
   SKIP_WITHOUT_GPU();
-  GptConfig cfg;
-  cfg.n_layer = 1;
-  cfg.n_head = 2;
-  cfg.n_embd = 32;
-  cfg.block_size = 16;
-  cfg.vocab_size = 20;
-  cfg.dropout = 0.3f;
+  const GptConfig cfg = SmallConfig(32, 0.3f);
   Gpt<float> cpu(cfg);
   cpu.InitWeights(3);
   auto gpu = GpuGpt::Create(cfg, 0);
   ASSERT_TRUE(gpu.ok()) << gpu.status().message();
   ASSERT_TRUE((*gpu)->UploadParams(cpu.arena().params.data()).ok());
-  std::vector<int32_t> tokens(32), targets(32);
-  for (int i = 0; i < 32; ++i) {
-    tokens[static_cast<size_t>(i)] = i % cfg.vocab_size;
-    targets[static_cast<size_t>(i)] = (i * 7 + 1) % cfg.vocab_size;
-  }
-  auto eval = (*gpu)->Forward(tokens.data(), targets.data(), 2, 16);
-  auto train = (*gpu)->Forward(tokens.data(), targets.data(), 2, 16, true, 1, 0, 0);
+  std::vector<int32_t> tokens, targets;
+  SmallBatch(cfg.vocab_size, &tokens, &targets);
+  auto eval = (*gpu)->Forward(tokens.data(), targets.data(), kB, kT);
+  auto train = (*gpu)->Forward(tokens.data(), targets.data(), kB, kT, true, 1, 0, 0);
   ASSERT_TRUE(eval.ok() && train.ok());
   EXPECT_NE(*eval, *train);
-  EXPECT_NEAR(*eval, cpu.Forward(tokens.data(), targets.data(), 2, 16, false), 1e-5 * std::fabs(*eval));
+  EXPECT_NEAR(*eval, cpu.Forward(tokens.data(), targets.data(), kB, kT, false), 1e-5 * std::fabs(*eval));
 }
 
 std::vector<std::string> Sets(const std::string& device) {
@@ -178,13 +169,18 @@ std::vector<std::string> Sets(const std::string& device) {
           "train.eval_interval=1000000"};
 }
 
+// A trainer that prints nothing, for the config overrides `sets` and options o (communicator,
+// checkpoints).
+StatusOr<std::unique_ptr<Trainer>> MakeTrainer(const std::vector<std::string>& sets, TrainOptions o = {}) {
+  RT_ASSIGN_OR_RETURN(Config c, Config::Load("", sets));
+  o.print = false;
+  return Trainer::Create(c, o);
+}
+
 StatusOr<std::vector<float>> Train(const std::string& device, int steps, const std::vector<std::string>& extra = {}) {
   std::vector<std::string> sets = Sets(device);
   sets.insert(sets.end(), extra.begin(), extra.end());
-  RT_ASSIGN_OR_RETURN(Config c, Config::Load("", sets));
-  TrainOptions o;
-  o.print = false;
-  RT_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> t, Trainer::Create(c, o));
+  RT_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> t, MakeTrainer(sets));
   for (int s = 0; s < steps; ++s) RT_RETURN_IF_ERROR(t->Step(s).status());
   return t->FullParams();
 }
@@ -235,11 +231,7 @@ TEST_P(GpuDeviceOptimizer, EqualsHostOptimizer) {
       sets.push_back("train.grad_accum=2");
       sets.push_back("model.dropout=0.1");
     }
-    auto c = Config::Load("", sets);
-    ASSERT_TRUE(c.ok()) << c.status().message();
-    TrainOptions o;
-    o.print = false;
-    auto t = Trainer::Create(*c, o);
+    auto t = MakeTrainer(sets);
     ASSERT_TRUE(t.ok()) << t.status().message();
     EXPECT_EQ((*t)->optimizer_on_device(), k == 0) << modes[k];
     for (int s = 0; s < 5; ++s) {
@@ -265,11 +257,7 @@ TEST_P(GpuDeviceOptimizer, EqualsHostOptimizer) {
     EXPECT_LE(worst, 1e-5) << "parameters after step 1, device vs host optimizer";
   }
   // The optimizer changed the parameters (the comparison above is not between two untouched copies).
-  auto c = Config::Load("", AdamSets("auto", 1));
-  ASSERT_TRUE(c.ok());
-  TrainOptions o;
-  o.print = false;
-  auto fresh = Trainer::Create(*c, o);
+  auto fresh = MakeTrainer(AdamSets("auto", 1));
   ASSERT_TRUE(fresh.ok()) << fresh.status().message();
   auto p0 = (*fresh)->FullParams();
   ASSERT_TRUE(p0.ok());
@@ -291,12 +279,10 @@ TEST_P(GpuDeviceResume, Bitwise) {
     auto sets = AdamSets("auto", steps);
     sets.push_back("checkpoint.every_steps=3");
     sets.push_back(async ? "checkpoint.async=true" : "checkpoint.async=false");
-    RT_ASSIGN_OR_RETURN(Config c, Config::Load("", sets));
     TrainOptions o;
-    o.print = false;
     o.checkpoint_root = root;
     o.resume = resume;
-    RT_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> t, Trainer::Create(c, o));
+    RT_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> t, MakeTrainer(sets, o));
     if (!t->optimizer_on_device()) return Internal("the optimizer is not on the device");
     RT_ASSIGN_OR_RETURN(*at_start, t->FullParams());
     RT_RETURN_IF_ERROR(t->Run().status());
@@ -327,11 +313,7 @@ TEST(GpuTrainer, Bf16TrainsLikeFp32) {
   for (int bf16 = 0; bf16 < 2; ++bf16) {
     auto sets = AdamSets("auto", 30);
     sets.push_back(bf16 ? "precision=bf16" : "precision=fp32");
-    auto c = Config::Load("", sets);
-    ASSERT_TRUE(c.ok()) << c.status().message();
-    TrainOptions o;
-    o.print = false;
-    auto t = Trainer::Create(*c, o);
+    auto t = MakeTrainer(sets);
     ASSERT_TRUE(t.ok()) << t.status().message();
     for (int s = 0; s < 30; ++s) {
       auto l = (*t)->Step(s);
@@ -346,13 +328,11 @@ TEST(GpuTrainer, Bf16TrainsLikeFp32) {
 
 // A trainer for in-process rank comm of a 2-rank job on this machine (local ranks 0 and 1).
 StatusOr<std::unique_ptr<Trainer>> RankTrainer(const std::vector<std::string>& sets, coll::Communicator& comm) {
-  RT_ASSIGN_OR_RETURN(Config c, Config::Load("", sets));
   TrainOptions o;
-  o.print = false;
   o.comm = &comm;
   o.local_size = 2;
   o.local_rank = comm.rank();
-  return Trainer::Create(c, o);
+  return MakeTrainer(sets, o);
 }
 
 // Data parallelism with the optimizer on the device: 2 in-process ranks with a GPU each average
@@ -369,11 +349,7 @@ TEST(GpuDataParallel, NcclOnDeviceFollowsOneProcess) {
   {
     auto whole = sets;
     whole.push_back("train.batch_size=8");
-    auto c = Config::Load("", whole);
-    ASSERT_TRUE(c.ok()) << c.status().message();
-    TrainOptions o;
-    o.print = false;
-    auto t = Trainer::Create(*c, o);
+    auto t = MakeTrainer(whole);
     ASSERT_TRUE(t.ok()) << t.status().message();
     for (int s = 0; s < 5; ++s) {
       auto l = (*t)->Step(s);
@@ -428,11 +404,7 @@ TEST(GpuTrainer, RefusesWhatTheGpuPathLacks) {
   auto sets = Sets("cuda");
   sets.push_back("model.type=lenet");
   sets.push_back("data.source=synthetic_images");
-  auto c = Config::Load("", sets);
-  ASSERT_TRUE(c.ok());
-  TrainOptions o;
-  o.print = false;
-  auto t = Trainer::Create(*c, o);
+  auto t = MakeTrainer(sets);
   ASSERT_FALSE(t.ok());
   EXPECT_NE(t.status().message().find("device cuda runs GPT models only"), std::string::npos) << t.status().message();
 }
