@@ -12,7 +12,8 @@ const std::vector<ConfigKey>& ConfigSchema() {
       {"seed", T::kInt, "1337", 0, 9.2e18, {}, "seed of every random stream (init, dropout, data order)"},
       {"threads", T::kInt, "0", 0, 4096, {}, "thread budget for BLAS and OpenMP loops (0: RINGTRAIN_THREADS or all cores)"},
       {"device", T::kString, "cpu", -1e300, 1e300, {"cpu", "cuda"},
-       "where GPT forward/backward run: cpu, or cuda (fp32; one GPU per local rank: local rank mod visible GPUs)"},
+       "where forward/backward run (GPT and CNN models): cpu, or cuda (one GPU per local rank: local rank mod visible "
+       "GPUs)"},
       {"precision", T::kString, "fp32", -1e300, 1e300, {"fp32", "bf16"},
        "device cuda: fp32, or bf16 mixed precision (every Linear's product from bf16 inputs on tensor cores, fp32 "
        "accumulation; parameters, gradients, activations, optimizer state and reductions stay fp32). device cpu: fp32"},
@@ -64,8 +65,8 @@ const std::vector<ConfigKey>& ConfigSchema() {
       // Optimizer
       {"optim.name", T::kString, "adamw", -1e300, 1e300, {"sgd", "adam", "adamw"}, "optimizer"},
       {"optim.on_device", T::kString, "auto", -1e300, 1e300, {"auto", "off"},
-       "device cuda: auto runs Adam/AdamW on the GPU (no tensor parallelism, ZeRO-1 or parameter servers; "
-       "optim.l1 = optim.l2 = 0), so parameters, gradients and moments stay there and data-parallel ranks average "
+       "device cuda: auto runs the optimizer on the GPU (no tensor parallelism, ZeRO-1 or parameter servers), "
+       "so parameters, gradients and moments stay there and data-parallel ranks average "
        "gradients on the GPUs with NCCL; off keeps the optimizer on the host (parameters up and gradients down "
        "every micro-step, gradients reduced on the host)"},
       {"optim.lr", T::kFloat, "3e-3", 0, 1e6, {}, "peak learning rate"},

@@ -196,53 +196,68 @@ std::string Cnn<T>::Describe() const {
 }
 
 template <typename T>
+typename Cnn<T>::PlanSizes Cnn<T>::PlanFor(const std::vector<Node>& nodes, int N, int64_t align) {
+  auto r = [align](int64_t n) { return (n + align - 1) / align * align; };
+  PlanSizes p;
+  for (const Node& n : nodes) {
+    const int64_t sz = static_cast<int64_t>(N) * n.Size();
+    p.acts += r(sz) * 2 + (n.kind == Kind::kBatchNorm ? 2 * r(n.C) : 0);
+    if (n.kind == Kind::kMaxPool) p.argmax += r(sz);
+    if (n.kind == Kind::kDropout) p.masks += r(sz);
+    p.largest = std::max(p.largest, sz);
+  }
+  return p;
+}
+
+template <typename T>
+void Cnn<T>::AssignPlan(std::vector<Node>& nodes, int N, int64_t align, T* acts, int32_t* argmax, uint8_t* masks) {
+  auto r = [align](int64_t n) { return (n + align - 1) / align * align; };
+  for (Node& n : nodes) {
+    const int64_t sz = static_cast<int64_t>(N) * n.Size();
+    n.out = acts;
+    acts += r(sz);
+    n.grad = acts;
+    acts += r(sz);
+    n.mean = n.rstd = nullptr;
+    n.argmax = nullptr;
+    n.keep = nullptr;
+    if (n.kind == Kind::kBatchNorm) {
+      n.mean = acts;
+      acts += r(n.C);
+      n.rstd = acts;
+      acts += r(n.C);
+    }
+    if (n.kind == Kind::kMaxPool) {
+      n.argmax = argmax;
+      argmax += r(sz);
+    }
+    if (n.kind == Kind::kDropout) {
+      n.keep = masks;
+      masks += r(sz);
+    }
+  }
+}
+
+template <typename T>
 void Cnn<T>::PlanActivations(int N) {
   if (N <= planN_) return;
   planN_ = N;
-  auto r = [](int64_t n) { return (n + 15) / 16 * 16; };
-  int64_t total = 0, amax = 0, mmax = 0, scratch = 0, tmp = 0;
+  const int64_t kAlign = 16;
+  const PlanSizes sizes = PlanFor(nodes_, N, kAlign);
+  int64_t scratch = 0;
   for (const Node& n : nodes_) {
-    const int64_t sz = static_cast<int64_t>(N) * n.Size();
-    total += r(sz) * 2 + (n.kind == Kind::kBatchNorm ? 2 * r(n.C) : 0);
-    if (n.kind == Kind::kMaxPool) amax += r(sz);
-    if (n.kind == Kind::kDropout) mmax += r(sz);
-    if (n.kind == Kind::kConv) {
-      cpu::ConvShape s = n.conv;
-      s.N = N;
-      scratch = std::max(scratch, cpu::ConvScratchSize(s));
-    }
-    tmp = std::max(tmp, sz);
+    if (n.kind != Kind::kConv) continue;
+    cpu::ConvShape s = n.conv;
+    s.N = N;
+    scratch = std::max(scratch, cpu::ConvScratchSize(s));
   }
-  acts_.Resize(static_cast<size_t>(total));
-  argmax_.Resize(static_cast<size_t>(amax));
-  masks_.Resize(static_cast<size_t>(mmax));
+  acts_.Resize(static_cast<size_t>(sizes.acts));
+  argmax_.Resize(static_cast<size_t>(sizes.argmax));
+  masks_.Resize(static_cast<size_t>(sizes.masks));
   scratch_.Resize(static_cast<size_t>(scratch));
-  tmp_.Resize(static_cast<size_t>(tmp));
+  tmp_.Resize(static_cast<size_t>(sizes.largest));
   losses_.Resize(static_cast<size_t>(N));
-  T* p = acts_.data();
-  int32_t* a = argmax_.data();
-  uint8_t* m = masks_.data();
-  for (Node& n : nodes_) {
-    const int64_t sz = static_cast<int64_t>(N) * n.Size();
-    n.out = p;
-    p += r(sz);
-    n.grad = p;
-    p += r(sz);
-    if (n.kind == Kind::kBatchNorm) {
-      n.mean = p;
-      p += r(n.C);
-      n.rstd = p;
-      p += r(n.C);
-    }
-    if (n.kind == Kind::kMaxPool) {
-      n.argmax = a;
-      a += r(sz);
-    }
-    if (n.kind == Kind::kDropout) {
-      n.keep = m;
-      m += r(sz);
-    }
-  }
+  AssignPlan(nodes_, N, kAlign, acts_.data(), argmax_.data(), masks_.data());
 }
 
 template <typename T>
@@ -315,10 +330,8 @@ void Cnn<T>::Backward(T loss_scale, const GradReadyFn& on_ready) {
     if (n.consumers > 1) std::memset(static_cast<void*>(n.grad), 0, sizeof(T) * static_cast<size_t>(N * n.Size()));
   auto range_ready = [&](const Node& n) {
     if (!on_ready || n.w < 0) return;
-    int last_idx = n.w;
-    for (int idx : {n.b, n.rm, n.rv}) last_idx = std::max(last_idx, idx);
-    const ParamSpec& e = arena_.layout.spec(last_idx);
-    on_ready(arena_.layout.spec(n.w).offset, e.offset + static_cast<size_t>(e.numel));
+    const auto [b, e] = ParamRange(n, arena_.layout);
+    on_ready(b, e);
   };
   for (int i = static_cast<int>(nodes_.size()) - 1; i >= 1; --i) {
     Node& n = nodes_[i];
@@ -376,6 +389,27 @@ void Cnn<T>::Backward(T loss_scale, const GradReadyFn& on_ready) {
       for (int64_t j = 0; j < in_sz; ++j) in.grad[j] += din[j];
     range_ready(n);
   }
+}
+
+template <typename T>
+std::pair<size_t, size_t> Cnn<T>::ParamRange(const Node& n, const ParamLayout& layout) {
+  int last_idx = n.w;
+  for (int idx : {n.b, n.rm, n.rv}) last_idx = std::max(last_idx, idx);
+  const ParamSpec& e = layout.spec(last_idx);
+  return {layout.spec(n.w).offset, e.offset + static_cast<size_t>(e.numel)};
+}
+
+template <typename T>
+std::vector<std::pair<size_t, size_t>> Cnn<T>::StateRanges() const {
+  std::vector<std::pair<size_t, size_t>> r;
+  for (const Node& n : nodes_) {
+    if (n.kind != Kind::kBatchNorm) continue;
+    for (int idx : {n.rm, n.rv}) {
+      const ParamSpec& s = arena_.layout.spec(idx);
+      r.emplace_back(s.offset, s.offset + static_cast<size_t>(s.numel));
+    }
+  }
+  return r;
 }
 
 template <typename T>

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/arena.h"
@@ -37,6 +38,7 @@ class Cnn {
   explicit Cnn(const CnnConfig& cfg);
   const CnnConfig& config() const { return cfg_; }
   ParamArena<T>& arena() { return arena_; }
+  const ParamArena<T>& arena() const { return arena_; }
   void InitWeights(uint64_t seed);
   int64_t NumParams() const;  // trainable parameters
   void PlanActivations(int N);
@@ -47,8 +49,10 @@ class Cnn {
   void Backward(T loss_scale, const GradReadyFn& on_ready = nullptr);
   const T* logits() const;  // (N, classes) of the last Forward
   std::string Describe() const;
+  // Arena ranges the training forward writes (BatchNorm's running statistics), in order.
+  std::vector<std::pair<size_t, size_t>> StateRanges() const;
 
- private:
+  // The graph, in topological order (node 0 is the input); GpuCnn runs the same one.
   enum class Kind { kInput, kConv, kBatchNorm, kRelu, kMaxPool, kAvgPool, kLinear, kAdd, kDropout };
   struct Node {
     Kind kind;
@@ -59,11 +63,26 @@ class Cnn {
     int w = -1, b = -1, rm = -1, rv = -1;  // arena indices
     int consumers = 0;
     int64_t Size() const { return static_cast<int64_t>(C) * H * W; }
-    // Activation arena offsets (per planned batch).
+    // Activations of the planned batch (host memory here; device memory in GpuCnn's copy).
     T *out = nullptr, *grad = nullptr, *mean = nullptr, *rstd = nullptr;
     int32_t* argmax = nullptr;
     uint8_t* keep = nullptr;
   };
+  const std::vector<Node>& nodes() const { return nodes_; }
+  // The activation plan for N images, every piece rounded up to `align` elements: PlanSizes
+  // gives the element counts (out and grad of every node plus BatchNorm's mean and rstd; the
+  // max-pooling indices; the dropout masks; the largest node output), AssignPlan points each
+  // node's activation members into buffers of those sizes. Cnn and GpuCnn share the plan.
+  struct PlanSizes {
+    int64_t acts = 0, argmax = 0, masks = 0, largest = 0;
+  };
+  static PlanSizes PlanFor(const std::vector<Node>& nodes, int N, int64_t align);
+  static void AssignPlan(std::vector<Node>& nodes, int N, int64_t align, T* acts, int32_t* argmax, uint8_t* masks);
+  // The arena range of node n's parameters (weight to last of bias / running statistics), which
+  // Backward reports to on_ready once their gradients are final; n.w >= 0.
+  static std::pair<size_t, size_t> ParamRange(const Node& n, const ParamLayout& layout);
+
+ private:
   int Add(Node n);
   // A parameterless node of `kind` reading `in`, with its producer's output shape.
   Node Follow(int in, Kind kind) const;

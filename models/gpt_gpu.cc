@@ -9,27 +9,11 @@
 
 namespace ringtrain {
 
-int CudaDeviceCount(std::string* why) {
-  int n = 0;
-  const cudaError_t e = cudaGetDeviceCount(&n);
-  if (e != cudaSuccess) {
-    (void)cudaGetLastError();  // clear the sticky "no driver" error
-    if (why) *why = cudaGetErrorString(e);
-    return 0;
-  }
-  if (why && n == 0) *why = "no device visible";
-  return n;
-}
-
 StatusOr<std::unique_ptr<GpuGpt>> GpuGpt::Create(const GptConfig& cfg, int local_rank, bool bf16) {
-  std::string why;
-  const int count = CudaDeviceCount(&why);
-  if (count == 0) return Unavailable("device cuda: no CUDA device on this machine (" + why + ")");
-  const int device = local_rank % count;
   std::unique_ptr<GpuGpt> g(new GpuGpt(cfg));
-  g->device_ = device;
-  RT_CUDA_RETURN_IF_ERROR(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
-  RT_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&g->stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  g->layout_ = Gpt<float>::LayoutFor(cfg, 0, 1);
+  RT_ASSIGN_OR_RETURN(g->arena_, DeviceArena::Create(g->layout_.total(), local_rank));
+  g->stream_ = g->arena_->stream();
   RT_ASSIGN_OR_RETURN(gpu::Blas blas, gpu::Blas::Create(g->stream_));
   g->blas_ = std::make_unique<gpu::Blas>(std::move(blas));
   g->bf16_ = bf16;
@@ -39,7 +23,6 @@ StatusOr<std::unique_ptr<GpuGpt>> GpuGpt::Create(const GptConfig& cfg, int local
   }
   // Dropout on the attention probabilities needs them stored: the materialised kernels then.
   g->flash_ = gpu::FlashAttentionSupports(cfg.n_embd / cfg.n_head) && cfg.dropout == 0;
-  g->layout_ = Gpt<float>::LayoutFor(cfg, 0, 1);
   const ParamLayout& L = g->layout_;
   auto find = [&](const std::string& name) { return L.Find(name); };
   g->wte_ = find("wte.weight");
@@ -70,111 +53,13 @@ StatusOr<std::unique_ptr<GpuGpt>> GpuGpt::Create(const GptConfig& cfg, int local
                      b.fcproj_w, b.fcproj_b});
   g->lnf_range_ = range({g->lnf_w_, g->lnf_b_});
   g->emb_range_ = range({g->wte_, g->wpe_});
-  RT_RETURN_IF_ERROR(g->params_.Allocate(L.total(), "parameters"));
-  RT_RETURN_IF_ERROR(g->grads_.Allocate(L.total(), "gradients"));
   if (bf16) RT_RETURN_IF_ERROR(g->wbf_.Allocate(L.total(), "bf16 weights"));
-  RT_RETURN_IF_ERROR(g->ZeroGrads());
   return g;
 }
 
-std::string GpuGpt::DeviceName() const {
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, device_) != cudaSuccess) return "cuda:" + std::to_string(device_);
-  return prop.name;
-}
-
 GpuGpt::~GpuGpt() {
-  if (stream_ != nullptr) {
-    cudaSetDevice(device_);
-    cudaStreamSynchronize(stream_);
-    blas_.reset();
-    blas16_.reset();  // both handles are bound to the stream
-    cudaStreamDestroy(stream_);
-  }
-}
-
-Status GpuGpt::UploadParams(const float* host) {
-  RT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(params_.data(), host, layout_.total() * sizeof(float),
-                                          cudaMemcpyHostToDevice, stream_),
-                          "copying parameters to the device");
-  return Status::Ok();
-}
-
-Status GpuGpt::DownloadGrads(float* host) {
-  RT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host, grads_.data(), layout_.total() * sizeof(float),
-                                          cudaMemcpyDeviceToHost, stream_),
-                          "copying gradients from the device");
-  return Synchronize();
-}
-
-Status GpuGpt::ZeroGrads() {
-  RT_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(grads_.data(), 0, layout_.total() * sizeof(float), stream_),
-                          "zeroing gradients");
-  return Status::Ok();
-}
-
-Status GpuGpt::Synchronize() {
-  RT_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "GPT step on the device");
-  return Status::Ok();
-}
-
-Status GpuGpt::StartOptimizer(const float* params, const float* m, const float* v) {
-  const size_t n = layout_.total();
-  if (m_.size() != n) RT_RETURN_IF_ERROR(m_.Allocate(n, "optimizer moment m"));
-  if (v_.size() != n) RT_RETURN_IF_ERROR(v_.Allocate(n, "optimizer moment v"));
-  const size_t scratch = static_cast<size_t>(gpu::SumSquaresScratch(static_cast<int64_t>(n)));
-  if (sumsq_.size() != scratch) RT_RETURN_IF_ERROR(sumsq_.Allocate(scratch, "gradient norm scratch"));
-  RT_RETURN_IF_ERROR(UploadParams(params));
-  for (auto [dst, src, what] : {std::tuple{m_.data(), m, "copying the optimizer moment m to the device"},
-                                std::tuple{v_.data(), v, "copying the optimizer moment v to the device"}}) {
-    if (src)
-      RT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, stream_), what);
-    else
-      RT_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(dst, 0, n * sizeof(float), stream_), what);
-  }
-  // The host buffers may change once this returns.
-  return Synchronize();
-}
-
-StatusOr<double> GpuGpt::GradSumSquares() {
-  RT_CHECK(sumsq_.size() > 0);  // StartOptimizer first
-  RT_RETURN_IF_ERROR(gpu::SumSquares(sumsq_.data(), grads_.data(), static_cast<int64_t>(layout_.total()), stream_));
-  double sq = 0;
-  RT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(&sq, sumsq_.data(), sizeof(double), cudaMemcpyDeviceToHost, stream_),
-                          "copying the gradient norm from the device");
-  RT_RETURN_IF_ERROR(Synchronize());
-  return sq;
-}
-
-Status GpuGpt::AdamStep(const gpu::AdamArgs& a, const std::vector<std::pair<size_t, size_t>>& decay_ranges) {
-  RT_CHECK(m_.size() == layout_.total() && v_.size() == layout_.total());  // StartOptimizer first
-  gpu::AdamArgs off = a;
-  off.weight_decay = 0;
-  Status st;
-  ForEachDecaySegment(0, layout_.total(), decay_ranges, [&](size_t b, size_t e, bool decay) {
-    if (st.ok())
-      st = gpu::AdamUpdate(params_.data() + b, grads_.data() + b, m_.data() + b, v_.data() + b,
-                           static_cast<int64_t>(e - b), decay ? a : off, stream_);
-  });
-  return st;
-}
-
-Status GpuGpt::DownloadParams(float* host) {
-  RT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host, params_.data(), layout_.total() * sizeof(float),
-                                          cudaMemcpyDeviceToHost, stream_),
-                          "copying parameters from the device");
-  return Synchronize();
-}
-
-Status GpuGpt::DownloadMoments(float* m, float* v) {
-  for (auto [dst, src, what] : {std::tuple{m, m_.data(), "copying the optimizer moment m from the device"},
-                                std::tuple{v, v_.data(), "copying the optimizer moment v from the device"}}) {
-    if (!dst) continue;
-    RT_CHECK(src != nullptr);
-    RT_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(dst, src, layout_.total() * sizeof(float), cudaMemcpyDeviceToHost, stream_), what);
-  }
-  return Synchronize();
+  // Kernels still queued may read what is freed below.
+  if (arena_) (void)arena_->Synchronize();
 }
 
 Status GpuGpt::Lin(float* out, const float* in, int w, int b, int N, int C, int OC) {
@@ -303,7 +188,7 @@ StatusOr<double> GpuGpt::Forward(const int32_t* tokens, const int32_t* targets, 
   const gpu::Blas& blas = *blas_;
   // bf16: the weights rounded once per forward (parameters change between steps, not within one).
   if (bf16_)
-    RT_RETURN_IF_ERROR(gpu::ToBf16(wbf_.data(), params_.data(), static_cast<int64_t>(layout_.total()), stream_));
+    RT_RETURN_IF_ERROR(gpu::ToBf16(wbf_.data(), arena_->params(), static_cast<int64_t>(layout_.total()), stream_));
   RT_RETURN_IF_ERROR(gpu::EmbeddingForward(encoded_, d_tokens, P(wte_), P(wpe_), B, Tn, C, stream_));
   if (drop) {
     RT_RETURN_IF_ERROR(mask(keep_emb_, NC, 0));

@@ -19,6 +19,7 @@
 #include "core/arena.h"
 #include "core/cuda/memory.h"
 #include "core/cuda/ops.h"
+#include "models/device_arena.h"
 #include "models/gpt.h"
 #include "models/optim.h"
 
@@ -39,13 +40,9 @@ class GpuGpt {
   const GptConfig& config() const { return cfg_; }
   // The layout of Gpt<float>(cfg) at TP = 1: element i of the device arena is element i there.
   const ParamLayout& layout() const { return layout_; }
-  // The device's name as CUDA reports it ("NVIDIA H200").
-  std::string DeviceName() const;
-  // Host <-> device copies of the whole parameter / gradient vector (layout().total() floats);
-  // DownloadGrads waits for the device.
-  Status UploadParams(const float* host);
-  Status DownloadGrads(float* host);
-  Status ZeroGrads();
+  // Parameters, gradients and the optimizer on the device (its stream runs every kernel).
+  DeviceArena& arena() { return *arena_; }
+  std::string DeviceName() const { return arena_->DeviceName(); }
 
   // Plans device activation memory for up to B sequences of up to Tn tokens (idempotent when it fits).
   Status PlanActivations(int B, int Tn);
@@ -62,26 +59,8 @@ class GpuGpt {
   // the embeddings: Gpt<float>'s ranges), so a caller can queue their all-reduce behind them on
   // another stream while the rest of backward is still being enqueued and run.
   Status Backward(float loss_scale, const GradReadyFn& on_ready = nullptr);
-  int device() const { return device_; }
-  cudaStream_t stream() const { return stream_; }
-  // Device gradients (layout().total() floats), for collectives on them.
-  float* grads() { return grads_.data(); }
   // Waits for everything enqueued on the model's stream.
-  Status Synchronize();
-
-  // The optimizer on the device (Adam/AdamW): moments m and v in device memory with the arena's
-  // layout, so parameters, gradients and moments stay on the GPU between steps. StartOptimizer
-  // uploads the parameters and the moments (null: zeros) and allocates what it needs; call it
-  // again after the host copies changed (a resume).
-  Status StartOptimizer(const float* params, const float* m, const float* v);
-  // Sum of squares of the device gradients (double; waits for the device).
-  StatusOr<double> GradSumSquares();
-  // One update of every parameter: a.weight_decay applies on decay_ranges (sorted, disjoint
-  // arena element ranges) and 0 elsewhere, as OptimizerUpdate on the host. Enqueued.
-  Status AdamStep(const gpu::AdamArgs& a, const std::vector<std::pair<size_t, size_t>>& decay_ranges);
-  // Device -> host copies (layout().total() floats each; m, v may be null); wait for the device.
-  Status DownloadParams(float* host);
-  Status DownloadMoments(float* m, float* v);
+  Status Synchronize() { return arena_->Synchronize("GPT step on the device"); }
 
  private:
   GpuGpt(const GptConfig& cfg) : cfg_(cfg) {}
@@ -96,26 +75,24 @@ class GpuGpt {
     float* att_drop;  // dropout: the (B,NH,T,T) probabilities after dropout (else null)
     uint8_t *keep_att, *keep_attproj, *keep_fcproj;  // dropout keep masks (else null)
   };
-  float* P(int i) { return i >= 0 ? params_.data() + layout_.spec(i).offset : nullptr; }
+  float* P(int i) { return i >= 0 ? arena_->params() + layout_.spec(i).offset : nullptr; }
   const gpu::bf16* W16(int i) const { return wbf_.data() + layout_.spec(i).offset; }
   // A Linear (parameter indices w and b; b < 0: none): fp32 or, in bf16 mode, with bf16 products.
   Status Lin(float* out, const float* in, int w, int b, int N, int C, int OC);
   Status LinBack(float* din, int w, int b, const float* dout, const float* in, int N, int C, int OC);
-  float* G(int i) { return i >= 0 ? grads_.data() + layout_.spec(i).offset : nullptr; }
+  float* G(int i) { return i >= 0 ? arena_->grads() + layout_.spec(i).offset : nullptr; }
 
   GptConfig cfg_;
   ParamLayout layout_;
-  int device_ = 0;
+  // Declared before the cuBLAS handles, which are bound to its stream: destroyed after them.
+  std::unique_ptr<DeviceArena> arena_;
+  cudaStream_t stream_ = nullptr;  // arena_->stream()
   bool flash_ = false;  // fused attention (head sizes it supports), else the materialised kernels
-  cudaStream_t stream_ = nullptr;
   std::unique_ptr<gpu::Blas> blas_;
   bool bf16_ = false;
   std::unique_ptr<gpu::Blas> blas16_;  // bf16 mode: a handle free to use any tensor-core kernel
   cuda::DeviceBuffer<gpu::bf16> wbf_;  // bf16 mode: the parameters rounded, refreshed every Forward
   cuda::DeviceBuffer<gpu::bf16> xbf_, dbf_;  // bf16 mode: one matmul's input / output gradient
-  cuda::DeviceBuffer<float> params_, grads_;
-  cuda::DeviceBuffer<float> m_, v_;      // optimizer moments (StartOptimizer)
-  cuda::DeviceBuffer<double> sumsq_;     // SumSquares scratch
   int wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1;
   std::vector<Block> blocks_;
   std::pair<size_t, size_t> lnf_range_, emb_range_;
@@ -135,9 +112,5 @@ class GpuGpt {
   bool have_targets_ = false;
   bool cur_dropout_ = false;  // the last Forward applied dropout
 };
-
-// Number of CUDA devices this process sees (0 when there is no driver or no device; then `why`,
-// if given, receives CUDA's reason).
-int CudaDeviceCount(std::string* why = nullptr);
 
 }  // namespace ringtrain

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <sstream>
 
 #include "datasets/image_data.h"
 #include "datasets/token_data.h"
 #include "models/cnn.h"
 #ifdef RINGTRAIN_HAVE_CUDA
+#include "models/cnn_gpu.h"
 #include "models/gpt_gpu.h"
 #endif
 #ifdef RINGTRAIN_HAVE_NCCL
@@ -19,9 +21,149 @@ namespace ringtrain {
 
 namespace {
 
-// GPT on a token stream.
-class LmTask final : public Task {
+// What both tasks share under device cuda: the GPU model's DeviceArena (the task sets dev_ once
+// its GPU model exists), the optimizer on the device, the data-parallel gradient averages through
+// NCCL, and the micro-step that keeps the host arena the master (optimizer on the host). Without
+// CUDA in the build it adds nothing to Task.
+class DeviceTask : public Task {
+#ifdef RINGTRAIN_HAVE_CUDA
  public:
+  std::string DeviceName() const override { return dev_ ? dev_->DeviceName() : "cpu"; }
+  bool CanOptimizeOnDevice(bool data_parallel) const override {
+    if (!dev_) return false;
+    if (!data_parallel) return true;
+#ifdef RINGTRAIN_HAVE_NCCL
+    // NCCL needs a GPU of its own per rank; ranks sharing GPUs reduce on the host.
+    return shard_.local_size <= CudaDeviceCount();
+#else
+    return false;  // no NCCL in this build: the host reduces
+#endif
+  }
+  Status DeviceStart(const OptimConfig& oc, const OptimState& st) override {
+    RT_CHECK(dev_ && st.base == 0);
+#ifdef RINGTRAIN_HAVE_NCCL
+    if (shard_.comm && shard_.comm->size() > 1 && !nccl_) {
+      RT_ASSIGN_OR_RETURN(nccl_, coll::NcclCommunicator::Create(*shard_.comm, dev_->device(), deadline_s_));
+    }
+#endif
+    const float* m = st.m.size() ? st.m.data() : nullptr;
+    const float* v = st.v.size() ? st.v.data() : nullptr;
+    RT_RETURN_IF_ERROR(dev_->StartOptimizer(oc, arena().params.data(), m, v).WithContext("starting the device optimizer"));
+    resident_ = true;
+    return Status::Ok();
+  }
+  Status DeviceZeroGrads() override { return dev_->ZeroGrads(); }
+  Status DeviceFinishBackward() override { return dev_->Synchronize("backward on the device"); }
+  Status DeviceFinishGradSync() override {
+#ifdef RINGTRAIN_HAVE_NCCL
+    Status first = grad_sync_error_;
+    for (coll::Work& w : grad_works_) {
+      const Status s = w.Wait();
+      if (first.ok() && !s.ok()) first = s;
+    }
+    grad_works_.clear();
+    grad_sync_error_ = Status::Ok();
+    return first.WithContext("averaging gradients over the data-parallel group (NCCL)");
+#else
+    return Status::Ok();
+#endif
+  }
+  StatusOr<double> DeviceGradSumSquares() override { return dev_->GradSumSquares(); }
+  Status DeviceOptimizerUpdate(const OptimConfig& oc, double lr, int64_t t, float grad_scale,
+                               const std::vector<std::pair<size_t, size_t>>& decay_ranges) override {
+    RT_CHECK(resident_);
+    return dev_->OptimizerStep(oc, lr, t, grad_scale, decay_ranges);
+  }
+  Status DeviceFetch(OptimState* st) override {
+    RT_CHECK(resident_);
+    RT_RETURN_IF_ERROR(dev_->DownloadParams(arena().params.data()));
+    const size_t n = dev_->size();
+    st->base = 0;
+    if (dev_->has_m() && st->m.size() != n) st->m.Resize(n);
+    if (dev_->has_v() && st->v.size() != n) st->v.Resize(n);
+    return dev_->DownloadMoments(dev_->has_m() ? st->m.data() : nullptr, dev_->has_v() ? st->v.data() : nullptr);
+  }
+
+ protected:
+  // The model's forward, then its backward enqueued with the given ready callback (null: none);
+  // returns the loss.
+  using RunFn = std::function<StatusOr<double>(const GradReadyFn&)>;
+  // One micro-step on the device. Optimizer on the device: parameters and gradients stay there
+  // (the trainer zeroes the gradients per step), and with data parallelism the step's last
+  // micro-step (given `ready`) queues each range's average over the group on the NCCL stream
+  // behind the kernels that finish it, while the rest of backward runs. Otherwise the host arena
+  // is the master: the parameters go up, the gradients come down and are added into the host
+  // gradients (all ready at once for the sync engine), and so does the state the forward
+  // changes in place (state_ranges_).
+  StatusOr<double> DeviceMicroStep(const RunFn& run, const GradReadyFn& ready) {
+    if (resident_) {
+#ifdef RINGTRAIN_HAVE_NCCL
+      if (nccl_ && ready) {
+        grad_works_.clear();
+        grad_sync_error_ = Status::Ok();
+        return run([this](size_t b, size_t e) {
+          if (!grad_sync_error_.ok()) return;
+          grad_sync_error_ = nccl_->WaitFor(dev_->stream());
+          if (grad_sync_error_.ok())
+            grad_works_.push_back(nccl_->IAllReduce(dev_->grads() + b, static_cast<int64_t>(e - b),
+                                                    coll::DataType::kF32, coll::ReduceOp::kAvg));
+        });
+      }
+#endif
+      return run(nullptr);
+    }
+    ParamArena<float>& A = arena();
+    const size_t n = A.layout.total();
+    grad_buf_.resize(n);
+    RT_RETURN_IF_ERROR(dev_->UploadParams(A.params.data()));
+    RT_RETURN_IF_ERROR(dev_->ZeroGrads());
+    RT_ASSIGN_OR_RETURN(const double loss, run(nullptr));
+    RT_RETURN_IF_ERROR(dev_->DownloadGrads(grad_buf_.data()));
+    for (const auto& [b, e] : state_ranges_) RT_RETURN_IF_ERROR(dev_->DownloadParamRange(A.params.data(), b, e));
+    float* g = A.grads.data();
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; ++i) g[i] += grad_buf_[i];
+    if (ready) ready(0, n);
+    return loss;
+  }
+  // Before evaluating on the device: until the device holds the master parameters, the host's go up.
+  Status DevicePrepareEval() {
+    if (resident_) return Status::Ok();
+    return dev_->UploadParams(arena().params.data()).WithContext("evaluating");
+  }
+
+  DeviceArena* dev_ = nullptr;  // the GPU model's (owned by the derived task); null on the CPU
+  std::vector<std::pair<size_t, size_t>> state_ranges_;  // arena ranges the training forward writes
+
+ private:
+  std::vector<float> grad_buf_;
+  bool resident_ = false;  // DeviceStart ran: the device holds the master parameters
+#ifdef RINGTRAIN_HAVE_NCCL
+  // The group's communicator on the devices, the step's queued gradient averages, and the first
+  // error queueing them.
+  std::unique_ptr<coll::NcclCommunicator> nccl_;
+  std::vector<coll::Work> grad_works_;
+  Status grad_sync_error_;
+#endif
+#endif  // RINGTRAIN_HAVE_CUDA
+
+ protected:
+  // Derived tasks call this first in their destructor: the device communicator goes before the
+  // GPU model whose memory its work reads.
+  void ReleaseDevice() {
+#ifdef RINGTRAIN_HAVE_NCCL
+    grad_works_.clear();
+    nccl_.reset();
+#endif
+  }
+  TaskShard shard_;
+  double deadline_s_ = 300;  // dist.deadline_s: collectives' deadline
+};
+
+// GPT on a token stream.
+class LmTask final : public DeviceTask {
+ public:
+  ~LmTask() override { ReleaseDevice(); }
   static StatusOr<std::unique_ptr<Task>> Make(const Config& c, const SavedModel* saved, const TaskShard& shard) {
     auto t = std::unique_ptr<LmTask>(new LmTask());
     t->shard_ = shard;
@@ -51,7 +193,7 @@ class LmTask final : public Task {
 #ifdef RINGTRAIN_HAVE_CUDA
       RT_ASSIGN_OR_RETURN(t->gpu_, GpuGpt::Create(gc, shard.local_rank, c.Str("precision") == "bf16"));
       RT_RETURN_IF_ERROR(t->gpu_->PlanActivations(t->batch_, t->block_));
-      t->grad_buf_.resize(t->model_->arena().layout.total());
+      t->dev_ = &t->gpu_->arena();
 #else
       return InvalidArgument("device cuda: this ringtrain was built without CUDA (no nvcc when it was configured)");
 #endif
@@ -80,7 +222,17 @@ class LmTask final : public Task {
     const int row0 = shard_.rank * batch_;
     data_.SampleBatch(Split::kTrain, seed_, index, row0, batch_, block_, tokens_.data(), targets_.data());
 #ifdef RINGTRAIN_HAVE_CUDA
-    if (gpu_) return GpuMicroStep(index, row0, loss_scale, ready);
+    if (gpu_) {
+      // Dropout (train) draws the CPU model's masks: keyed by the micro-step index and global rows.
+      return DeviceMicroStep(
+          [&](const GradReadyFn& on_ready) -> StatusOr<double> {
+            RT_ASSIGN_OR_RETURN(const double loss, gpu_->Forward(tokens_.data(), targets_.data(), batch_, block_,
+                                                                 true, seed_, index, row0));
+            RT_RETURN_IF_ERROR(gpu_->Backward(loss_scale, on_ready));
+            return loss;
+          },
+          ready);
+    }
 #endif
     const double loss = model_->Forward(tokens_.data(), targets_.data(), batch_, block_, true, seed_, index, row0);
     RT_RETURN_IF_ERROR(model_->tp_status());
@@ -97,9 +249,7 @@ class LmTask final : public Task {
                         tokens_.data(), targets_.data());
 #ifdef RINGTRAIN_HAVE_CUDA
       if (gpu_) {
-        // Device-resident: the device holds the current parameters, the host copy may be stale.
-        if (i == 0 && !resident_)
-          RT_RETURN_IF_ERROR(gpu_->UploadParams(model_->arena().params.data()).WithContext("evaluating"));
+        if (i == 0) RT_RETURN_IF_ERROR(DevicePrepareEval());
         RT_ASSIGN_OR_RETURN(const double l, gpu_->Forward(tokens_.data(), targets_.data(), batch_, block_));
         sum += l;
         continue;
@@ -128,65 +278,6 @@ class LmTask final : public Task {
   }
   std::optional<double> EntropyRate() const override { return data_.entropy_rate; }
   std::string DataDescription() const override { return data_.description; }
-#ifdef RINGTRAIN_HAVE_CUDA
-  std::string DeviceName() const override { return gpu_ ? gpu_->DeviceName() : "cpu"; }
-  bool CanOptimizeOnDevice(bool data_parallel) const override {
-    if (!gpu_) return false;
-    if (!data_parallel) return true;
-#ifdef RINGTRAIN_HAVE_NCCL
-    // NCCL needs a GPU of its own per rank; ranks sharing GPUs reduce on the host.
-    return shard_.local_size <= CudaDeviceCount();
-#else
-    return false;  // no NCCL in this build: the host reduces
-#endif
-  }
-  Status DeviceStart(const OptimState& st) override {
-    RT_CHECK(gpu_ && st.base == 0);
-#ifdef RINGTRAIN_HAVE_NCCL
-    if (shard_.comm && shard_.comm->size() > 1 && !nccl_) {
-      RT_ASSIGN_OR_RETURN(nccl_, coll::NcclCommunicator::Create(*shard_.comm, gpu_->device(), deadline_s_));
-    }
-#endif
-    const float* m = st.m.size() ? st.m.data() : nullptr;
-    const float* v = st.v.size() ? st.v.data() : nullptr;
-    RT_RETURN_IF_ERROR(gpu_->StartOptimizer(model_->arena().params.data(), m, v).WithContext("starting the device optimizer"));
-    resident_ = true;
-    return Status::Ok();
-  }
-  Status DeviceZeroGrads() override { return gpu_->ZeroGrads(); }
-  Status DeviceFinishBackward() override { return gpu_->Synchronize(); }
-  Status DeviceFinishGradSync() override {
-#ifdef RINGTRAIN_HAVE_NCCL
-    Status first = grad_sync_error_;
-    for (coll::Work& w : grad_works_) {
-      const Status s = w.Wait();
-      if (first.ok() && !s.ok()) first = s;
-    }
-    grad_works_.clear();
-    grad_sync_error_ = Status::Ok();
-    return first.WithContext("averaging gradients over the data-parallel group (NCCL)");
-#else
-    return Status::Ok();
-#endif
-  }
-  StatusOr<double> DeviceGradSumSquares() override { return gpu_->GradSumSquares(); }
-  Status DeviceOptimizerUpdate(const OptimConfig& oc, double lr, int64_t t, float grad_scale,
-                               const std::vector<std::pair<size_t, size_t>>& decay_ranges) override {
-    RT_CHECK(resident_ && oc.kind != OptimKind::kSgd && oc.l1 == 0 && oc.l2 == 0);
-    gpu::AdamArgs a{lr, oc.beta1, oc.beta2, oc.eps, oc.weight_decay, grad_scale, t, oc.kind == OptimKind::kAdamW};
-    return gpu_->AdamStep(a, decay_ranges);
-  }
-  Status DeviceFetch(OptimState* st) override {
-    RT_CHECK(resident_);
-    ParamArena<float>& A = model_->arena();
-    RT_RETURN_IF_ERROR(gpu_->DownloadParams(A.params.data()));
-    const size_t n = A.layout.total();
-    st->base = 0;
-    if (st->m.size() != n) st->m.Resize(n);
-    if (st->v.size() != n) st->v.Resize(n);
-    return gpu_->DownloadMoments(st->m.data(), st->v.data());
-  }
-#endif
   nlohmann::json ModelMeta() const override {
     nlohmann::json m = {{"task", "lm"}, {"vocab_size", model_->config().vocab_size}, {"data", data_.description}};
     if (data_.vocab) m["vocab_chars"] = std::vector<uint32_t>(data_.vocab->chars().begin(), data_.vocab->chars().end());
@@ -195,62 +286,9 @@ class LmTask final : public Task {
 
  private:
 #ifdef RINGTRAIN_HAVE_CUDA
-  // device cuda: the host arena stays the master copy (optimizer, sync, checkpoints); each
-  // micro-step uploads the parameters, runs forward and backward on the GPU, and adds the GPU's
-  // gradients into the host gradients. All of them are ready at once for the sync engine.
-  // Dropout (train) draws the CPU model's masks: keyed by the micro-step index and global rows.
-  StatusOr<double> GpuMicroStep(uint64_t index, int row0, float loss_scale, const GradReadyFn& ready) {
-    if (resident_) {
-      // Parameters and gradients stay on the device; the trainer zeroes the gradients per step.
-      RT_ASSIGN_OR_RETURN(const double loss,
-                          gpu_->Forward(tokens_.data(), targets_.data(), batch_, block_, true, seed_, index, row0));
-#ifdef RINGTRAIN_HAVE_NCCL
-      if (nccl_ && ready) {
-        // The step's last micro-step: each range's average over the group goes on the NCCL
-        // stream behind the kernels that finish it, while the rest of backward runs.
-        grad_works_.clear();
-        grad_sync_error_ = Status::Ok();
-        RT_RETURN_IF_ERROR(gpu_->Backward(loss_scale, [this](size_t b, size_t e) {
-          if (!grad_sync_error_.ok()) return;
-          grad_sync_error_ = nccl_->WaitFor(gpu_->stream());
-          if (grad_sync_error_.ok())
-            grad_works_.push_back(nccl_->IAllReduce(gpu_->grads() + b, static_cast<int64_t>(e - b),
-                                                    coll::DataType::kF32, coll::ReduceOp::kAvg));
-        }));
-        return loss;
-      }
-#endif
-      RT_RETURN_IF_ERROR(gpu_->Backward(loss_scale));
-      return loss;
-    }
-    ParamArena<float>& A = model_->arena();
-    RT_RETURN_IF_ERROR(gpu_->UploadParams(A.params.data()));
-    RT_RETURN_IF_ERROR(gpu_->ZeroGrads());
-    RT_ASSIGN_OR_RETURN(const double loss,
-                        gpu_->Forward(tokens_.data(), targets_.data(), batch_, block_, true, seed_, index, row0));
-    RT_RETURN_IF_ERROR(gpu_->Backward(loss_scale));
-    RT_RETURN_IF_ERROR(gpu_->DownloadGrads(grad_buf_.data()));
-    float* g = A.grads.data();
-    const size_t n = grad_buf_.size();
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; ++i) g[i] += grad_buf_[i];
-    if (ready) ready(0, n);
-    return loss;
-  }
   std::unique_ptr<GpuGpt> gpu_;
-  std::vector<float> grad_buf_;
-  bool resident_ = false;  // DeviceStart ran: the device holds the master parameters
 #endif
-#ifdef RINGTRAIN_HAVE_NCCL
-  // Data parallelism with the optimizer on the device: the group's communicator on the devices,
-  // the step's queued gradient averages, and the first error queueing them.
-  std::unique_ptr<coll::NcclCommunicator> nccl_;
-  std::vector<coll::Work> grad_works_;
-  Status grad_sync_error_;
-#endif
-  double deadline_s_ = 300;
   TokenData data_;
-  TaskShard shard_;
   std::unique_ptr<Gpt<float>> model_;
   uint64_t seed_ = 0;
   int batch_ = 0, block_ = 0, eval_batches_ = 1;
@@ -258,8 +296,9 @@ class LmTask final : public Task {
 };
 
 // A CNN (or MLP) classifier on images.
-class ImageTask final : public Task {
+class ImageTask final : public DeviceTask {
  public:
+  ~ImageTask() override { ReleaseDevice(); }
   static StatusOr<std::unique_ptr<Task>> Make(const Config& c, const SavedModel* saved, const TaskShard& shard) {
     auto t = std::unique_ptr<ImageTask>(new ImageTask());
     t->shard_ = shard;
@@ -286,9 +325,22 @@ class ImageTask final : public Task {
     t->model_ = std::make_unique<Cnn<float>>(cc);
     t->seed_ = static_cast<uint64_t>(c.Int("seed"));
     t->batch_ = static_cast<int>(c.Int("train.batch_size"));
+    t->deadline_s_ = c.Float("dist.deadline_s");
     t->model_->InitWeights(t->seed_);
     if (saved) RT_RETURN_IF_ERROR(LoadParams(*saved, t->model_->arena(), t->model_->Describe()));
-    t->model_->PlanActivations(t->batch_);
+    if (c.Str("device") == "cuda") {
+#ifdef RINGTRAIN_HAVE_CUDA
+      RT_ASSIGN_OR_RETURN(t->gpu_, GpuCnn::Create(*t->model_, shard.local_rank));
+      RT_RETURN_IF_ERROR(t->gpu_->PlanActivations(t->batch_));
+      t->dev_ = &t->gpu_->arena();
+      t->state_ranges_ = t->model_->StateRanges();
+      t->logits_.resize(static_cast<size_t>(t->batch_) * t->data_.classes);
+#else
+      return InvalidArgument("device cuda: this ringtrain was built without CUDA (no nvcc when it was configured)");
+#endif
+    } else {
+      t->model_->PlanActivations(t->batch_);
+    }
     t->images_.resize(static_cast<size_t>(t->batch_ * t->data_.ImageSize()));
     t->labels_.resize(static_cast<size_t>(t->batch_));
     return std::unique_ptr<Task>(std::move(t));
@@ -304,6 +356,18 @@ class ImageTask final : public Task {
     const int row0 = shard_.rank * batch_;
     data_.SampleBatch(Split::kTrain, seed_, index, row0, batch_, shard_.size * batch_, true, images_.data(),
                       labels_.data());
+#ifdef RINGTRAIN_HAVE_CUDA
+    if (gpu_) {
+      return DeviceMicroStep(
+          [&](const GradReadyFn& on_ready) -> StatusOr<double> {
+            RT_ASSIGN_OR_RETURN(const double loss,
+                                gpu_->Forward(images_.data(), labels_.data(), batch_, true, seed_, index, row0));
+            RT_RETURN_IF_ERROR(gpu_->Backward(loss_scale, on_ready));
+            return loss;
+          },
+          ready);
+    }
+#endif
     const double loss = model_->Forward(images_.data(), labels_.data(), batch_, true, seed_, index, row0);
     model_->Backward(loss_scale, ready);
     return loss;
@@ -319,8 +383,20 @@ class ImageTask final : public Task {
     for (int64_t b = first; b < last; b += batch_) {
       const int rows = static_cast<int>(std::min<int64_t>(batch_, last - b));
       data_.OrderedBatch(Split::kVal, b, rows, images_.data(), labels_.data());
-      loss_sum += model_->Forward(images_.data(), labels_.data(), rows, false) * rows;
-      const float* logits = model_->logits();
+      const float* logits = nullptr;
+#ifdef RINGTRAIN_HAVE_CUDA
+      if (gpu_) {
+        if (b == first) RT_RETURN_IF_ERROR(DevicePrepareEval());
+        RT_ASSIGN_OR_RETURN(const double l, gpu_->Forward(images_.data(), labels_.data(), rows, false));
+        loss_sum += l * rows;
+        RT_RETURN_IF_ERROR(gpu_->DownloadLogits(logits_.data()));
+        logits = logits_.data();
+      }
+#endif
+      if (!logits) {
+        loss_sum += model_->Forward(images_.data(), labels_.data(), rows, false) * rows;
+        logits = model_->logits();
+      }
       for (int r = 0; r < rows; ++r) {
         const float* l = logits + static_cast<int64_t>(r) * K;
         m.Add(labels_[r], static_cast<int>(std::max_element(l, l + K) - l));
@@ -370,8 +446,11 @@ class ImageTask final : public Task {
   }
 
  private:
+#ifdef RINGTRAIN_HAVE_CUDA
+  std::unique_ptr<GpuCnn> gpu_;
+  std::vector<float> logits_;  // one evaluation batch's, from the device
+#endif
   ImageData data_;
-  TaskShard shard_;
   std::unique_ptr<Cnn<float>> model_;
   uint64_t seed_ = 0;
   int batch_ = 0;
@@ -385,8 +464,9 @@ StatusOr<std::unique_ptr<Task>> MakeTask(const Config& config, const SavedModel*
   const std::string& type = config.Str("model.type");
   const std::string& source = config.Str("data.source");
   const bool image_data = source == "mnist" || source == "cifar10" || source == "synthetic_images";
-  if (type != "gpt" && config.Str("device") == "cuda")
-    return InvalidArgument("config: device cuda runs GPT models only so far (model.type is " + type + ")");
+  if (type != "gpt" && config.Str("precision") != "fp32")
+    return InvalidArgument("config: precision " + config.Str("precision") + " is for GPT models; model.type " + type +
+                           " trains in fp32");
   if (config.Str("precision") != "fp32" && config.Str("device") != "cuda")
     return InvalidArgument("config: precision " + config.Str("precision") +
                            " needs device cuda (device cpu computes in fp32)");

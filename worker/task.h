@@ -73,12 +73,15 @@ class Task {
   // data_parallel: whether the job has several data-parallel ranks, whose gradients the task must
   // then average on the devices itself (NCCL).
   virtual bool CanOptimizeOnDevice(bool data_parallel) const { (void)data_parallel; return false; }
-  // Uploads the host parameters and the moments of st (the whole arena; absent moments: zeros)
+  // Uploads the host parameters and the moments of st that oc uses (the whole arena; absent: zeros)
   // and switches to device-resident micro-steps. Again after the host copies changed (a resume).
   // With data parallelism (collective over the group): sets up the device communicator; from then
   // on the micro-step given a ready callback (the step's last) queues each range's average over
   // the group as soon as backward has finished it, and DeviceGradSumSquares waits for them.
-  virtual Status DeviceStart(const OptimState& st) { (void)st; return Internal("this task has no device optimizer"); }
+  virtual Status DeviceStart(const OptimConfig& oc, const OptimState& st) {
+    (void)oc, (void)st;
+    return Internal("this task has no device optimizer");
+  }
   virtual Status DeviceZeroGrads() { return Internal("this task has no device optimizer"); }
   // After the micro-steps: waits until the device has finished backward, then (data parallelism)
   // until the gradient averages queued behind it have finished. The trainer times the second
@@ -87,13 +90,13 @@ class Task {
   virtual Status DeviceFinishGradSync() { return Internal("this task has no device optimizer"); }
   // Sum of squares of the device gradients (double; after DeviceFinishGradSync).
   virtual StatusOr<double> DeviceGradSumSquares() { return Internal("this task has no device optimizer"); }
-  // OptimizerUpdate's Adam/AdamW update of the whole arena, on the device.
+  // OptimizerUpdate's update of the whole arena (SGD, Adam or AdamW), on the device.
   virtual Status DeviceOptimizerUpdate(const OptimConfig& oc, double lr, int64_t t, float grad_scale,
                                        const std::vector<std::pair<size_t, size_t>>& decay_ranges) {
     (void)oc, (void)lr, (void)t, (void)grad_scale, (void)decay_ranges;
     return Internal("this task has no device optimizer");
   }
-  // Copies the device parameters into arena().params and the moments into st (allocated).
+  // Copies the device parameters into arena().params and the moments oc uses into st (allocated).
   virtual Status DeviceFetch(OptimState* st) { (void)st; return Internal("this task has no device optimizer"); }
   // model.json fields that describe the data (vocabulary, image shape, normalisation).
   virtual nlohmann::json ModelMeta() const = 0;

@@ -156,13 +156,11 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const T
     t->opt_states_.clear();
     t->ckpt_async_ = false;  // the servers write their shards synchronously
   } else {
-    // device cuda with Adam/AdamW: the optimizer runs on the device, so nothing crosses between
-    // host and device in a step; with data parallelism the task averages the gradients on the
-    // devices (NCCL), queued behind backward. (Tensor parallelism, ZeRO-1 and parameter servers
-    // work on the host arena; SGD and the L1/L2 penalties have no device kernel;
+    // device cuda: the optimizer runs on the device, so nothing crosses between host and device in
+    // a step; with data parallelism the task averages the gradients on the devices (NCCL), queued
+    // behind backward. (Tensor parallelism, ZeRO-1 and parameter servers work on the host arena;
     // optim.on_device = off keeps the host.)
     t->on_device_ = t->tp_ == 1 && !(so.zero1 && t->dp_ > 1) && config.Str("optim.on_device") == "auto" &&
-                    t->oc_.kind != OptimKind::kSgd && t->oc_.l1 == 0 && t->oc_.l2 == 0 &&
                     t->task_->CanOptimizeOnDevice(t->dp_ > 1);
     if (dpc && config.Str("device") == "cuda") {
       // Every rank of the group must take the same path (their collectives differ): all or none.
@@ -183,7 +181,7 @@ StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const T
   if (t->on_device_) {
     // After a resume: the loaded parameters and moments go up.
     RT_CHECK(t->opt_states_.size() == 1 && t->opt_states_[0].base == 0);
-    RT_RETURN_IF_ERROR(t->task_->DeviceStart(t->opt_states_[0]));
+    RT_RETURN_IF_ERROR(t->task_->DeviceStart(t->oc_, t->opt_states_[0]));
   }
   if (!opts.checkpoint_root.empty() && t->ckpt_async_)
     t->PrepareSnapshot(t->CheckpointWriteSet(), ContentOf(*t->task_, t->opt_states_, t->oc_));

@@ -206,17 +206,35 @@ __global__ void SoftmaxXentKernel(float* losses, float* dlogits, const float* lo
   }
 }
 
-__global__ void AdamKernel(float* p, const float* g, float* m, float* v, int64_t n, float gs, float coupled, float b1,
-                           float b2, float omb1, float omb2, float eps, float step_size, float inv_sqrt_bc2,
+// The penalised, scaled gradient of element i, as UpdateSegment in models/optim.cc computes it.
+__device__ __forceinline__ float PenalisedGrad(float g, float p, float gs, float coupled, float l1) {
+  return g * gs + coupled * p + (l1 != 0.f ? l1 * static_cast<float>((p > 0.f) - (p < 0.f)) : 0.f);
+}
+
+__global__ void AdamKernel(float* p, const float* g, float* m, float* v, int64_t n, float gs, float coupled, float l1,
+                           float b1, float b2, float omb1, float omb2, float eps, float step_size, float inv_sqrt_bc2,
                            float decay_mul) {
   RT_GRID_STRIDE(i, n) {
-    const float gi = g[i] * gs + coupled * p[i];
+    const float gi = PenalisedGrad(g[i], p[i], gs, coupled, l1);
     const float mi = b1 * m[i] + omb1 * gi;
     const float vi = b2 * v[i] + omb2 * gi * gi;
     m[i] = mi;
     v[i] = vi;
     const float denom = sqrtf(vi) * inv_sqrt_bc2 + eps;
     p[i] = p[i] * decay_mul - step_size * mi / denom;
+  }
+}
+
+__global__ void SgdKernel(float* p, const float* g, float* m, int64_t n, float gs, float coupled, float l1, float mu,
+                          bool nesterov, float lr) {
+  RT_GRID_STRIDE(i, n) {
+    float gi = PenalisedGrad(g[i], p[i], gs, coupled, l1);
+    if (m != nullptr) {
+      const float mi = mu * m[i] + gi;
+      m[i] = mi;
+      gi = nesterov ? gi + mu * mi : mi;
+    }
+    p[i] -= lr * gi;
   }
 }
 
@@ -341,9 +359,10 @@ Status LinearBackward(const Blas& blas, float* din, float* dw, float* db, const 
                       const float* w, int N, int C, int OC, bool accumulate_din) {
   const float one = 1.f, zero = 0.f;
   // din^T (C,N) = w^T (C,OC) * dout^T (OC,N)
-  RT_RETURN_IF_ERROR(BlasStatus(cublasSgemm(blas.handle(), CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, w, C, dout, OC,
-                                            accumulate_din ? &one : &zero, din, C),
-                                "LinearBackward sgemm (input)"));
+  if (din != nullptr)
+    RT_RETURN_IF_ERROR(BlasStatus(cublasSgemm(blas.handle(), CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, w, C, dout, OC,
+                                              accumulate_din ? &one : &zero, din, C),
+                                  "LinearBackward sgemm (input)"));
   // dw^T (C,OC) += in^T (C,N) * dout (N,OC)
   RT_RETURN_IF_ERROR(BlasStatus(cublasSgemm(blas.handle(), CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, in, C, dout, OC,
                                             &one, dw, C),
@@ -502,16 +521,28 @@ Status SoftmaxCrossEntropy(float* losses, float* dlogits, const float* logits, c
   return Launched("SoftmaxCrossEntropy");
 }
 
-Status AdamUpdate(float* p, const float* g, float* m, float* v, int64_t n, const AdamArgs& a, cudaStream_t s) {
+Status AdamUpdate(float* p, const float* g, float* m, float* v, int64_t n, const OptimArgs& a, cudaStream_t s) {
+  if (n == 0) return Status::Ok();
   // The CPU optimizer's constants, computed the same way (1 - beta and bias corrections in double).
   const float wd = static_cast<float>(a.weight_decay), flr = static_cast<float>(a.lr);
+  const float coupled = static_cast<float>(a.l2) + (a.decoupled ? 0.f : wd);
   const double bc1 = 1.0 - std::pow(a.beta1, static_cast<double>(a.t));
   const double bc2 = 1.0 - std::pow(a.beta2, static_cast<double>(a.t));
   AdamKernel<<<Blocks(n), kThreads, 0, s>>>(
-      p, g, m, v, n, a.grad_scale, a.decoupled ? 0.f : wd, static_cast<float>(a.beta1), static_cast<float>(a.beta2),
-      static_cast<float>(1.0 - a.beta1), static_cast<float>(1.0 - a.beta2), static_cast<float>(a.eps),
-      static_cast<float>(a.lr / bc1), static_cast<float>(1.0 / std::sqrt(bc2)), a.decoupled ? 1.f - flr * wd : 1.f);
+      p, g, m, v, n, a.grad_scale, coupled, static_cast<float>(a.l1), static_cast<float>(a.beta1),
+      static_cast<float>(a.beta2), static_cast<float>(1.0 - a.beta1), static_cast<float>(1.0 - a.beta2),
+      static_cast<float>(a.eps), static_cast<float>(a.lr / bc1), static_cast<float>(1.0 / std::sqrt(bc2)),
+      a.decoupled ? 1.f - flr * wd : 1.f);
   return Launched("AdamUpdate");
+}
+
+Status SgdUpdate(float* p, const float* g, float* m, int64_t n, const OptimArgs& a, cudaStream_t s) {
+  if (n == 0) return Status::Ok();
+  // The CPU's SGD couples weight decay with the L2 penalty (no decoupled form).
+  const float coupled = static_cast<float>(a.l2) + static_cast<float>(a.weight_decay);
+  SgdKernel<<<Blocks(n), kThreads, 0, s>>>(p, g, m, n, a.grad_scale, coupled, static_cast<float>(a.l1),
+                                           static_cast<float>(a.momentum), a.nesterov, static_cast<float>(a.lr));
+  return Launched("SgdUpdate");
 }
 
 int64_t SumSquaresScratch(int64_t n) { return (n + kSumSqBlock - 1) / kSumSqBlock + 1; }

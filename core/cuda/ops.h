@@ -54,7 +54,8 @@ Status LayerNormBackward(float* din, float* dw, float* db, const float* dout, co
 
 // out (N,OC) = in (N,C) @ w^T + b, w (OC,C). b may be null.
 Status LinearForward(const Blas& blas, float* out, const float* in, const float* w, const float* b, int N, int C, int OC);
-// din (N,C) = dout @ w (accumulate_din: +=), dw += dout^T @ in, db += column sums (db may be null).
+// din (N,C) = dout @ w (accumulate_din: +=; din may be null: not computed), dw += dout^T @ in,
+// db += column sums (db may be null).
 Status LinearBackward(const Blas& blas, float* din, float* dw, float* db, const float* dout, const float* in,
                       const float* w, int N, int C, int OC, bool accumulate_din = false);
 
@@ -108,15 +109,21 @@ Status ResidualForward(float* out, const float* a, const float* b, int64_t n, cu
 Status SoftmaxCrossEntropy(float* losses, float* dlogits, const float* logits, const int32_t* targets, int N, int V,
                            float grad_scale, cudaStream_t s);
 
-// One Adam/AdamW update of n elements, the CPU optimizer's formulas: update number t (1-based),
-// gradient scaled by grad_scale; decoupled = AdamW (p *= 1 - lr*wd), else wd joins the gradient.
-struct AdamArgs {
-  double lr, beta1, beta2, eps, weight_decay;  // as OptimConfig holds them; weight_decay 0 off the decay ranges
-  float grad_scale;
-  int64_t t;
-  bool decoupled;
+// One optimizer update of n elements with the CPU optimizer's formulas (models/optim.cc). The
+// gradient is g * grad_scale plus the coupled penalties: l2 * p, l1 * sign(p), and weight_decay * p
+// unless decoupled (AdamW: p *= 1 - lr * weight_decay first). The caller passes zero penalties for
+// elements that do not decay.
+struct OptimArgs {
+  double lr = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0, momentum = 0, l1 = 0, l2 = 0;
+  float grad_scale = 1;
+  int64_t t = 1;            // update number, 1-based (Adam's bias corrections)
+  bool decoupled = false;   // AdamW
+  bool nesterov = false;    // SGD
 };
-Status AdamUpdate(float* p, const float* g, float* m, float* v, int64_t n, const AdamArgs& a, cudaStream_t s);
+// Adam/AdamW: moments m, v updated in place.
+Status AdamUpdate(float* p, const float* g, float* m, float* v, int64_t n, const OptimArgs& a, cudaStream_t s);
+// SGD: with momentum (m not null) m = momentum * m + g, and the step is m (nesterov: g + momentum * m).
+Status SgdUpdate(float* p, const float* g, float* m, int64_t n, const OptimArgs& a, cudaStream_t s);
 
 // Sum of squares of g[0, n) in double: scratch[0] receives it (device memory of
 // SumSquaresScratch(n) doubles; the rest holds per-8192-element partials). Blocked like the CPU's

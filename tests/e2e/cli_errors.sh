@@ -43,8 +43,8 @@ expect_error "bad dist key" "dist.zero1: expected" -- "$RT" train --run-dir r --
 # or without a GPU); a build without CUDA says so instead, also naming device cuda.
 expect_error "unknown device" "device" -- "$RT" train --run-dir r --set device=tpu
 expect_error "bf16 on the CPU" "precision bf16 needs device cuda" -- "$RT" train --run-dir r --set precision=bf16
-expect_error "device cuda for a CNN" "device cuda runs GPT models only" -- \
-  "$RT" train --run-dir r --set device=cuda --set model.type=lenet --set data.source=synthetic_images
+expect_error "bf16 for a CNN" "precision bf16 is for GPT models" -- \
+  "$RT" train --run-dir r --set device=cuda --set precision=bf16 --set model.type=lenet --set data.source=synthetic_images
 # A config error on every launched rank: the launcher names the rank and passes its status on.
 rc=0
 "$RT" launch --nproc 2 -- train --run-dir r --set model.n_layr=2 >out.txt 2>err.txt || rc=$?

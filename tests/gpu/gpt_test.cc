@@ -2,10 +2,10 @@
 //  - one forward and backward, without and with dropout: the loss and every parameter gradient
 //    tensor, within 1e-4 of the tensor's largest reference magnitude;
 //  - issue 10 acceptance 2: one training step through the trainer (SGD with momentum, weight decay,
-//    clipping, warm-up; without and with dropout) with device cuda equals the step with device cpu
-//    within 1e-4 relative, and so do 5 steps. (SGD runs on the host on both; Adam's g/sqrt(v)
-//    would turn rounding-level gradients into full-size steps of either sign, so the exact check
-//    uses SGD.)
+//    clipping, warm-up; without and with dropout; SGD on the device and on the host) with device
+//    cuda equals the step with device cpu within 1e-4 relative, and so do 5 steps. (Adam's
+//    g/sqrt(v) would turn rounding-level gradients into full-size steps of either sign, so the
+//    exact check uses SGD.)
 //  - the optimizer on the device (AdamW; the default) equals the host optimizer, a run resumed from
 //    its checkpoint is bitwise the uninterrupted one, and with 2 GPUs data parallelism through NCCL
 //    follows one process;
@@ -22,6 +22,7 @@
 #include "core/config.h"
 #include "models/gpt.h"
 #include "models/gpt_gpu.h"
+#include "tests/gpu/gpu_test_util.h"
 #include "tests/util/run_ranks.h"
 #include "tests/util/temp_dir.h"
 #include "worker/trainer.h"
@@ -29,27 +30,13 @@
 namespace ringtrain {
 namespace {
 
+using testing::ExpectTensorsClose;
+using testing::MakeTrainer;
+
 // Eager CUDA module loading for the whole suite, set before any CUDA call: with lazy loading a
 // kernel's first launch may wait for the whole context, and in-process ranks would then wait on
 // each other's spinning NCCL kernels.
 const int kEagerModules = ::setenv("CUDA_MODULE_LOADING", "EAGER", /*overwrite=*/0);
-
-#define SKIP_WITHOUT_GPU() \
-  if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device on this machine"
-
-// Largest |got - want| over the largest |want|, per tensor of the layout.
-void ExpectTensorsClose(const ParamLayout& L, const float* got, const float* want, double tol, const char* what) {
-  for (const ParamSpec& s : L.specs()) {
-    double diff = 0, mag = 1e-30;
-    for (int64_t i = 0; i < s.numel; ++i) {
-      const size_t k = s.offset + static_cast<size_t>(i);
-      diff = std::max(diff, std::fabs(static_cast<double>(got[k]) - want[k]));
-      mag = std::max(mag, std::fabs(static_cast<double>(want[k])));
-    }
-    EXPECT_LE(diff / mag, tol) << what << " of " << s.name << ": largest difference " << diff << ", largest value "
-                               << mag;
-  }
-}
 
 // The small model and batch the forward/backward comparisons use (B=3, T=37); some targets are
 // ignored (-1).
@@ -91,7 +78,7 @@ TEST_P(GpuGptModel, ForwardBackwardEqualsCpu) {
   ASSERT_EQ((*gpu)->layout().total(), cpu.arena().layout.total());
   std::vector<int32_t> tokens, targets;
   SmallBatch(cfg.vocab_size, &tokens, &targets);
-  ASSERT_TRUE((*gpu)->UploadParams(cpu.arena().params.data()).ok());
+  ASSERT_TRUE((*gpu)->arena().UploadParams(cpu.arena().params.data()).ok());
   cpu.arena().grads.Zero();
   const double want = cpu.Forward(tokens.data(), targets.data(), B, T, true, seed, key, row_begin);
   cpu.Backward(1.0f);
@@ -100,7 +87,7 @@ TEST_P(GpuGptModel, ForwardBackwardEqualsCpu) {
   EXPECT_NEAR(*got, want, 1e-5 * std::fabs(want));
   ASSERT_TRUE((*gpu)->Backward(1.0f).ok());
   std::vector<float> g(cpu.arena().layout.total());
-  ASSERT_TRUE((*gpu)->DownloadGrads(g.data()).ok());
+  ASSERT_TRUE((*gpu)->arena().DownloadGrads(g.data()).ok());
   ExpectTensorsClose(cpu.arena().layout, g.data(), cpu.arena().grads.data(), 1e-4, "gradient");
   // The test is sensitive: gradients are far from zero.
   double norm = 0;
@@ -130,13 +117,13 @@ TEST(GpuGptBf16, ForwardBackwardCloseToCpu) {
   for (int bf16 = 0; bf16 < 2; ++bf16) {
     auto gpu = GpuGpt::Create(cfg, 0, bf16 == 1);
     ASSERT_TRUE(gpu.ok()) << gpu.status().message();
-    ASSERT_TRUE((*gpu)->UploadParams(cpu.arena().params.data()).ok());
+    ASSERT_TRUE((*gpu)->arena().UploadParams(cpu.arena().params.data()).ok());
     auto got = (*gpu)->Forward(tokens.data(), targets.data(), B, T);
     ASSERT_TRUE(got.ok()) << got.status().message();
     loss[bf16] = *got;
     ASSERT_TRUE((*gpu)->Backward(1.0f).ok());
     grads[bf16].resize(cpu.arena().layout.total());
-    ASSERT_TRUE((*gpu)->DownloadGrads(grads[bf16].data()).ok());
+    ASSERT_TRUE((*gpu)->arena().DownloadGrads(grads[bf16].data()).ok());
   }
   EXPECT_NEAR(loss[1], want, 1e-2 * std::fabs(want));
   ExpectTensorsClose(cpu.arena().layout, grads[1].data(), cpu.arena().grads.data(), 5e-2, "bf16 gradient");
@@ -152,7 +139,7 @@ TEST(GpuGptDropout, TrainingModeDiffersFromEvaluation) {
   cpu.InitWeights(3);
   auto gpu = GpuGpt::Create(cfg, 0);
   ASSERT_TRUE(gpu.ok()) << gpu.status().message();
-  ASSERT_TRUE((*gpu)->UploadParams(cpu.arena().params.data()).ok());
+  ASSERT_TRUE((*gpu)->arena().UploadParams(cpu.arena().params.data()).ok());
   std::vector<int32_t> tokens, targets;
   SmallBatch(cfg.vocab_size, &tokens, &targets);
   auto eval = (*gpu)->Forward(tokens.data(), targets.data(), kB, kT);
@@ -169,14 +156,6 @@ std::vector<std::string> Sets(const std::string& device) {
           "train.eval_interval=1000000"};
 }
 
-// A trainer that prints nothing, for the config overrides `sets` and options o (communicator,
-// checkpoints).
-StatusOr<std::unique_ptr<Trainer>> MakeTrainer(const std::vector<std::string>& sets, TrainOptions o = {}) {
-  RT_ASSIGN_OR_RETURN(Config c, Config::Load("", sets));
-  o.print = false;
-  return Trainer::Create(c, o);
-}
-
 StatusOr<std::vector<float>> Train(const std::string& device, int steps, const std::vector<std::string>& extra = {}) {
   std::vector<std::string> sets = Sets(device);
   sets.insert(sets.end(), extra.begin(), extra.end());
@@ -187,9 +166,11 @@ StatusOr<std::vector<float>> Train(const std::string& device, int steps, const s
 
 TEST(GpuTrainer, StepsEqualCpu) {
   SKIP_WITHOUT_GPU();
-  for (const std::vector<std::string>& extra : {std::vector<std::string>{}, std::vector<std::string>{"model.dropout=0.1"}})
+  for (const std::vector<std::string>& extra :
+       {std::vector<std::string>{}, std::vector<std::string>{"model.dropout=0.1"},
+        std::vector<std::string>{"optim.on_device=off"}})
     for (int steps : {1, 5}) {
-      const std::string what = std::to_string(steps) + " step(s)" + (extra.empty() ? "" : " with dropout");
+      const std::string what = std::to_string(steps) + " step(s)" + (extra.empty() ? "" : " with " + extra[0]);
       auto cpu = Train("cpu", steps, extra);
       auto gpu = Train("cuda", steps, extra);
       ASSERT_TRUE(cpu.ok()) << cpu.status().message();
@@ -404,9 +385,10 @@ TEST(GpuTrainer, RefusesWhatTheGpuPathLacks) {
   auto sets = Sets("cuda");
   sets.push_back("model.type=lenet");
   sets.push_back("data.source=synthetic_images");
+  sets.push_back("precision=bf16");
   auto t = MakeTrainer(sets);
   ASSERT_FALSE(t.ok());
-  EXPECT_NE(t.status().message().find("device cuda runs GPT models only"), std::string::npos) << t.status().message();
+  EXPECT_NE(t.status().message().find("precision bf16 is for GPT models"), std::string::npos) << t.status().message();
 }
 
 }  // namespace

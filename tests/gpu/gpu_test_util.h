@@ -1,5 +1,5 @@
-// Helpers of the GPU op tests: skipping without a device, random inputs, device copies of host
-// vectors, and the relative comparison every op test uses.
+// Helpers of the GPU tests: skipping without a device, random inputs, device copies of host
+// vectors, the relative comparisons (per vector, per parameter tensor), and a quiet trainer.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -8,9 +8,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <memory>
+#include <string>
 #include <vector>
 
+#include "core/arena.h"
+#include "core/config.h"
 #include "core/rng.h"
+#include "worker/trainer.h"
 
 namespace ringtrain::testing {
 
@@ -65,6 +70,29 @@ inline void ExpectClose(const std::vector<float>& got, const std::vector<float>&
     mag = std::max(mag, std::fabs(static_cast<double>(want[i])));
   }
   EXPECT_LE(diff / mag, tol) << what << ": element " << at << " is " << got[at] << ", reference " << want[at];
+}
+
+// Largest |got - want| over the largest |want|, per tensor of the layout.
+inline void ExpectTensorsClose(const ParamLayout& L, const float* got, const float* want, double tol,
+                               const char* what) {
+  for (const ParamSpec& s : L.specs()) {
+    double diff = 0, mag = 1e-30;
+    for (int64_t i = 0; i < s.numel; ++i) {
+      const size_t k = s.offset + static_cast<size_t>(i);
+      diff = std::max(diff, std::fabs(static_cast<double>(got[k]) - want[k]));
+      mag = std::max(mag, std::fabs(static_cast<double>(want[k])));
+    }
+    EXPECT_LE(diff / mag, tol) << what << " of " << s.name << ": largest difference " << diff << ", largest value "
+                               << mag;
+  }
+}
+
+// A trainer that prints nothing, for the config overrides `sets` and options o (communicator,
+// checkpoints).
+inline StatusOr<std::unique_ptr<Trainer>> MakeTrainer(const std::vector<std::string>& sets, TrainOptions o = {}) {
+  RT_ASSIGN_OR_RETURN(Config c, Config::Load("", sets));
+  o.print = false;
+  return Trainer::Create(c, o);
 }
 
 }  // namespace ringtrain::testing

@@ -281,7 +281,15 @@ TEST(GpuOps, AdamAndAdamWMatchTheCpuOptimizer) {
     Dev<float> gp(p), gg(g), gm(n), gv(n);
     for (int64_t t = 1; t <= 3; ++t) {
       OptimizerUpdate(oc, oc.lr, t, 0.5f, p.data(), g.data(), st, 0, n, {{0, n}});  // all decayed
-      gpu::AdamArgs a{oc.lr, oc.beta1, oc.beta2, oc.eps, oc.weight_decay, 0.5f, t, kind == OptimKind::kAdamW};
+      gpu::OptimArgs a;
+      a.lr = oc.lr;
+      a.beta1 = oc.beta1;
+      a.beta2 = oc.beta2;
+      a.eps = oc.eps;
+      a.weight_decay = oc.weight_decay;
+      a.grad_scale = 0.5f;
+      a.t = t;
+      a.decoupled = kind == OptimKind::kAdamW;
       ASSERT_TRUE(gpu::AdamUpdate(gp.p, gg.p, gm.p, gv.p, static_cast<int64_t>(n), a, nullptr).ok());
     }
     ExpectClose(gp.Host(), p, kind == OptimKind::kAdam ? "adam params" : "adamw params");
