@@ -22,7 +22,9 @@ GpuCnn::~GpuCnn() {
 
 Status GpuCnn::PlanActivations(int N) {
   if (N <= planN_) return Status::Ok();
-  RT_RETURN_IF_ERROR(Synchronize());  // the old plan may still be in use
+  // The old plan goes back to the device's cache: nothing queued may still use it.
+  RT_RETURN_IF_ERROR(Synchronize());
+  RT_CUDA_RETURN_IF_ERROR(cudaSetDevice(arena_->device()), "cudaSetDevice");
   planN_ = N;
   const int64_t kAlign = 64;  // 256-byte aligned pieces
   const Cnn<float>::PlanSizes sizes = Cnn<float>::PlanFor(nodes_, N, kAlign);
@@ -34,16 +36,16 @@ Status GpuCnn::PlanActivations(int N) {
     scratch = std::max(scratch, gpu::Conv2dScratchFloats(s));
   }
   const int64_t outputs = static_cast<int64_t>(N) * cfg_.classes;
-  RT_RETURN_IF_ERROR(acts_.Allocate(static_cast<size_t>(sizes.acts), "CNN activations"));
-  RT_RETURN_IF_ERROR(argmax_.Allocate(static_cast<size_t>(sizes.argmax), "max-pooling indices"));
-  RT_RETURN_IF_ERROR(masks_.Allocate(static_cast<size_t>(sizes.masks), "dropout masks"));
-  RT_RETURN_IF_ERROR(scratch_.Allocate(static_cast<size_t>(scratch), "convolution scratch"));
-  RT_RETURN_IF_ERROR(tmp_.Allocate(static_cast<size_t>(sizes.largest), "gradient scratch"));
-  RT_RETURN_IF_ERROR(losses_.Allocate(static_cast<size_t>(N), "losses"));
-  RT_RETURN_IF_ERROR(labels_.Allocate(static_cast<size_t>(N), "labels"));
+  RT_RETURN_IF_ERROR(acts_.AllocateCached(static_cast<size_t>(sizes.acts), "CNN activations"));
+  RT_RETURN_IF_ERROR(argmax_.AllocateCached(static_cast<size_t>(sizes.argmax), "max-pooling indices"));
+  RT_RETURN_IF_ERROR(masks_.AllocateCached(static_cast<size_t>(sizes.masks), "dropout masks"));
+  RT_RETURN_IF_ERROR(scratch_.AllocateCached(static_cast<size_t>(scratch), "convolution scratch"));
+  RT_RETURN_IF_ERROR(tmp_.AllocateCached(static_cast<size_t>(sizes.largest), "gradient scratch"));
+  RT_RETURN_IF_ERROR(losses_.AllocateCached(static_cast<size_t>(N), "losses"));
+  RT_RETURN_IF_ERROR(labels_.AllocateCached(static_cast<size_t>(N), "labels"));
   if (cfg_.loss == "mse") {
-    RT_RETURN_IF_ERROR(onehot_.Allocate(static_cast<size_t>(outputs), "one-hot targets"));
-    RT_RETURN_IF_ERROR(mse_.Allocate(1 + (gpu::MseScratchBytes(outputs) + 7) / 8, "MSE scratch"));
+    RT_RETURN_IF_ERROR(onehot_.AllocateCached(static_cast<size_t>(outputs), "one-hot targets"));
+    RT_RETURN_IF_ERROR(mse_.AllocateCached(1 + (gpu::MseScratchBytes(outputs) + 7) / 8, "MSE scratch"));
   }
   Cnn<float>::AssignPlan(nodes_, N, kAlign, acts_.data(), argmax_.data(), masks_.data());
   host_losses_.resize(static_cast<size_t>(N));

@@ -80,7 +80,9 @@ Status GpuGpt::LinBack(float* din, int w, int b, const float* dout, const float*
 Status GpuGpt::PlanActivations(int B, int Tn) {
   RT_CHECK(Tn <= cfg_.block_size);
   if (B <= planB_ && Tn <= planT_) return Status::Ok();
-  RT_RETURN_IF_ERROR(Synchronize());  // the old plan may still be in use
+  // The old plan goes back to the device's cache: nothing queued may still use it.
+  RT_RETURN_IF_ERROR(Synchronize());
+  RT_CUDA_RETURN_IF_ERROR(cudaSetDevice(arena_->device()), "cudaSetDevice");
   planB_ = std::max(B, planB_);
   planT_ = std::max(Tn, planT_);
   const int64_t N = static_cast<int64_t>(planB_) * planT_, C = cfg_.n_embd, V = cfg_.vocab_size,
@@ -92,17 +94,17 @@ Status GpuGpt::PlanActivations(int B, int Tn) {
                             (drop ? r(att) : 0);  // att_drop
   const int64_t total = per_block * cfg_.n_layer + r(N * C) * 2 + r(N) * 3 + r(N * V) + r(N * C) * 2 +
                         r(N * 4 * C) + r(N * 3 * C) + r(att);
-  RT_RETURN_IF_ERROR(acts_.Allocate(static_cast<size_t>(total), "activations"));
-  RT_RETURN_IF_ERROR(ids_.Allocate(static_cast<size_t>(2 * N), "token ids"));
+  RT_RETURN_IF_ERROR(acts_.AllocateCached(static_cast<size_t>(total), "activations"));
+  RT_RETURN_IF_ERROR(ids_.AllocateCached(static_cast<size_t>(2 * N), "token ids"));
   if (bf16_) {
     // Matmul inputs rounded to bf16: the widest input is (N,4C), the widest output gradient (N,V).
-    RT_RETURN_IF_ERROR(xbf_.Allocate(static_cast<size_t>(N * 4 * C), "bf16 matmul inputs"));
-    RT_RETURN_IF_ERROR(dbf_.Allocate(static_cast<size_t>(N * std::max<int64_t>(V, 4 * C)), "bf16 output gradients"));
+    RT_RETURN_IF_ERROR(xbf_.AllocateCached(static_cast<size_t>(N * 4 * C), "bf16 matmul inputs"));
+    RT_RETURN_IF_ERROR(dbf_.AllocateCached(static_cast<size_t>(N * std::max<int64_t>(V, 4 * C)), "bf16 output gradients"));
   }
   // Dropout keep masks: the embedding's, then per block the attention probabilities' and the two
   // residual branches'.
   const int64_t mask_total = drop ? r(N * C) + cfg_.n_layer * (r(att) + 2 * r(N * C)) : 0;
-  RT_RETURN_IF_ERROR(masks_.Allocate(static_cast<size_t>(mask_total), "dropout masks"));
+  RT_RETURN_IF_ERROR(masks_.AllocateCached(static_cast<size_t>(mask_total), "dropout masks"));
   uint8_t* mp = masks_.data();
   auto take_mask = [&](int64_t n) {
     uint8_t* q = mp;

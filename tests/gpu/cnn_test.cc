@@ -6,7 +6,8 @@
 //  - through the trainer: steps with device cuda (SGD with momentum and weight decay; optimizer on
 //    the device and on the host; with dropout) equal device cpu within 1e-4 relative, and the
 //    evaluation's loss and accuracy agree;
-//  - the device optimizer's SGD and Adam with the L1/L2 penalties equal the CPU optimizer.
+//  - the device optimizer's SGD and Adam with the L1/L2 penalties equal the CPU optimizer;
+//  - activations come from the device's caching allocator and are reused by the next model.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -16,6 +17,8 @@
 #include <utility>
 #include <vector>
 
+#include "core/caching_allocator.h"
+#include "core/cuda/memory.h"
 #include "models/cnn.h"
 #include "models/cnn_gpu.h"
 #include "models/optim.h"
@@ -232,6 +235,35 @@ TEST(GpuDeviceArena, OptimizerStepEqualsCpu) {
     if (d.has_m()) ExpectClose(m, std::vector<float>(st.m.data(), st.m.data() + n), (what + " m").c_str());
     if (d.has_v()) ExpectClose(v, std::vector<float>(st.v.data(), st.v.data() + n), (what + " v").c_str());
   }
+}
+
+// Activations come from the device's caching allocator: a second model of the same shape gets the
+// first one's blocks back (no cudaMalloc), and a request larger than the device is one clear error.
+TEST(GpuDeviceCache, ModelsReuseActivationBlocks) {
+  SKIP_WITHOUT_GPU();
+  Cnn<float> cpu(ImageModel("lenet", 1, 28, 10));
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  CachingAllocator& cache = cuda::DeviceCache(0);
+  {
+    auto g = GpuCnn::Create(cpu, 0);
+    ASSERT_TRUE(g.ok()) << g.status().message();
+    ASSERT_TRUE((*g)->PlanActivations(32).ok());
+  }
+  const CachingAllocator::Stats before = cache.stats();
+  EXPECT_GT(before.cached_bytes, 0u) << "the first model's activations did not go back to the cache";
+  {
+    auto g = GpuCnn::Create(cpu, 0);
+    ASSERT_TRUE(g.ok()) << g.status().message();
+    ASSERT_TRUE((*g)->PlanActivations(32).ok());
+    const CachingAllocator::Stats during = cache.stats();
+    EXPECT_EQ(during.backend_allocs, before.backend_allocs) << "the second model's activations were not reused";
+    EXPECT_GT(during.hits, before.hits);
+  }
+  cuda::DeviceBuffer<float> huge;
+  const Status st = huge.AllocateCached(size_t{1} << 42, "a test buffer");  // 16 TiB
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("out of memory"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("a test buffer"), std::string::npos) << st.message();
 }
 
 // Without a GPU, device cuda for a CNN is one clear error (this case runs on machines without one).
