@@ -93,6 +93,7 @@ TEST(CachingAllocator, BestFitWithinTwiceTheSize) {
   // 5 MiB -> 6 MiB: the 8 MiB block fits within twice.
   EXPECT_EQ(a.Allocate(5u << 20), big);
   EXPECT_EQ(a.stats().cached_bytes, 16384u);
+  for (void* p : {small, fresh, big}) a.Free(p);
 }
 
 TEST(CachingAllocator, OutOfMemoryReleasesTheCache) {
