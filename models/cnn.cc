@@ -406,7 +406,12 @@ std::vector<std::pair<size_t, size_t>> Cnn<T>::StateRanges() const {
     if (n.kind != Kind::kBatchNorm) continue;
     for (int idx : {n.rm, n.rv}) {
       const ParamSpec& s = arena_.layout.spec(idx);
-      r.emplace_back(s.offset, s.offset + static_cast<size_t>(s.numel));
+      const size_t b = s.offset, e = s.offset + static_cast<size_t>(s.numel);
+      // Neighbours (running_mean then running_var, up to the arena's alignment) become one range.
+      if (!r.empty() && b >= r.back().second && b - r.back().second < ParamLayout::kAlign)
+        r.back().second = e;
+      else
+        r.emplace_back(b, e);
     }
   }
   return r;

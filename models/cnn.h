@@ -49,7 +49,8 @@ class Cnn {
   void Backward(T loss_scale, const GradReadyFn& on_ready = nullptr);
   const T* logits() const;  // (N, classes) of the last Forward
   std::string Describe() const;
-  // Arena ranges the training forward writes (BatchNorm's running statistics), in order.
+  // Arena ranges the training forward writes (BatchNorm's running statistics), in order; each
+  // layer's two statistics are one range (with the alignment gap between them).
   std::vector<std::pair<size_t, size_t>> StateRanges() const;
 
   // The graph, in topological order (node 0 is the input); GpuCnn runs the same one.

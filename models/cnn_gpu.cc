@@ -24,7 +24,7 @@ Status GpuCnn::PlanActivations(int N) {
   if (N <= planN_) return Status::Ok();
   // The old plan goes back to the device's cache: nothing queued may still use it.
   RT_RETURN_IF_ERROR(Synchronize());
-  RT_CUDA_RETURN_IF_ERROR(cudaSetDevice(arena_->device()), "cudaSetDevice");
+  RT_RETURN_IF_ERROR(arena_->SetDevice());
   planN_ = N;
   const int64_t kAlign = 64;  // 256-byte aligned pieces
   const Cnn<float>::PlanSizes sizes = Cnn<float>::PlanFor(nodes_, N, kAlign);

@@ -79,7 +79,13 @@ Status DeviceArena::ZeroGrads() {
   return Status::Ok();
 }
 
+Status DeviceArena::SetDevice() {
+  RT_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_), "cudaSetDevice(" + std::to_string(device_) + ")");
+  return Status::Ok();
+}
+
 Status DeviceArena::StartOptimizer(const OptimConfig& oc, const float* params, const float* m, const float* v) {
+  RT_RETURN_IF_ERROR(SetDevice());  // allocations go to the current device
   // The moments OptimState::Allocate gives the host optimizer.
   const bool need_m = oc.kind != OptimKind::kSgd || oc.momentum > 0;
   const bool need_v = oc.kind != OptimKind::kSgd;
@@ -103,6 +109,7 @@ Status DeviceArena::StartOptimizer(const OptimConfig& oc, const float* params, c
 
 StatusOr<double> DeviceArena::GradSumSquares() {
   if (sumsq_.size() == 0) {
+    RT_RETURN_IF_ERROR(SetDevice());
     const size_t scratch = static_cast<size_t>(gpu::SumSquaresScratch(static_cast<int64_t>(n_)));
     RT_RETURN_IF_ERROR(sumsq_.Allocate(scratch, "gradient norm scratch"));
   }

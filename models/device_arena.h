@@ -45,6 +45,8 @@ class DeviceArena {
   Status DownloadParamRange(float* host, size_t b, size_t e);
   Status DownloadGrads(float* host);
   Status ZeroGrads();
+  // Makes the arena's device current on the calling thread (before allocating for it).
+  Status SetDevice();
   // Waits for everything enqueued on the stream; `what` names the work in an error.
   Status Synchronize(const char* what = "the model's work on the device");
 

@@ -62,19 +62,22 @@ GpuGpt::~GpuGpt() {
   if (arena_) (void)arena_->Synchronize();
 }
 
-Status GpuGpt::Lin(float* out, const float* in, int w, int b, int N, int C, int OC) {
-  if (!bf16_) return gpu::LinearForward(*blas_, out, in, P(w), P(b), N, C, OC);
-  RT_RETURN_IF_ERROR(gpu::ToBf16(xbf_.data(), in, static_cast<int64_t>(N) * C, stream_));
-  return gpu::LinearForwardBf16(*blas16_, out, xbf_.data(), W16(w), P(b), N, C, OC);
+Status GpuGpt::Lin(float* out, Act in, int w, int b, int N, int C, int OC) {
+  if (!bf16_) return gpu::LinearForward(*blas_, out, in.f, P(w), P(b), N, C, OC);
+  RT_CHECK(in.h != nullptr);
+  return gpu::LinearForwardBf16(*blas16_, out, in.h, W16(w), P(b), N, C, OC);
 }
 
-Status GpuGpt::LinBack(float* din, int w, int b, const float* dout, const float* in, int N, int C, int OC) {
-  if (!bf16_) return gpu::LinearBackward(*blas_, din, G(w), G(b), dout, in, P(w), N, C, OC);
-  // The input is rounded again rather than kept from the forward: one cheap pass, no (N,C) bf16
-  // copy per layer held through the step.
-  RT_RETURN_IF_ERROR(gpu::ToBf16(xbf_.data(), in, static_cast<int64_t>(N) * C, stream_));
+Status GpuGpt::LinBack(float* din, int w, int b, const float* dout, Act in, int N, int C, int OC) {
+  if (!bf16_) return gpu::LinearBackward(*blas_, din, G(w), G(b), dout, in.f, P(w), N, C, OC);
+  RT_CHECK(in.h != nullptr);
   RT_RETURN_IF_ERROR(gpu::ToBf16(dbf_.data(), dout, static_cast<int64_t>(N) * OC, stream_));
-  return gpu::LinearBackwardBf16(*blas16_, din, G(w), G(b), dout, dbf_.data(), xbf_.data(), W16(w), N, C, OC);
+  return gpu::LinearBackwardBf16(*blas16_, din, G(w), G(b), dout, dbf_.data(), in.h, W16(w), N, C, OC);
+}
+
+Status GpuGpt::LnForward(Act out, float* mean, float* rstd, const float* in, int w, int b, int N, int C) {
+  if (!bf16_) return gpu::LayerNormForward(out.f, mean, rstd, in, P(w), P(b), N, C, stream_);
+  return gpu::LayerNormForwardBf16(out.h, mean, rstd, in, P(w), P(b), N, C, stream_);
 }
 
 Status GpuGpt::PlanActivations(int B, int Tn) {
@@ -82,77 +85,81 @@ Status GpuGpt::PlanActivations(int B, int Tn) {
   if (B <= planB_ && Tn <= planT_) return Status::Ok();
   // The old plan goes back to the device's cache: nothing queued may still use it.
   RT_RETURN_IF_ERROR(Synchronize());
-  RT_CUDA_RETURN_IF_ERROR(cudaSetDevice(arena_->device()), "cudaSetDevice");
+  RT_RETURN_IF_ERROR(arena_->SetDevice());
   planB_ = std::max(B, planB_);
   planT_ = std::max(Tn, planT_);
   const int64_t N = static_cast<int64_t>(planB_) * planT_, C = cfg_.n_embd, V = cfg_.vocab_size,
                 NH = cfg_.n_head;
   const int64_t att = static_cast<int64_t>(planB_) * NH * planT_ * (flash_ ? 1 : planT_);
-  auto r = [](int64_t n) { return (n + 63) / 64 * 64; };  // 256-byte aligned pieces
   const bool drop = cfg_.dropout > 0;
-  const int64_t per_block = r(N * C) * 6 + r(N) * 4 + r(N * 3 * C) + r(att) + r(N * C) + r(N * 4 * C) * 2 +
-                            (drop ? r(att) : 0);  // att_drop
-  const int64_t total = per_block * cfg_.n_layer + r(N * C) * 2 + r(N) * 3 + r(N * V) + r(N * C) * 2 +
-                        r(N * 4 * C) + r(N * 3 * C) + r(att);
-  RT_RETURN_IF_ERROR(acts_.AllocateCached(static_cast<size_t>(total), "activations"));
+  // One walk over the pieces, run twice: first counting (null bases), then assigning. Pieces are
+  // 256-byte aligned (64 fp32, 128 bf16 or 256 mask elements).
+  int64_t used32 = 0, used16 = 0, used8 = 0;
+  auto take = [](auto* base, int64_t& used, int64_t align, int64_t n) {
+    auto* p = base ? base + used : nullptr;
+    used += (n + align - 1) / align * align;
+    return p;
+  };
+  auto carve = [&](float* fb, gpu::bf16* hb, uint8_t* mb) {
+    used32 = used16 = used8 = 0;
+    auto f32 = [&](int64_t n) { return take(fb, used32, 64, n); };
+    auto m8 = [&](int64_t n) { return take(mb, used8, 256, n); };
+    // An activation a matmul reads: bf16 in bf16 mode, else fp32.
+    auto act = [&](int64_t n) {
+      Act a;
+      if (bf16_)
+        a.h = take(hb, used16, 128, n);
+      else
+        a.f = f32(n);
+      return a;
+    };
+    keep_emb_ = drop ? m8(N * C) : nullptr;
+    encoded_ = f32(N * C);
+    ba_.assign(static_cast<size_t>(cfg_.n_layer), BlockActs{});
+    for (auto& a : ba_) {
+      a.ln1 = act(N * C);
+      a.ln1_mean = f32(N);
+      a.ln1_rstd = f32(N);
+      a.qkv = f32(N * 3 * C);
+      a.att = f32(att);
+      a.att_drop = drop ? f32(att) : nullptr;
+      a.keep_att = drop ? m8(att) : nullptr;
+      a.keep_attproj = drop ? m8(N * C) : nullptr;
+      a.keep_fcproj = drop ? m8(N * C) : nullptr;
+      a.atty = f32(N * C);
+      a.atty_in = bf16_ ? act(N * C) : Act{a.atty, nullptr};
+      a.attproj = f32(N * C);
+      a.res1 = f32(N * C);
+      a.ln2 = act(N * C);
+      a.ln2_mean = f32(N);
+      a.ln2_rstd = f32(N);
+      a.fch = act(N * 4 * C);
+      a.fch_gelu = act(N * 4 * C);
+      a.fcproj = f32(N * C);
+      a.res2 = f32(N * C);
+    }
+    lnf_ = act(N * C);
+    lnf_mean_ = f32(N);
+    lnf_rstd_ = f32(N);
+    logits_ = f32(N * V);
+    dres_ = f32(N * C);
+    dtmp_ = f32(N * C);
+    dbig_ = f32(N * 4 * C);
+    dqkv_ = f32(N * 3 * C);
+    datt_ = f32(att);
+    losses_ = f32(N);
+  };
+  carve(nullptr, nullptr, nullptr);
+  const int64_t n32 = used32, n16 = used16, n8 = used8;
+  RT_RETURN_IF_ERROR(acts_.AllocateCached(static_cast<size_t>(n32), "activations"));
+  RT_RETURN_IF_ERROR(acts16_.AllocateCached(static_cast<size_t>(n16), "bf16 activations"));
+  RT_RETURN_IF_ERROR(masks_.AllocateCached(static_cast<size_t>(n8), "dropout masks"));
   RT_RETURN_IF_ERROR(ids_.AllocateCached(static_cast<size_t>(2 * N), "token ids"));
-  if (bf16_) {
-    // Matmul inputs rounded to bf16: the widest input is (N,4C), the widest output gradient (N,V).
-    RT_RETURN_IF_ERROR(xbf_.AllocateCached(static_cast<size_t>(N * 4 * C), "bf16 matmul inputs"));
+  // bf16 mode: the widest output gradient a product reads rounded, (N,V) or (N,4C).
+  if (bf16_)
     RT_RETURN_IF_ERROR(dbf_.AllocateCached(static_cast<size_t>(N * std::max<int64_t>(V, 4 * C)), "bf16 output gradients"));
-  }
-  // Dropout keep masks: the embedding's, then per block the attention probabilities' and the two
-  // residual branches'.
-  const int64_t mask_total = drop ? r(N * C) + cfg_.n_layer * (r(att) + 2 * r(N * C)) : 0;
-  RT_RETURN_IF_ERROR(masks_.AllocateCached(static_cast<size_t>(mask_total), "dropout masks"));
-  uint8_t* mp = masks_.data();
-  auto take_mask = [&](int64_t n) {
-    uint8_t* q = mp;
-    mp += r(n);
-    return q;
-  };
-  keep_emb_ = drop ? take_mask(N * C) : nullptr;
-  float* p = acts_.data();
-  auto take = [&](int64_t n) {
-    float* q = p;
-    p += r(n);
-    return q;
-  };
-  encoded_ = take(N * C);
-  ba_.assign(static_cast<size_t>(cfg_.n_layer), BlockActs{});
-  for (auto& a : ba_) {
-    a.ln1 = take(N * C);
-    a.ln1_mean = take(N);
-    a.ln1_rstd = take(N);
-    a.qkv = take(N * 3 * C);
-    a.att = take(att);
-    a.att_drop = drop ? take(att) : nullptr;
-    a.keep_att = drop ? take_mask(att) : nullptr;
-    a.keep_attproj = drop ? take_mask(N * C) : nullptr;
-    a.keep_fcproj = drop ? take_mask(N * C) : nullptr;
-    a.atty = take(N * C);
-    a.attproj = take(N * C);
-    a.res1 = take(N * C);
-    a.ln2 = take(N * C);
-    a.ln2_mean = take(N);
-    a.ln2_rstd = take(N);
-    a.fch = take(N * 4 * C);
-    a.fch_gelu = take(N * 4 * C);
-    a.fcproj = take(N * C);
-    a.res2 = take(N * C);
-  }
-  lnf_ = take(N * C);
-  lnf_mean_ = take(N);
-  lnf_rstd_ = take(N);
-  logits_ = take(N * V);
-  dres_ = take(N * C);
-  dtmp_ = take(N * C);
-  dbig_ = take(N * 4 * C);
-  dqkv_ = take(N * 3 * C);
-  datt_ = take(att);
-  losses_ = take(N);
-  RT_CHECK(p <= acts_.data() + acts_.size());
-  RT_CHECK(mp == masks_.data() + mask_total);
+  carve(acts_.data(), acts16_.data(), masks_.data());
+  RT_CHECK(used32 == n32 && used16 == n16 && used8 == n8);
   host_losses_.resize(static_cast<size_t>(N));
   return Status::Ok();
 }
@@ -200,21 +207,29 @@ StatusOr<double> GpuGpt::Forward(const int32_t* tokens, const int32_t* targets, 
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const Block& b = blocks_[static_cast<size_t>(l)];
     const BlockActs& a = ba_[static_cast<size_t>(l)];
-    RT_RETURN_IF_ERROR(gpu::LayerNormForward(a.ln1, a.ln1_mean, a.ln1_rstd, x, P(b.ln1_w), P(b.ln1_b), N, C, stream_));
+    RT_RETURN_IF_ERROR(LnForward(a.ln1, a.ln1_mean, a.ln1_rstd, x, b.ln1_w, b.ln1_b, N, C));
     RT_RETURN_IF_ERROR(Lin(a.qkv, a.ln1, b.attn_w, b.attn_b, N, C, 3 * C));
     if (drop) RT_RETURN_IF_ERROR(att_mask(a.keep_att, 1 + 3 * static_cast<uint64_t>(l)));
     RT_RETURN_IF_ERROR(flash_ ? gpu::FlashAttentionForward(a.atty, a.att, a.qkv, B, Tn, C, NH, stream_)
                               : gpu::AttentionForward(blas, a.atty, a.att, a.att_drop, drop ? a.keep_att : nullptr, p,
                                                       a.qkv, B, Tn, C, NH));
-    RT_RETURN_IF_ERROR(Lin(a.attproj, a.atty, b.proj_w, b.proj_b, N, C, C));
+    if (bf16_) RT_RETURN_IF_ERROR(gpu::ToBf16(a.atty_in.h, a.atty, NC, stream_));
+    RT_RETURN_IF_ERROR(Lin(a.attproj, a.atty_in, b.proj_w, b.proj_b, N, C, C));
     if (drop) {
       RT_RETURN_IF_ERROR(mask(a.keep_attproj, NC, 2 + 3 * static_cast<uint64_t>(l)));
       RT_RETURN_IF_ERROR(gpu::DropoutApply(a.attproj, a.attproj, a.keep_attproj, p, NC, stream_));
     }
     RT_RETURN_IF_ERROR(gpu::ResidualForward(a.res1, x, a.attproj, NC, stream_));
-    RT_RETURN_IF_ERROR(gpu::LayerNormForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res1, P(b.ln2_w), P(b.ln2_b), N, C, stream_));
-    RT_RETURN_IF_ERROR(Lin(a.fch, a.ln2, b.fc_w, b.fc_b, N, C, 4 * C));
-    RT_RETURN_IF_ERROR(gpu::GeluForward(a.fch_gelu, a.fch, 4 * NC, stream_));
+    RT_RETURN_IF_ERROR(LnForward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res1, b.ln2_w, b.ln2_b, N, C));
+    if (bf16_) {
+      // The pre-activation in fp32 into backward's (N,4C) scratch (free during forward), then
+      // stored rounded with its GELU.
+      RT_RETURN_IF_ERROR(Lin(dbig_, a.ln2, b.fc_w, b.fc_b, N, C, 4 * C));
+      RT_RETURN_IF_ERROR(gpu::GeluForwardBf16(a.fch.h, a.fch_gelu.h, dbig_, 4 * NC, stream_));
+    } else {
+      RT_RETURN_IF_ERROR(Lin(a.fch.f, a.ln2, b.fc_w, b.fc_b, N, C, 4 * C));
+      RT_RETURN_IF_ERROR(gpu::GeluForward(a.fch_gelu.f, a.fch.f, 4 * NC, stream_));
+    }
     RT_RETURN_IF_ERROR(Lin(a.fcproj, a.fch_gelu, b.fcproj_w, b.fcproj_b, N, 4 * C, C));
     if (drop) {
       RT_RETURN_IF_ERROR(mask(a.keep_fcproj, NC, 3 + 3 * static_cast<uint64_t>(l)));
@@ -223,7 +238,7 @@ StatusOr<double> GpuGpt::Forward(const int32_t* tokens, const int32_t* targets, 
     RT_RETURN_IF_ERROR(gpu::ResidualForward(a.res2, a.res1, a.fcproj, NC, stream_));
     x = a.res2;
   }
-  RT_RETURN_IF_ERROR(gpu::LayerNormForward(lnf_, lnf_mean_, lnf_rstd_, x, P(lnf_w_), P(lnf_b_), N, C, stream_));
+  RT_RETURN_IF_ERROR(LnForward(lnf_, lnf_mean_, lnf_rstd_, x, lnf_w_, lnf_b_, N, C));
   // Output layer tied to the token embedding: logits (N,V) = lnf (N,C) @ wte^T.
   RT_RETURN_IF_ERROR(Lin(logits_, lnf_, wte_, -1, N, C, V));
   if (!targets) {
@@ -270,7 +285,8 @@ Status GpuGpt::Backward(float loss_scale, const GradReadyFn& on_ready) {
       dfcproj = dtmp_;
     }
     RT_RETURN_IF_ERROR(LinBack(dbig_, b.fcproj_w, b.fcproj_b, dfcproj, a.fch_gelu, N, 4 * C, C));
-    RT_RETURN_IF_ERROR(gpu::GeluBackward(dbig_, dbig_, a.fch, 4 * NC, stream_));
+    RT_RETURN_IF_ERROR(bf16_ ? gpu::GeluBackwardBf16(dbig_, dbig_, a.fch.h, 4 * NC, stream_)
+                             : gpu::GeluBackward(dbig_, dbig_, a.fch.f, 4 * NC, stream_));
     RT_RETURN_IF_ERROR(LinBack(dtmp_, b.fc_w, b.fc_b, dbig_, a.ln2, N, C, 4 * C));
     RT_RETURN_IF_ERROR(gpu::LayerNormBackward(dres_, G(b.ln2_w), G(b.ln2_b), dtmp_, a.res1, P(b.ln2_w), a.ln2_mean,
                                               a.ln2_rstd, N, C, stream_));  // dres now d(res1)
@@ -282,7 +298,7 @@ Status GpuGpt::Backward(float loss_scale, const GradReadyFn& on_ready) {
     }
     float* datty = dbig_;  // (N,C) of the (N,4C) scratch
     RT_RETURN_IF_ERROR(
-        LinBack(datty, b.proj_w, b.proj_b, dattproj, a.atty, N, C, C));
+        LinBack(datty, b.proj_w, b.proj_b, dattproj, a.atty_in, N, C, C));
     RT_RETURN_IF_ERROR(flash_ ? gpu::FlashAttentionBackward(dqkv_, datt_, datty, a.qkv, a.atty, a.att, B, Tn, C, NH,
                                                             stream_)
                               : gpu::AttentionBackward(blas, dqkv_, datt_, datty, a.qkv, a.att, a.att_drop,

@@ -29,9 +29,12 @@ class GpuGpt {
  public:
   // The model on visible CUDA device local_rank mod (number of visible devices): one GPU per local
   // rank. Fails with one line when there is no device or when the config asks for what the GPU
-  // path lacks. bf16: mixed precision, every Linear's product (the lm head's too) from bf16
-  // inputs on tensor cores with fp32 accumulation; parameters, gradients, activations, attention
-  // and every reduction stay fp32. Otherwise strict fp32 (no TF32).
+  // path lacks. bf16: mixed precision. Every Linear's product (the lm head's too) runs on tensor
+  // cores from bf16 inputs with fp32 accumulation, and the activations the products read are
+  // stored in bf16 (the LayerNorm outputs, the MLP's pre-activation and GELU output, a copy of the
+  // attention output); the fp32 master parameters (rounded to a bf16 copy once per forward),
+  // gradients, optimizer state, the residual stream, attention, the logits and every reduction
+  // stay fp32. Otherwise strict fp32 (no TF32).
   static StatusOr<std::unique_ptr<GpuGpt>> Create(const GptConfig& cfg, int local_rank, bool bf16 = false);
   ~GpuGpt();
   GpuGpt(const GpuGpt&) = delete;
@@ -68,18 +71,30 @@ class GpuGpt {
     int ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b;
     std::pair<size_t, size_t> range;  // the block's parameters in the arena
   };
+  // An activation a matmul reads: fp32 (f), or in bf16 mode stored rounded to bf16 (h); the other
+  // pointer is null.
+  struct Act {
+    float* f = nullptr;
+    gpu::bf16* h = nullptr;
+  };
   struct BlockActs {
     // att: the (B,NH,T,T) probabilities, or with flash attention the (B,NH,T) log-sum-exps.
-    float *ln1, *ln1_mean, *ln1_rstd, *qkv, *att, *atty, *attproj, *res1;
-    float *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *fcproj, *res2;
+    float *ln1_mean, *ln1_rstd, *qkv, *att, *atty, *attproj, *res1;
+    float *ln2_mean, *ln2_rstd, *fcproj, *res2;
+    Act ln1, ln2;        // the LayerNorms' outputs
+    Act fch, fch_gelu;   // the MLP's pre-activation and GELU output
+    Act atty_in;         // the attention output as the projection reads it (fp32: atty itself)
     float* att_drop;  // dropout: the (B,NH,T,T) probabilities after dropout (else null)
     uint8_t *keep_att, *keep_attproj, *keep_fcproj;  // dropout keep masks (else null)
   };
   float* P(int i) { return i >= 0 ? arena_->params() + layout_.spec(i).offset : nullptr; }
   const gpu::bf16* W16(int i) const { return wbf_.data() + layout_.spec(i).offset; }
-  // A Linear (parameter indices w and b; b < 0: none): fp32 or, in bf16 mode, with bf16 products.
-  Status Lin(float* out, const float* in, int w, int b, int N, int C, int OC);
-  Status LinBack(float* din, int w, int b, const float* dout, const float* in, int N, int C, int OC);
+  // A Linear (parameter indices w and b; b < 0: none): fp32, or in bf16 mode bf16 products from
+  // the bf16 activation and weights.
+  Status Lin(float* out, Act in, int w, int b, int N, int C, int OC);
+  Status LinBack(float* din, int w, int b, const float* dout, Act in, int N, int C, int OC);
+  // A LayerNorm into an fp32 or bf16 activation.
+  Status LnForward(Act out, float* mean, float* rstd, const float* in, int w, int b, int N, int C);
   float* G(int i) { return i >= 0 ? arena_->grads() + layout_.spec(i).offset : nullptr; }
 
   GptConfig cfg_;
@@ -92,18 +107,20 @@ class GpuGpt {
   bool bf16_ = false;
   std::unique_ptr<gpu::Blas> blas16_;  // bf16 mode: a handle free to use any tensor-core kernel
   cuda::DeviceBuffer<gpu::bf16> wbf_;  // bf16 mode: the parameters rounded, refreshed every Forward
-  cuda::DeviceBuffer<gpu::bf16> xbf_, dbf_;  // bf16 mode: one matmul's input / output gradient
+  cuda::DeviceBuffer<gpu::bf16> dbf_;  // bf16 mode: one matmul's output gradient, rounded
   int wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1;
   std::vector<Block> blocks_;
   std::pair<size_t, size_t> lnf_range_, emb_range_;
 
   int planB_ = 0, planT_ = 0;
   cuda::DeviceBuffer<float> acts_;
+  cuda::DeviceBuffer<gpu::bf16> acts16_;  // bf16 mode: the activations stored in bf16
   cuda::DeviceBuffer<int32_t> ids_;  // tokens then targets, (B,Tn) each
   cuda::DeviceBuffer<uint8_t> masks_;  // dropout keep masks (model.dropout > 0)
   uint8_t* keep_emb_ = nullptr;
   std::vector<BlockActs> ba_;
-  float *encoded_ = nullptr, *lnf_ = nullptr, *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr, *logits_ = nullptr,
+  Act lnf_;
+  float *encoded_ = nullptr, *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr, *logits_ = nullptr,
         *losses_ = nullptr, *dres_ = nullptr, *dtmp_ = nullptr, *dbig_ = nullptr, *dqkv_ = nullptr,
         *datt_ = nullptr;
   std::vector<float> host_losses_;

@@ -81,7 +81,7 @@ class Trainer {
   // The whole model's parameters (gathered over the tensor-parallel group; collective there;
   // copied from the device first when the optimizer runs there).
   StatusOr<std::vector<float>> FullParams();
-  // Whether the optimizer runs on the device (device cuda, Adam/AdamW, no TP/ZeRO-1/PS; data
+  // Whether the optimizer runs on the device (device cuda, no TP/ZeRO-1/PS, optim.on_device auto; data
   // parallelism through NCCL): then the host arena is brought up to date only by checkpoints,
   // FullParams and the saved model.
   bool optimizer_on_device() const { return on_device_; }

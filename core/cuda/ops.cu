@@ -34,6 +34,12 @@ __device__ float BlockMax(float v, float* shared32) {
   return t;
 }
 
+// Loads and stores of fp32 or bf16 activations; arithmetic is always fp32.
+__device__ __forceinline__ float ToF(float x) { return x; }
+__device__ __forceinline__ float ToF(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ void Store(float* p, float x) { *p = x; }
+__device__ __forceinline__ void Store(bf16* p, float x) { *p = __float2bfloat16_rn(x); }
+
 __global__ void EmbeddingFwdKernel(float* out, const int32_t* tokens, const float* wte, const float* wpe, int T, int C,
                                    int64_t n) {
   RT_GRID_STRIDE(i, n) {
@@ -58,7 +64,8 @@ __global__ void EmbeddingBwdKernel(float* dwte, float* dwpe, const float* dout, 
 }
 
 // One block per row.
-__global__ void LayerNormFwdKernel(float* out, float* mean, float* rstd, const float* in, const float* w,
+template <typename OutT>
+__global__ void LayerNormFwdKernel(OutT* out, float* mean, float* rstd, const float* in, const float* w,
                                    const float* b, int C) {
   __shared__ float sh[32];
   const int64_t n = blockIdx.x;
@@ -72,8 +79,8 @@ __global__ void LayerNormFwdKernel(float* out, float* mean, float* rstd, const f
     v += d * d;
   }
   const float r = 1.f / sqrtf(BlockSum(v, sh) / C + 1e-5f);
-  float* o = out + n * C;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = (x[c] - m) * r * w[c] + (b ? b[c] : 0.f);
+  OutT* o = out + n * C;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) Store(o + c, (x[c] - m) * r * w[c] + (b ? b[c] : 0.f));
   if (threadIdx.x == 0) {
     mean[n] = m;
     rstd[n] = r;
@@ -159,17 +166,29 @@ __global__ void SoftmaxBackwardKernel(float* datt, const float* att, int T) {
     datt[off + j] = j <= t ? att[off + j] * (datt[off + j] - dot) : 0.f;
 }
 
+__device__ __forceinline__ float Gelu(float x) {
+  const float u = kGeluScale * (x + 0.044715f * x * x * x);
+  return 0.5f * x * (1.f + tanhf(u));
+}
+
 __global__ void GeluFwdKernel(float* out, const float* in, int64_t n) {
+  RT_GRID_STRIDE(i, n) { out[i] = Gelu(in[i]); }
+}
+
+// bf16 activations: the pre-activation is kept rounded (for backward) and GELU of the fp32 value
+// is stored rounded.
+__global__ void GeluFwdBf16Kernel(bf16* pre, bf16* out, const float* in, int64_t n) {
   RT_GRID_STRIDE(i, n) {
     const float x = in[i];
-    const float u = kGeluScale * (x + 0.044715f * x * x * x);
-    out[i] = 0.5f * x * (1.f + tanhf(u));
+    pre[i] = __float2bfloat16_rn(x);
+    out[i] = __float2bfloat16_rn(Gelu(x));
   }
 }
 
-__global__ void GeluBwdKernel(float* din, const float* dout, const float* in, int64_t n) {
+template <typename InT>
+__global__ void GeluBwdKernel(float* din, const float* dout, const InT* in, int64_t n) {
   RT_GRID_STRIDE(i, n) {
-    const float x = in[i];
+    const float x = ToF(in[i]);
     const float u = kGeluScale * (x + 0.044715f * x * x * x);
     const float th = tanhf(u);
     const float sech2 = 1.f - th * th;
@@ -332,6 +351,12 @@ Status LayerNormForward(float* out, float* mean, float* rstd, const float* in, c
                         int C, cudaStream_t s) {
   LayerNormFwdKernel<<<N, RowThreads(C), 0, s>>>(out, mean, rstd, in, w, b, C);
   return Launched("LayerNormForward");
+}
+
+Status LayerNormForwardBf16(bf16* out, float* mean, float* rstd, const float* in, const float* w, const float* b,
+                            int N, int C, cudaStream_t s) {
+  LayerNormFwdKernel<<<N, RowThreads(C), 0, s>>>(out, mean, rstd, in, w, b, C);
+  return Launched("LayerNormForwardBf16");
 }
 
 Status LayerNormBackward(float* din, float* dw, float* db, const float* dout, const float* in, const float* w,
@@ -508,6 +533,16 @@ Status GeluForward(float* out, const float* in, int64_t n, cudaStream_t s) {
 Status GeluBackward(float* din, const float* dout, const float* in, int64_t n, cudaStream_t s) {
   GeluBwdKernel<<<Blocks(n), kThreads, 0, s>>>(din, dout, in, n);
   return Launched("GeluBackward");
+}
+
+Status GeluForwardBf16(bf16* pre, bf16* out, const float* in, int64_t n, cudaStream_t s) {
+  GeluFwdBf16Kernel<<<Blocks(n), kThreads, 0, s>>>(pre, out, in, n);
+  return Launched("GeluForwardBf16");
+}
+
+Status GeluBackwardBf16(float* din, const float* dout, const bf16* in, int64_t n, cudaStream_t s) {
+  GeluBwdKernel<<<Blocks(n), kThreads, 0, s>>>(din, dout, in, n);
+  return Launched("GeluBackwardBf16");
 }
 
 Status ResidualForward(float* out, const float* a, const float* b, int64_t n, cudaStream_t s) {

@@ -48,6 +48,9 @@ Status EmbeddingBackward(float* dwte, float* dwpe, const float* dout, const int3
 // out (N,C) = (in - mean) * rstd * w + b; mean, rstd (N) saved for backward. b may be null.
 Status LayerNormForward(float* out, float* mean, float* rstd, const float* in, const float* w, const float* b, int N,
                         int C, cudaStream_t s);
+// bf16 activations: the same with the output rounded to bf16 (statistics and arithmetic fp32).
+Status LayerNormForwardBf16(bf16* out, float* mean, float* rstd, const float* in, const float* w, const float* b,
+                            int N, int C, cudaStream_t s);
 // din (N,C) += input gradient; dw, db (C) += parameter gradients (db may be null).
 Status LayerNormBackward(float* din, float* dw, float* db, const float* dout, const float* in, const float* w,
                          const float* mean, const float* rstd, int N, int C, cudaStream_t s);
@@ -92,6 +95,10 @@ Status FlashAttentionBackward(float* dqkv, float* delta, const float* dout, cons
 // GELU, tanh approximation; backward overwrites din.
 Status GeluForward(float* out, const float* in, int64_t n, cudaStream_t s);
 Status GeluBackward(float* din, const float* dout, const float* in, int64_t n, cudaStream_t s);
+// bf16 activations: pre (n) = in rounded to bf16, out (n) = GELU(in) rounded; backward takes the
+// rounded pre-activation (din, dout fp32).
+Status GeluForwardBf16(bf16* pre, bf16* out, const float* in, int64_t n, cudaStream_t s);
+Status GeluBackwardBf16(float* din, const float* dout, const bf16* in, int64_t n, cudaStream_t s);
 
 // Dropout with a precomputed keep mask: out = in * keep / (1-p) (in place allowed).
 Status DropoutApply(float* out, const float* in, const uint8_t* keep, float p, int64_t n, cudaStream_t s);
@@ -101,7 +108,7 @@ Status DropoutApply(float* out, const float* in, const uint8_t* keep, float p, i
 Status DropoutMaskRows(uint8_t* keep, float p, int64_t rows, int64_t row_len, int64_t row_begin, uint64_t seed,
                        uint64_t key, cudaStream_t s);
 
-// out = a + b.
+// out = a + b (out may alias a or b: elementwise).
 Status ResidualForward(float* out, const float* a, const float* b, int64_t n, cudaStream_t s);
 
 // Fused softmax + cross-entropy over logits (N,V): losses (N) = -log p[target] (0 where

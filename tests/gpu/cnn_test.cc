@@ -84,6 +84,7 @@ TEST_P(GpuCnnModel, ForwardBackwardEqualsCpu) {
   GpuCnn& g = **gpu;
   ASSERT_EQ(g.layout().total(), cpu.arena().layout.total());
   ASSERT_TRUE(g.arena().UploadParams(cpu.arena().params.data()).ok());
+  ASSERT_TRUE(g.arena().Synchronize().ok());  // the CPU forward below moves the running statistics
   const int N = tc.N;
   const std::vector<float> images = Random(static_cast<size_t>(N) * cfg.channels * cfg.height * cfg.width_px, 11);
   std::vector<int32_t> labels(static_cast<size_t>(N));
@@ -223,7 +224,8 @@ TEST(GpuDeviceArena, OptimizerStepEqualsCpu) {
     ASSERT_TRUE(d.StartOptimizer(oc, p.data(), nullptr, nullptr).ok());
     EXPECT_EQ(d.has_m(), st.m.size() == n) << what;
     EXPECT_EQ(d.has_v(), st.v.size() == n) << what;
-    ASSERT_EQ(cudaMemcpy(d.grads(), g.data(), n * sizeof(float), cudaMemcpyHostToDevice), cudaSuccess);
+    ASSERT_EQ(cudaMemcpyAsync(d.grads(), g.data(), n * sizeof(float), cudaMemcpyHostToDevice, d.stream()), cudaSuccess);
+    ASSERT_TRUE(d.Synchronize().ok());
     for (int64_t t = 1; t <= 3; ++t) {
       OptimizerUpdate(oc, oc.lr, t, 0.5f, p.data(), g.data(), st, 0, n, decay);
       ASSERT_TRUE(d.OptimizerStep(oc, oc.lr, t, 0.5f, decay).ok()) << what;

@@ -265,6 +265,64 @@ TEST(GpuOps, GeluResidualSoftmaxCrossEntropy) {
   }
 }
 
+// Host bf16 helpers: the value of a bf16, and a float rounded to the nearest bf16 (ties to even;
+// finite inputs), as __float2bfloat16_rn rounds.
+float FromBf16(gpu::bf16 h) {
+  uint16_t bits;
+  std::memcpy(&bits, &h, sizeof bits);
+  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+float RoundBf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  u &= 0xFFFF0000u;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+}
+std::vector<float> HostOf(const Dev<gpu::bf16>& d) {
+  std::vector<float> v;
+  for (gpu::bf16 h : d.Host()) v.push_back(FromBf16(h));
+  return v;
+}
+
+// bf16 activations (GpuGpt's bf16 mode): LayerNorm with a bf16 output, GELU keeping its rounded
+// pre-activation and a rounded output, and GELU backward from the rounded pre-activation. Outputs
+// within 1e-2 of the fp32 CPU reference and visibly rounded; the rounded pre-activation is exact,
+// and the backward equals the CPU's at the rounded inputs (1e-5).
+TEST(GpuOps, Bf16Activations) {
+  SKIP_WITHOUT_GPU();
+  const int c = 768;
+  auto in = Random(static_cast<size_t>(N) * c, 70, 3.f), w = Random(c, 71), b = Random(c, 72);
+  std::vector<float> out(in.size()), mean(N), rstd(N);
+  Dev<float> g_in(in), g_w(w), g_b(b), g_mean(N), g_rstd(N);
+  Dev<gpu::bf16> g_out(in.size());
+  cpu::LayerNormForward(out.data(), mean.data(), rstd.data(), in.data(), w.data(), b.data(), N, c);
+  ASSERT_TRUE(gpu::LayerNormForwardBf16(g_out.p, g_mean.p, g_rstd.p, g_in.p, g_w.p, g_b.p, N, c, nullptr).ok());
+  const std::vector<float> ln = HostOf(g_out);
+  ExpectClose(ln, out, "bf16 layernorm out", 1e-2);
+  EXPECT_FALSE(ln == out) << "the bf16 LayerNorm output equals fp32: not rounded?";
+  ExpectClose(g_mean.Host(), mean, "bf16 layernorm mean (fp32)");
+  ExpectClose(g_rstd.Host(), rstd, "bf16 layernorm rstd (fp32)");
+
+  const int64_t n = N * C;
+  auto x = Random(n, 73, 4.f), dout = Random(n, 74);
+  std::vector<float> gelu(n), rounded(n), din(n);
+  for (int64_t i = 0; i < n; ++i) rounded[i] = RoundBf16(x[i]);
+  cpu::GeluForward(gelu.data(), x.data(), n);
+  cpu::GeluBackward(din.data(), dout.data(), rounded.data(), n);
+  Dev<float> g_x(x), g_dout(dout), g_din(n);
+  Dev<gpu::bf16> g_pre(n), g_gelu(n);
+  ASSERT_TRUE(gpu::GeluForwardBf16(g_pre.p, g_gelu.p, g_x.p, n, nullptr).ok());
+  EXPECT_TRUE(HostOf(g_pre) == rounded) << "the kept pre-activation is not x rounded to nearest";
+  ExpectClose(HostOf(g_gelu), gelu, "bf16 gelu out", 1e-2);
+  ASSERT_TRUE(gpu::GeluBackwardBf16(g_din.p, g_dout.p, g_pre.p, n, nullptr).ok());
+  ExpectClose(g_din.Host(), din, "gelu backward from the bf16 pre-activation");
+}
+
 TEST(GpuOps, AdamAndAdamWMatchTheCpuOptimizer) {
   SKIP_WITHOUT_GPU();
   const size_t n = 10007;
