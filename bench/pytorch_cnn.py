@@ -86,6 +86,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (a GPU: the figure for device cuda)")
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     cfg = yaml.safe_load(open(a.config)) or {}
@@ -99,14 +100,15 @@ def main():
         model = LeNet(c, h, k)
     else:
         model = ResNet(c, int(get(cfg, "model.depth", 20)), int(get(cfg, "model.width", 16)), k)
+    model = model.to(a.device)
     lr = float(get(cfg, "optim.lr", 1e-3))
     if get(cfg, "optim.name", "adam") == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=float(get(cfg, "optim.momentum", 0.9)),
                               weight_decay=float(get(cfg, "optim.weight_decay", 0.0)))
     else:
         opt = torch.optim.Adam(model.parameters(), lr=lr)
-    x = torch.randn(B, c, h, h)
-    y = torch.randint(0, k, (B,))
+    x = torch.randn(B, c, h, h, device=a.device)
+    y = torch.randint(0, k, (B,), device=a.device)
     model.train()
 
     def step():
@@ -114,7 +116,7 @@ def main():
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
-        return loss.item()
+        return loss.item()  # waits for the device
 
     for _ in range(a.warmup):
         step()
@@ -125,7 +127,8 @@ def main():
         ms.append((time.perf_counter() - t0) * 1000)
     med = statistics.median(ms)
     out = {"images_per_s": B / (statistics.mean(ms) / 1000), "ms_per_step": statistics.mean(ms),
-           "ms_per_step_median": med, "images_per_step": B, "steps": a.steps, "torch": torch.__version__}
+           "ms_per_step_median": med, "images_per_step": B, "steps": a.steps, "torch": torch.__version__,
+           "device": a.device}
     print(json.dumps(out) if a.json else "pytorch: %.1f ms/step, %.0f images/s" % (med, B / (med / 1000)))
 
 

@@ -11,6 +11,8 @@
 #   shakespeare.txt  (not in quick mode) nanoGPT's shakespeare_char recipe, at most 150 s
 #   pytorch.txt      (not in quick mode) bench/pytorch_gpt.py on the same config: bf16 eager and
 #                    torch.compile, fp32 eager
+#   bench_resnet20.json, pytorch_resnet20.json   ResNet-20 training (batch 128) on the GPU, and
+#                    bench/pytorch_cnn.py's PyTorch eager on the same GPU (not in quick mode)
 # Most important first, within one budget (DEVICE_BUDGET_S, default 520 s; see below); steps.log
 # says which step a bound stopped or the budget skipped.
 # Exit status: 0 when the suite passed, 1 otherwise; the benchmarks never change it.
@@ -94,6 +96,12 @@ if [ "$quick" != quick ]; then
     > "$out/pytorch.txt" 2>&1
   tail -n 8 "$out/pytorch.txt"
 fi
+# ResNet-20 (batch 128, 32x32x3, SGD momentum) on the GPU, against PyTorch eager on the same GPU.
+step "bench train resnet20" 45 .device/bin/ringtrain bench train --config bench/configs/resnet20.yaml --set device=cuda \
+  --steps 20 --json > "$out/bench_resnet20.json" 2> "$out/bench_resnet20.err"
+cat "$out/bench_resnet20.json"
+[ "$quick" != quick ] && step "PyTorch resnet20" 45 python3 bench/pytorch_cnn.py --config bench/configs/resnet20.yaml \
+  --device cuda --json > "$out/pytorch_resnet20.json" 2>&1 && cat "$out/pytorch_resnet20.json"
 
 cat "$out/steps.log" 2>/dev/null
 skipped=$(grep -c '^\[  SKIPPED \]' "$out/gpu_tests.log" || true)
