@@ -15,8 +15,14 @@ const std::vector<ConfigKey>& ConfigSchema() {
        "where forward/backward run (GPT and CNN models): cpu, or cuda (one GPU per local rank: local rank mod visible "
        "GPUs)"},
       {"precision", T::kString, "fp32", -1e300, 1e300, {"fp32", "bf16"},
-       "device cuda: fp32, or bf16 mixed precision (every Linear's product from bf16 inputs on tensor cores, fp32 "
-       "accumulation; parameters, gradients, activations, optimizer state and reductions stay fp32). device cpu: fp32"},
+       "device cuda: fp32, or bf16 mixed precision (GPT: every Linear's product from bf16 inputs on tensor cores, fp32 "
+       "accumulation, the activations they read stored in bf16; parameters, gradients, the residual stream, optimizer "
+       "state and reductions stay fp32). device cpu: fp32"},
+      {"attention", T::kString, "auto", -1e300, 1e300, {"auto", "flash", "materialized"},
+       "device cuda, GPT: flash = the fused kernel (no (T,T) matrix stored; head sizes 16/32/64/128, no dropout); "
+       "materialized = scores and probabilities stored, products by cuBLAS (TF32 tensor cores under precision bf16); "
+       "auto = flash in fp32 where it applies, and under bf16 materialized while every layer's scores fit in a quarter "
+       "of the GPU's memory, else flash"},
       // Model
       {"model.type", T::kString, "gpt", -1e300, 1e300, {"gpt", "mlp", "lenet", "resnet"}, "model family"},
       {"model.n_layer", T::kInt, "2", 1, 1024, {}, "Transformer blocks"},

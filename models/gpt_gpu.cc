@@ -9,7 +9,14 @@
 
 namespace ringtrain {
 
-StatusOr<std::unique_ptr<GpuGpt>> GpuGpt::Create(const GptConfig& cfg, int local_rank, bool bf16) {
+StatusOr<std::unique_ptr<GpuGpt>> GpuGpt::Create(const GptConfig& cfg, int local_rank, bool bf16,
+                                                 const std::string& attention) {
+  const bool can_flash = gpu::FlashAttentionSupports(cfg.n_embd / cfg.n_head) && cfg.dropout == 0;
+  if (attention == "flash" && !can_flash)
+    return InvalidArgument("config: attention flash needs a head size (model.n_embd / model.n_head = " +
+                           std::to_string(cfg.n_embd / cfg.n_head) + ") of 16, 32, 64 or 128 and model.dropout 0");
+  if (attention != "auto" && attention != "flash" && attention != "materialized")
+    return InvalidArgument("config: attention " + attention + " is not auto, flash or materialized");
   std::unique_ptr<GpuGpt> g(new GpuGpt(cfg));
   g->layout_ = Gpt<float>::LayoutFor(cfg, 0, 1);
   RT_ASSIGN_OR_RETURN(g->arena_, DeviceArena::Create(g->layout_.total(), local_rank));
@@ -21,8 +28,7 @@ StatusOr<std::unique_ptr<GpuGpt>> GpuGpt::Create(const GptConfig& cfg, int local
     RT_ASSIGN_OR_RETURN(gpu::Blas blas16, gpu::Blas::Create(g->stream_, /*pedantic=*/false));
     g->blas16_ = std::make_unique<gpu::Blas>(std::move(blas16));
   }
-  // Dropout on the attention probabilities needs them stored: the materialised kernels then.
-  g->flash_ = gpu::FlashAttentionSupports(cfg.n_embd / cfg.n_head) && cfg.dropout == 0;
+  g->attention_ = attention;
   const ParamLayout& L = g->layout_;
   auto find = [&](const std::string& name) { return L.Find(name); };
   g->wte_ = find("wte.weight");
@@ -62,6 +68,11 @@ GpuGpt::~GpuGpt() {
   if (arena_) (void)arena_->Synchronize();
 }
 
+std::string GpuGpt::AttentionPath() const {
+  if (flash_) return "flash (fused, fp32)";
+  return bf16_ ? "materialized (cuBLAS, TF32 tensor cores)" : "materialized (cuBLAS, fp32)";
+}
+
 Status GpuGpt::Lin(float* out, Act in, int w, int b, int N, int C, int OC) {
   if (!bf16_) return gpu::LinearForward(*blas_, out, in.f, P(w), P(b), N, C, OC);
   RT_CHECK(in.h != nullptr);
@@ -90,6 +101,21 @@ Status GpuGpt::PlanActivations(int B, int Tn) {
   planT_ = std::max(Tn, planT_);
   const int64_t N = static_cast<int64_t>(planB_) * planT_, C = cfg_.n_embd, V = cfg_.vocab_size,
                 NH = cfg_.n_head;
+  // The attention path. Dropout on the probabilities needs them stored (materialised). Under
+  // bf16 the materialised products run on tensor cores, much faster than the fp32 fused kernel,
+  // while every layer's (B,NH,T,T) scores (and backward's scratch) take at most a quarter of the
+  // device's memory; past that, at long context, the fused kernel stores none.
+  const bool can_flash = gpu::FlashAttentionSupports(static_cast<int>(C / NH)) && cfg_.dropout == 0;
+  if (attention_ == "flash" || attention_ == "materialized") {
+    flash_ = attention_ == "flash";
+  } else if (!can_flash || !bf16_) {
+    flash_ = can_flash;
+  } else {
+    size_t free_bytes = 0, total_bytes = 0;
+    RT_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
+    const double scores = static_cast<double>(cfg_.n_layer + 1) * planB_ * NH * planT_ * planT_ * sizeof(float);
+    flash_ = scores > 0.25 * static_cast<double>(total_bytes);
+  }
   const int64_t att = static_cast<int64_t>(planB_) * NH * planT_ * (flash_ ? 1 : planT_);
   const bool drop = cfg_.dropout > 0;
   // One walk over the pieces, run twice: first counting (null bases), then assigning. Pieces are
@@ -194,7 +220,8 @@ StatusOr<double> GpuGpt::Forward(const int32_t* tokens, const int32_t* targets, 
     RT_CUDA_RETURN_IF_ERROR(
         cudaMemcpyAsync(d_targets, targets, sizeof(int32_t) * N, cudaMemcpyHostToDevice, stream_),
         "copying targets to the device");
-  const gpu::Blas& blas = *blas_;
+  // The attention's products: TF32 tensor cores under bf16, strict fp32 otherwise.
+  const gpu::Blas& blas = bf16_ ? *blas16_ : *blas_;
   // bf16: the weights rounded once per forward (parameters change between steps, not within one).
   if (bf16_)
     RT_RETURN_IF_ERROR(gpu::ToBf16(wbf_.data(), arena_->params(), static_cast<int64_t>(layout_.total()), stream_));
@@ -265,7 +292,8 @@ Status GpuGpt::Backward(float loss_scale, const GradReadyFn& on_ready) {
   const bool drop = cur_dropout_;
   const int32_t* d_tokens = ids_.data();
   const int32_t* d_targets = ids_.data() + N;
-  const gpu::Blas& blas = *blas_;
+  // The attention's products: TF32 tensor cores under bf16, strict fp32 otherwise.
+  const gpu::Blas& blas = bf16_ ? *blas16_ : *blas_;
   // dlogits in place of the logits.
   RT_RETURN_IF_ERROR(gpu::SoftmaxCrossEntropy(losses_, logits_, logits_, d_targets, N, V, scale, stream_));
   RT_RETURN_IF_ERROR(LinBack(dtmp_, wte_, -1, logits_, lnf_, N, C, V));

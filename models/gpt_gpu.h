@@ -34,8 +34,10 @@ class GpuGpt {
   // stored in bf16 (the LayerNorm outputs, the MLP's pre-activation and GELU output, a copy of the
   // attention output); the fp32 master parameters (rounded to a bf16 copy once per forward),
   // gradients, optimizer state, the residual stream, attention, the logits and every reduction
-  // stay fp32. Otherwise strict fp32 (no TF32).
-  static StatusOr<std::unique_ptr<GpuGpt>> Create(const GptConfig& cfg, int local_rank, bool bf16 = false);
+  // stay fp32. Otherwise strict fp32 (no TF32). attention: the config key's auto, flash or
+  // materialized (see core/config_schema.cc); flash where it cannot apply is an error.
+  static StatusOr<std::unique_ptr<GpuGpt>> Create(const GptConfig& cfg, int local_rank, bool bf16 = false,
+                                                  const std::string& attention = "auto");
   ~GpuGpt();
   GpuGpt(const GpuGpt&) = delete;
   GpuGpt& operator=(const GpuGpt&) = delete;
@@ -64,6 +66,9 @@ class GpuGpt {
   Status Backward(float loss_scale, const GradReadyFn& on_ready = nullptr);
   // Waits for everything enqueued on the model's stream.
   Status Synchronize() { return arena_->Synchronize("GPT step on the device"); }
+  // The attention path the current plan uses, for logs: "flash (fused, fp32)" or "materialized
+  // (cuBLAS fp32)" / "materialized (cuBLAS TF32 tensor cores)".
+  std::string AttentionPath() const;
 
  private:
   GpuGpt(const GptConfig& cfg) : cfg_(cfg) {}
@@ -102,7 +107,8 @@ class GpuGpt {
   // Declared before the cuBLAS handles, which are bound to its stream: destroyed after them.
   std::unique_ptr<DeviceArena> arena_;
   cudaStream_t stream_ = nullptr;  // arena_->stream()
-  bool flash_ = false;  // fused attention (head sizes it supports), else the materialised kernels
+  std::string attention_ = "auto";  // the config's choice
+  bool flash_ = false;  // the plan's path: fused attention, else the materialised kernels
   std::unique_ptr<gpu::Blas> blas_;
   bool bf16_ = false;
   std::unique_ptr<gpu::Blas> blas16_;  // bf16 mode: a handle free to use any tensor-core kernel

@@ -191,7 +191,8 @@ class LmTask final : public DeviceTask {
       if (shard.tp && shard.tp->size() > 1)
         return InvalidArgument("device cuda does not combine with parallel.tensor > 1 yet");
 #ifdef RINGTRAIN_HAVE_CUDA
-      RT_ASSIGN_OR_RETURN(t->gpu_, GpuGpt::Create(gc, shard.local_rank, c.Str("precision") == "bf16"));
+      RT_ASSIGN_OR_RETURN(t->gpu_,
+                          GpuGpt::Create(gc, shard.local_rank, c.Str("precision") == "bf16", c.Str("attention")));
       RT_RETURN_IF_ERROR(t->gpu_->PlanActivations(t->batch_, t->block_));
       t->dev_ = &t->gpu_->arena();
 #else
@@ -274,6 +275,9 @@ class LmTask final : public DeviceTask {
                   "%d: %.2fM parameters\n",
                   data_.description.c_str(), data_.train.size(), data_.val.size(), g.n_layer, g.n_head, g.n_embd,
                   g.block_size, g.vocab_size, static_cast<double>(model_->NumParams()) / 1e6);
+#ifdef RINGTRAIN_HAVE_CUDA
+    if (gpu_) return std::string(buf) + "attention: " + gpu_->AttentionPath() + "\n";
+#endif
     return buf;
   }
   std::optional<double> EntropyRate() const override { return data_.entropy_rate; }

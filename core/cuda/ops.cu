@@ -320,7 +320,8 @@ StatusOr<Blas> Blas::Create(cudaStream_t s, bool pedantic) {
   const Status st = [&]() -> Status {
     RT_RETURN_IF_ERROR(BlasStatus(cublasSetStream(h, s), "cublasSetStream"));
     // fp32 mode means fp32: no TF32 tensor-core shortcuts, which round inputs to 10 mantissa bits.
-    return BlasStatus(cublasSetMathMode(h, pedantic ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH),
+    // The mixed-precision handle lets fp32 products use TF32 tensor cores.
+    return BlasStatus(cublasSetMathMode(h, pedantic ? CUBLAS_PEDANTIC_MATH : CUBLAS_TF32_TENSOR_OP_MATH),
                       "cublasSetMathMode");
   }();
   if (!st.ok()) {

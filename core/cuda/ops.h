@@ -21,7 +21,8 @@ using bf16 = __nv_bfloat16;
 
 // A cuBLAS handle bound to one stream, for the matmuls below. pedantic (the fp32 ops): strict fp32,
 // no TF32 tensor-core shortcuts, which round inputs to 10 mantissa bits. The bf16 ops use a
-// handle made with pedantic = false, so cuBLAS may pick any tensor-core kernel.
+// handle made with pedantic = false, so cuBLAS may pick any tensor-core kernel, and the fp32
+// products issued through it (the materialised attention's, under bf16) run on TF32 tensor cores.
 class Blas {
  public:
   static StatusOr<Blas> Create(cudaStream_t s, bool pedantic = true);

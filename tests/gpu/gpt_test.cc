@@ -130,6 +130,41 @@ TEST(GpuGptBf16, ForwardBackwardCloseToCpu) {
   EXPECT_FALSE(grads[0] == grads[1]) << "bf16 gave the fp32 gradients: the bf16 path did not run";
 }
 
+// bf16 mode's two attention paths (the materialised one on TF32 tensor cores, auto's choice at this
+// size, and the fused fp32 kernel) give the same loss and gradients within bf16's tolerance, and
+// a flash request the kernel cannot serve is one clear error.
+TEST(GpuGptBf16, AttentionPathsAgree) {
+  SKIP_WITHOUT_GPU();
+  const GptConfig cfg = SmallConfig(64);  // head size 16: the fused kernel applies
+  Gpt<float> cpu(cfg);
+  cpu.InitWeights(5);
+  std::vector<int32_t> tokens, targets;
+  SmallBatch(cfg.vocab_size, &tokens, &targets);
+  double loss[2];
+  std::vector<float> grads[2];
+  const char* modes[2] = {"auto", "flash"};
+  for (int k = 0; k < 2; ++k) {
+    auto gpu = GpuGpt::Create(cfg, 0, /*bf16=*/true, modes[k]);
+    ASSERT_TRUE(gpu.ok()) << gpu.status().message();
+    ASSERT_TRUE((*gpu)->PlanActivations(kB, kT).ok());
+    EXPECT_EQ((*gpu)->AttentionPath().rfind(k == 0 ? "materialized" : "flash", 0), 0u) << (*gpu)->AttentionPath();
+    ASSERT_TRUE((*gpu)->arena().UploadParams(cpu.arena().params.data()).ok());
+    auto l = (*gpu)->Forward(tokens.data(), targets.data(), kB, kT);
+    ASSERT_TRUE(l.ok()) << l.status().message();
+    loss[k] = *l;
+    ASSERT_TRUE((*gpu)->Backward(1.0f).ok());
+    grads[k].resize(cpu.arena().layout.total());
+    ASSERT_TRUE((*gpu)->arena().DownloadGrads(grads[k].data()).ok());
+  }
+  EXPECT_NEAR(loss[0], loss[1], 1e-2 * std::fabs(loss[1]));
+  ExpectTensorsClose(cpu.arena().layout, grads[0].data(), grads[1].data(), 5e-2, "gradient, materialized vs flash");
+  GptConfig odd = SmallConfig(24 * 4);  // head size 24
+  auto refused = GpuGpt::Create(odd, 0, true, "flash");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("attention flash needs a head size"), std::string::npos)
+      << refused.status().message();
+}
+
 // Dropout changes the result (the masks are applied, not drawn and ignored): the same batch in
 // training and in evaluation mode gives different losses on the GPU, as on the CPU.
 TEST(GpuGptDropout, TrainingModeDiffersFromEvaluation) {

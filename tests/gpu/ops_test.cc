@@ -166,6 +166,31 @@ TEST(GpuOps, Attention) {
   }
 }
 
+// The materialised attention on the mixed-precision handle (bf16 mode): its products run on TF32
+// tensor cores, so the results are within 1e-2 of the fp32 CPU reference, not 1e-5. Heads of 64
+// (GPT-2's) and enough rows that the products are not trivially exact.
+TEST(GpuOps, AttentionTf32) {
+  SKIP_WITHOUT_GPU();
+  auto blas = gpu::Blas::Create(nullptr, /*pedantic=*/false);
+  ASSERT_TRUE(blas.ok()) << blas.status().message();
+  const int b = 2, t = 96, nh = 2, c = 128, n = b * t;
+  const int64_t tt = static_cast<int64_t>(b) * nh * t * t;
+  auto qkv = Random(static_cast<size_t>(n) * 3 * c, 80, 2.f), dout = Random(static_cast<size_t>(n) * c, 81);
+  std::vector<float> out(static_cast<size_t>(n) * c), att(static_cast<size_t>(tt)), unused(1), dqkv(qkv.size()),
+      scratch(cpu::AttentionScratchSize(t));
+  Dev<float> g_qkv(qkv), g_dout(dout), g_out(out.size()), g_att(att.size()), g_dqkv(qkv.size()), g_scratch(att.size());
+  cpu::AttentionForward(out.data(), att.data(), unused.data(), nullptr, 0.f, qkv.data(), b, t, c, nh);
+  ASSERT_TRUE(gpu::AttentionForward(*blas, g_out.p, g_att.p, nullptr, nullptr, 0.f, g_qkv.p, b, t, c, nh).ok());
+  ExpectClose(g_att.Host(), att, "TF32 attention probabilities", 1e-2);
+  ExpectClose(g_out.Host(), out, "TF32 attention out", 1e-2);
+  cpu::AttentionBackward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), att.data(), unused.data(), nullptr, 0.f,
+                         b, t, c, nh);
+  ASSERT_TRUE(gpu::AttentionBackward(*blas, g_dqkv.p, g_scratch.p, g_dout.p, g_qkv.p, g_att.p, nullptr, nullptr, 0.f, b,
+                                     t, c, nh)
+                  .ok());
+  ExpectClose(g_dqkv.Host(), dqkv, "TF32 attention dqkv", 1e-2);
+}
+
 // Dropout masks drawn on the GPU are the CPU's, byte for byte, for rows shorter and longer than
 // the 4096-element blocks the streams are cut into, from a row offset (a data-parallel rank's
 // slice of the batch); applying a mask gives the CPU's values exactly.
