@@ -68,7 +68,7 @@ StatusOr<double> GpuCnn::Forward(const float* images, const int32_t* labels, int
       case Kind::kConv: {
         gpu::ConvShape s = n.conv;
         s.N = N;
-        RT_RETURN_IF_ERROR(gpu::Conv2dForward(*blas_, n.out, in.out, P(n.w), P(n.b), s, scratch_.data()));
+        RT_RETURN_IF_ERROR(gpu::Conv2dForward(n.out, in.out, P(n.w), P(n.b), s, stream_));
         break;
       }
       case Kind::kBatchNorm:
@@ -169,7 +169,7 @@ Status GpuCnn::Backward(float loss_scale, const GradReadyFn& on_ready) {
         gpu::ConvShape s = n.conv;
         s.N = N;
         RT_RETURN_IF_ERROR(
-            gpu::Conv2dBackward(*blas_, din, G(n.w), G(n.b), n.grad, in.out, P(n.w), s, scratch_.data()));
+            gpu::Conv2dBackward(din, G(n.w), G(n.b), n.grad, in.out, P(n.w), s, scratch_.data(), stream_));
         break;
       }
       case Kind::kBatchNorm:

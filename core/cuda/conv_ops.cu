@@ -1,5 +1,6 @@
 // CUDA kernels for the convolutional layers (fp32, NCHW). See conv_ops.h for the contracts; the
 // formulas follow core/cpu/conv_ops.cc so results agree with the CPU reference to rounding.
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -15,55 +16,191 @@ using cuda::BlockSum;
 using cuda::kThreads;
 using cuda::Launched;
 
-Status BlasStatus(cublasStatus_t st, const char* what) {
-  if (st == CUBLAS_STATUS_SUCCESS) return Status::Ok();
-  return Internal(std::string(what) + ": cuBLAS: " + cublasGetStatusString(st));
+// ---- Convolution as implicit GEMM ------------------------------------------------------------
+// Each of the three products is C (M,Ncol) = A (M,K) * B (K,Ncol) where A and B are read through
+// loaders that compute every element from the convolution's own tensors, so no im2col matrix is
+// stored. 64x64 output tiles per block of 256 threads (4x4 outputs each, strided by 16 so shared
+// reads broadcast and stores coalesce), K in steps of 16 staged in shared memory. blockIdx.z
+// takes one slice of K (split-K for the weight gradient, whose K is images x positions); every
+// output of a slice is one thread's sum in a fixed order, so results repeat bitwise.
+constexpr int kTm = 64, kTn = 64, kTk = 16, kGemmThreads = 256;
+
+struct ConvGeom {
+  int C, H, W, OC, KH, KW, stride, pad, OH, OW;
+};
+
+ConvGeom GeomOf(const ConvShape& s) { return {s.C, s.H, s.W, s.OC, s.KH, s.KW, s.stride, s.pad, s.OH(), s.OW()}; }
+
+// The input value a filter tap k = (c, kh, kw) sees at output position p = (oh, ow) of image img
+// (0 in the padding): element (k, p) of image img's im2col matrix.
+__device__ __forceinline__ float Patch(const float* in, const ConvGeom& g, int64_t img, int k, int p) {
+  const int kk = g.KH * g.KW;
+  const int c = k / kk, r = k % kk, kh = r / g.KW, kw = r % g.KW;
+  const int oh = p / g.OW, ow = p % g.OW;
+  const int ih = oh * g.stride - g.pad + kh, iw = ow * g.stride - g.pad + kw;
+  if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) return 0.f;
+  return in[((img * g.C + c) * g.H + ih) * static_cast<int64_t>(g.W) + iw];
 }
 
-// col (N, C*KH*KW, OH*OW) from in (N,C,H,W): one thread per col element, zeros in the padding.
-__global__ void Im2ColKernel(float* col, const float* in, ConvShape s, int OH, int OW, int64_t n) {
-  RT_GRID_STRIDE(i, n) {
-    const int64_t ohw = static_cast<int64_t>(OH) * OW, ckk = static_cast<int64_t>(s.C) * s.KH * s.KW;
-    const int64_t p = i % ohw, r = (i / ohw) % ckk, img = i / (ohw * ckk);
-    const int kw = static_cast<int>(r % s.KW), kh = static_cast<int>((r / s.KW) % s.KH),
-              c = static_cast<int>(r / (static_cast<int64_t>(s.KW) * s.KH));
-    const int oh = static_cast<int>(p / OW), ow = static_cast<int>(p % OW);
-    const int ih = oh * s.stride - s.pad + kh, iw = ow * s.stride - s.pad + kw;
-    col[i] = ih >= 0 && ih < s.H && iw >= 0 && iw < s.W
-                 ? in[((img * s.C + c) * s.H + ih) * static_cast<int64_t>(s.W) + iw]
-                 : 0.f;
-  }
-}
-
-// din (N,C,H,W) = col2im(dcol): one thread per input element gathers, in (kh, kw) order, the col
-// entries that read it.
-__global__ void Col2ImKernel(float* din, const float* dcol, ConvShape s, int OH, int OW, int64_t n) {
-  RT_GRID_STRIDE(i, n) {
-    const int iw = static_cast<int>(i % s.W), ih = static_cast<int>((i / s.W) % s.H);
-    const int64_t nc = i / (static_cast<int64_t>(s.H) * s.W);
-    const int c = static_cast<int>(nc % s.C);
-    const int64_t img = nc / s.C;
-    const int64_t ohw = static_cast<int64_t>(OH) * OW, ckk = static_cast<int64_t>(s.C) * s.KH * s.KW;
-    float acc = 0.f;
-    for (int kh = 0; kh < s.KH; ++kh) {
-      const int t = ih + s.pad - kh;  // = oh * stride
-      if (t < 0 || t % s.stride != 0 || t / s.stride >= OH) continue;
-      const int oh = t / s.stride;
-      for (int kw = 0; kw < s.KW; ++kw) {
-        const int u = iw + s.pad - kw;
-        if (u < 0 || u % s.stride != 0 || u / s.stride >= OW) continue;
-        const int ow = u / s.stride;
-        const int64_t r = (static_cast<int64_t>(c) * s.KH + kh) * s.KW + kw;
-        acc += dcol[(img * ckk + r) * ohw + static_cast<int64_t>(oh) * OW + ow];
-      }
+template <class LoadA, class LoadB, class Store>
+__global__ void __launch_bounds__(kGemmThreads)
+    ImplicitGemmKernel(int M, int64_t Ncol, int64_t K, int64_t kslice, LoadA a, LoadB b, Store st) {
+  __shared__ float as[kTk][kTm], bs[kTk][kTn];
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int m0 = blockIdx.y * kTm;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTn;
+  const int64_t kb = blockIdx.z * kslice, ke = kb + kslice < K ? kb + kslice : K;
+  float acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
+  for (int64_t k0 = kb; k0 < ke; k0 += kTk) {
+    for (int e = threadIdx.x; e < kTm * kTk; e += kGemmThreads) {
+      const int kk = e % kTk, mm = e / kTk;
+      const int64_t k = k0 + kk;
+      as[kk][mm] = m0 + mm < M && k < ke ? a(m0 + mm, k) : 0.f;
     }
-    din[i] = acc;
+    for (int e = threadIdx.x; e < kTk * kTn; e += kGemmThreads) {
+      const int nn = e % kTn, kk = e / kTn;
+      const int64_t k = k0 + kk;
+      bs[kk][nn] = n0 + nn < Ncol && k < ke ? b(k, n0 + nn) : 0.f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kTk; ++kk) {
+      float av[4], bv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) av[i] = as[kk][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) bv[j] = bs[kk][tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int m = m0 + ty + 16 * i;
+      const int64_t n = n0 + tx + 16 * j;
+      if (m < M && n < Ncol) st(blockIdx.z, m, n, acc[i][j]);
+    }
+}
+
+// Forward: out (img,oc,p) = w (OC, CKK) * patches (CKK, img*P) + b. M = OC, K = CKK, Ncol = N*P.
+struct FwdA {
+  const float* w;
+  int64_t ckk;
+  __device__ float operator()(int m, int64_t k) const { return w[m * ckk + k]; }
+};
+struct FwdB {
+  const float* in;
+  ConvGeom g;
+  int P;
+  __device__ float operator()(int64_t k, int64_t col) const {
+    return Patch(in, g, col / P, static_cast<int>(k), static_cast<int>(col % P));
+  }
+};
+struct FwdStore {
+  float* out;
+  const float* b;
+  int OC, P;
+  __device__ void operator()(int, int m, int64_t col, float v) const {
+    out[((col / P) * OC + m) * P + col % P] = b ? v + b[m] : v;
+  }
+};
+
+// Input gradient: din (img,c,h,w) = sum over taps (oc,kh,kw) of w[oc,c,kh,kw] * dout at the output
+// that tap maps (h,w) to (none where the stride skips it or it falls outside). M = C,
+// K = OC*KH*KW, Ncol = N*H*W.
+struct BwdDataA {
+  const float* w;
+  ConvGeom g;
+  __device__ float operator()(int c, int64_t k) const {
+    const int kk = g.KH * g.KW;
+    const int oc = static_cast<int>(k / kk), r = static_cast<int>(k % kk);
+    return w[(static_cast<int64_t>(oc) * g.C + c) * kk + r];
+  }
+};
+struct BwdDataB {
+  const float* dout;
+  ConvGeom g;
+  __device__ float operator()(int64_t k, int64_t col) const {
+    const int kk = g.KH * g.KW, hw = g.H * g.W;
+    const int oc = static_cast<int>(k / kk), r = static_cast<int>(k % kk), kh = r / g.KW, kw = r % g.KW;
+    const int64_t img = col / hw;
+    const int pos = static_cast<int>(col % hw), h = pos / g.W, w = pos % g.W;
+    const int th = h + g.pad - kh, tw = w + g.pad - kw;  // = oh * stride, ow * stride
+    if (th < 0 || tw < 0 || th % g.stride != 0 || tw % g.stride != 0) return 0.f;
+    const int oh = th / g.stride, ow = tw / g.stride;
+    if (oh >= g.OH || ow >= g.OW) return 0.f;
+    return dout[((img * g.OC + oc) * g.OH + oh) * static_cast<int64_t>(g.OW) + ow];
+  }
+};
+struct BwdDataStore {
+  float* din;
+  int C, HW;
+  __device__ void operator()(int, int c, int64_t col, float v) const {
+    din[((col / HW) * C + c) * HW + col % HW] = v;
+  }
+};
+
+// Weight gradient: dw (oc, k) += sum over images and positions of dout * patches. M = OC,
+// K = N*P (split into slices), Ncol = CKK; each slice writes its partial sums, which
+// SumSlicesKernel adds into dw in slice order.
+struct BwdFiltA {
+  const float* dout;
+  int OC, P;
+  __device__ float operator()(int oc, int64_t kk) const { return dout[((kk / P) * OC + oc) * P + kk % P]; }
+};
+struct BwdFiltB {
+  const float* in;
+  ConvGeom g;
+  int P;
+  __device__ float operator()(int64_t kk, int64_t k) const {
+    return Patch(in, g, kk / P, static_cast<int>(k), static_cast<int>(kk % P));
+  }
+};
+struct PartialStore {
+  float* partial;
+  int M;
+  int64_t Ncol;
+  __device__ void operator()(int z, int m, int64_t n, float v) const {
+    partial[(static_cast<int64_t>(z) * M + m) * Ncol + n] = v;
+  }
+};
+
+__global__ void SumSlicesKernel(float* dw, const float* partial, int slices, int64_t n) {
+  RT_GRID_STRIDE(i, n) {
+    float acc = 0.f;
+    for (int z = 0; z < slices; ++z) acc += partial[z * n + i];
+    dw[i] += acc;
   }
 }
 
-// out (N,OC,P) += b[oc].
-__global__ void BiasPlanesKernel(float* out, const float* b, int OC, int64_t P, int64_t n) {
-  RT_GRID_STRIDE(i, n) { out[i] += b[(i / P) % OC]; }
+// Split-K for the weight gradient: enough slices for about 512 blocks, each at least 256 long
+// (a multiple of the K step). A function of the shape only, so results do not depend on the device.
+void SplitK(int M, int64_t Ncol, int64_t K, int* slices, int64_t* kslice) {
+  const int64_t tiles = ((M + kTm - 1) / kTm) * ((Ncol + kTn - 1) / kTn);
+  int64_t s = std::max<int64_t>(1, std::min<int64_t>((K + 255) / 256, (512 + tiles - 1) / tiles));
+  int64_t len = (K + s - 1) / s;
+  len = std::max<int64_t>(kTk, (len + kTk - 1) / kTk * kTk);
+  *kslice = len;
+  *slices = static_cast<int>(std::max<int64_t>(1, (K + len - 1) / len));
+}
+
+template <class LoadA, class LoadB, class Store>
+Status LaunchGemm(int M, int64_t Ncol, int64_t K, int slices, int64_t kslice, LoadA a, LoadB b, Store st,
+                  cudaStream_t s, const char* what) {
+  if (M == 0 || Ncol == 0) return Status::Ok();
+  const dim3 grid(static_cast<unsigned>((Ncol + kTn - 1) / kTn), static_cast<unsigned>((M + kTm - 1) / kTm),
+                  static_cast<unsigned>(slices));
+  ImplicitGemmKernel<<<grid, kGemmThreads, 0, s>>>(M, Ncol, K, kslice, a, b, st);
+  return Launched(what);
 }
 
 // db[oc] += sum over images and positions of dout (N,OC,P): one block per channel, each thread a
@@ -234,55 +371,45 @@ __global__ void MseKernel(float* diff, float* dpred, const float* pred, const fl
 
 }  // namespace
 
-int64_t Conv2dScratchFloats(const ConvShape& s) { return static_cast<int64_t>(s.N) * s.ColRows() * s.ColCols(); }
-
-Status Conv2dForward(const Blas& blas, float* out, const float* in, const float* w, const float* b,
-                     const ConvShape& s, float* scratch) {
-  const int OH = s.OH(), OW = s.OW();
-  const int64_t ohw = s.ColCols(), ckk = s.ColRows(), n = Conv2dScratchFloats(s);
-  Im2ColKernel<<<Blocks(n), kThreads, 0, blas.stream()>>>(scratch, in, s, OH, OW, n);
-  RT_RETURN_IF_ERROR(Launched("Conv2dForward im2col"));
-  const float one = 1.f, zero = 0.f;
-  // Per image: out_n^T (OHW,OC) = col_n^T (OHW,CKK) * w^T (CKK,OC), column-major views.
-  RT_RETURN_IF_ERROR(BlasStatus(
-      cublasSgemmStridedBatched(blas.handle(), CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(ohw), s.OC,
-                                static_cast<int>(ckk), &one, scratch, static_cast<int>(ohw), ckk * ohw, w,
-                                static_cast<int>(ckk), 0, &zero, out, static_cast<int>(ohw), s.OC * ohw, s.N),
-      "Conv2dForward sgemm"));
-  if (b == nullptr) return Status::Ok();
-  const int64_t total = static_cast<int64_t>(s.N) * s.OC * ohw;
-  BiasPlanesKernel<<<Blocks(total), kThreads, 0, blas.stream()>>>(out, b, s.OC, ohw, total);
-  return Launched("Conv2dForward bias");
+int64_t Conv2dScratchFloats(const ConvShape& s) {
+  int slices;
+  int64_t kslice;
+  SplitK(s.OC, s.ColRows(), static_cast<int64_t>(s.N) * s.ColCols(), &slices, &kslice);
+  return static_cast<int64_t>(slices) * s.OC * s.ColRows();
 }
 
-Status Conv2dBackward(const Blas& blas, float* din, float* dw, float* db, const float* dout, const float* in,
-                      const float* w, const ConvShape& s, float* scratch) {
-  const int OH = s.OH(), OW = s.OW();
-  const int64_t ohw = s.ColCols(), ckk = s.ColRows(), n = Conv2dScratchFloats(s);
-  const float one = 1.f, zero = 0.f;
-  Im2ColKernel<<<Blocks(n), kThreads, 0, blas.stream()>>>(scratch, in, s, OH, OW, n);
-  RT_RETURN_IF_ERROR(Launched("Conv2dBackward im2col"));
-  // dw^T (CKK,OC) += col_n (CKK,OHW) * dout_n^T (OHW,OC), image after image (a fixed order).
-  for (int img = 0; img < s.N; ++img)
-    RT_RETURN_IF_ERROR(BlasStatus(
-        cublasSgemm(blas.handle(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(ckk), s.OC, static_cast<int>(ohw), &one,
-                    scratch + img * ckk * ohw, static_cast<int>(ohw), dout + img * s.OC * ohw, static_cast<int>(ohw),
-                    &one, dw, static_cast<int>(ckk)),
-        "Conv2dBackward sgemm (weights)"));
+Status Conv2dForward(float* out, const float* in, const float* w, const float* b, const ConvShape& s,
+                     cudaStream_t stream) {
+  const ConvGeom g = GeomOf(s);
+  const int P = static_cast<int>(s.ColCols());
+  const int64_t ckk = s.ColRows();
+  return LaunchGemm(s.OC, static_cast<int64_t>(s.N) * P, ckk, 1, ckk, FwdA{w, ckk}, FwdB{in, g, P},
+                    FwdStore{out, b, s.OC, P}, stream, "Conv2dForward");
+}
+
+Status Conv2dBackward(float* din, float* dw, float* db, const float* dout, const float* in, const float* w,
+                      const ConvShape& s, float* scratch, cudaStream_t stream) {
+  const ConvGeom g = GeomOf(s);
+  const int P = static_cast<int>(s.ColCols());
+  const int64_t ckk = s.ColRows(), npos = static_cast<int64_t>(s.N) * P;
+  int slices;
+  int64_t kslice;
+  SplitK(s.OC, ckk, npos, &slices, &kslice);
+  RT_RETURN_IF_ERROR(LaunchGemm(s.OC, ckk, npos, slices, kslice, BwdFiltA{dout, s.OC, P}, BwdFiltB{in, g, P},
+                                PartialStore{scratch, s.OC, ckk}, stream, "Conv2dBackward (weights)"));
+  const int64_t nw = static_cast<int64_t>(s.OC) * ckk;
+  if (nw > 0) {
+    SumSlicesKernel<<<Blocks(nw), kThreads, 0, stream>>>(dw, scratch, slices, nw);
+    RT_RETURN_IF_ERROR(Launched("Conv2dBackward (weight slices)"));
+  }
   if (db && s.OC > 0) {
-    BiasGradPlanesKernel<<<s.OC, kThreads, 0, blas.stream()>>>(db, dout, s.N, s.OC, ohw);
+    BiasGradPlanesKernel<<<s.OC, kThreads, 0, stream>>>(db, dout, s.N, s.OC, P);
     RT_RETURN_IF_ERROR(Launched("Conv2dBackward bias"));
   }
   if (din == nullptr) return Status::Ok();
-  // dcol_n (CKK,OHW) = w^T (CKK,OC) * dout_n (OC,OHW), into the scratch (col is no longer needed).
-  RT_RETURN_IF_ERROR(BlasStatus(
-      cublasSgemmStridedBatched(blas.handle(), CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(ohw), static_cast<int>(ckk),
-                                s.OC, &one, dout, static_cast<int>(ohw), s.OC * ohw, w, static_cast<int>(ckk), 0,
-                                &zero, scratch, static_cast<int>(ohw), ckk * ohw, s.N),
-      "Conv2dBackward sgemm (input)"));
-  const int64_t in_n = static_cast<int64_t>(s.N) * s.C * s.H * s.W;
-  Col2ImKernel<<<Blocks(in_n), kThreads, 0, blas.stream()>>>(din, scratch, s, OH, OW, in_n);
-  return Launched("Conv2dBackward col2im");
+  const int64_t taps = static_cast<int64_t>(s.OC) * s.KH * s.KW;
+  return LaunchGemm(s.C, static_cast<int64_t>(s.N) * s.H * s.W, taps, 1, taps, BwdDataA{w, g}, BwdDataB{dout, g},
+                    BwdDataStore{din, s.C, s.H * s.W}, stream, "Conv2dBackward (input)");
 }
 
 Status MaxPoolForward(float* out, int32_t* argmax, const float* in, int N, int C, int H, int W, int k, int st,

@@ -1,11 +1,11 @@
 // CUDA kernels for the convolutional networks' layers, fp32, NCHW, with the shapes and contracts
 // of the CPU reference in core/cpu/conv_ops.h (which the GPU tests compare against): parameter
 // gradients accumulate (+=), input gradients overwrite. All pointers are device pointers; every
-// call enqueues on the given stream (the Blas handle's for the convolutions) and returns the
-// launch error, if any.
+// call enqueues on the given stream and returns the launch error, if any.
 //
-// Determinism: no atomics. Input gradients that several outputs feed (col2im, pooling) are
-// gathered by one thread per input element, in a fixed order; per-channel sums use BlockSum.
+// Determinism: no atomics. Every output of a convolution's product is one thread's sum in a fixed
+// order (the weight gradient's split-K slices are added in slice order); pooling's input gradients
+// are gathered by one thread per input element, in a fixed order; per-channel sums use BlockSum.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -20,17 +20,18 @@ namespace ringtrain::gpu {
 
 using cpu::ConvShape;
 
-// Scratch floats Conv2dForward/Backward need: the im2col matrices of the whole batch,
-// (N, C*KH*KW, OH*OW) (e.g. 300 MB for 128 images of 64 channels, 3x3, 32x32). The weight
-// gradient is one SGEMM per image, added in image order.
-int64_t Conv2dScratchFloats(const ConvShape& s);
-
+// Convolutions are implicit GEMMs (no im2col matrix is stored): the filter taps' values are
+// computed from the input as the product's tiles load them.
 // out (N,OC,OH,OW) = conv(in (N,C,H,W), w (OC,C,KH,KW)) + b (OC); b may be null.
-Status Conv2dForward(const Blas& blas, float* out, const float* in, const float* w, const float* b,
-                     const ConvShape& s, float* scratch);
-// din (N,C,H,W) overwritten (may be null), dw += , db += (may be null). scratch as the forward's.
-Status Conv2dBackward(const Blas& blas, float* din, float* dw, float* db, const float* dout, const float* in,
-                      const float* w, const ConvShape& s, float* scratch);
+Status Conv2dForward(float* out, const float* in, const float* w, const float* b, const ConvShape& s,
+                     cudaStream_t stream);
+// Scratch floats Conv2dBackward needs: the weight gradient's split-K partial sums (slices x OC x
+// C*KH*KW; e.g. 1.6 MB for ResNet-20's first stage at batch 128).
+int64_t Conv2dScratchFloats(const ConvShape& s);
+// din (N,C,H,W) overwritten (may be null), dw += (the slices' partial sums added in slice order),
+// db += (may be null).
+Status Conv2dBackward(float* din, float* dw, float* db, const float* dout, const float* in, const float* w,
+                      const ConvShape& s, float* scratch, cudaStream_t stream);
 
 // Pooling, kernel k, stride st, no padding; argmax (N,C,OH,OW) holds the winner's index in its
 // (H,W) plane (the first of equal maxima, as the CPU's).
