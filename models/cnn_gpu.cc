@@ -25,7 +25,7 @@ Status GpuCnn::PlanActivations(int N) {
   // The old plan goes back to the device's cache: nothing queued may still use it.
   RT_RETURN_IF_ERROR(Synchronize());
   RT_RETURN_IF_ERROR(arena_->SetDevice());
-  planN_ = N;
+  planN_ = 0;  // no plan until the one below is complete (a failed one is redone)
   const int64_t kAlign = 64;  // 256-byte aligned pieces
   const Cnn<float>::PlanSizes sizes = Cnn<float>::PlanFor(nodes_, N, kAlign);
   int64_t scratch = 0;
@@ -48,6 +48,7 @@ Status GpuCnn::PlanActivations(int N) {
     RT_RETURN_IF_ERROR(mse_.AllocateCached(1 + (gpu::MseScratchBytes(outputs) + 7) / 8, "MSE scratch"));
   }
   Cnn<float>::AssignPlan(nodes_, N, kAlign, acts_.data(), argmax_.data(), masks_.data());
+  planN_ = N;
   host_losses_.resize(static_cast<size_t>(N));
   return Status::Ok();
 }
@@ -169,7 +170,8 @@ Status GpuCnn::Backward(float loss_scale, const GradReadyFn& on_ready) {
         gpu::ConvShape s = n.conv;
         s.N = N;
         RT_RETURN_IF_ERROR(
-            gpu::Conv2dBackward(din, G(n.w), G(n.b), n.grad, in.out, P(n.w), s, scratch_.data(), stream_));
+            gpu::Conv2dBackward(din, G(n.w), G(n.b), n.grad, in.out, P(n.w), s, scratch_.data(),
+                                static_cast<int64_t>(scratch_.size()), stream_));
         break;
       }
       case Kind::kBatchNorm:

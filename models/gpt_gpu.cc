@@ -97,9 +97,9 @@ Status GpuGpt::PlanActivations(int B, int Tn) {
   // The old plan goes back to the device's cache: nothing queued may still use it.
   RT_RETURN_IF_ERROR(Synchronize());
   RT_RETURN_IF_ERROR(arena_->SetDevice());
-  planB_ = std::max(B, planB_);
-  planT_ = std::max(Tn, planT_);
-  const int64_t N = static_cast<int64_t>(planB_) * planT_, C = cfg_.n_embd, V = cfg_.vocab_size,
+  const int newB = std::max(B, planB_), newT = std::max(Tn, planT_);
+  planB_ = planT_ = 0;  // no plan until the one below is complete (a failed one is redone)
+  const int64_t N = static_cast<int64_t>(newB) * newT, C = cfg_.n_embd, V = cfg_.vocab_size,
                 NH = cfg_.n_head;
   // The attention path. Dropout on the probabilities needs them stored (materialised). Under
   // bf16 the materialised products run on tensor cores, much faster than the fp32 fused kernel,
@@ -113,10 +113,10 @@ Status GpuGpt::PlanActivations(int B, int Tn) {
   } else {
     size_t free_bytes = 0, total_bytes = 0;
     RT_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
-    const double scores = static_cast<double>(cfg_.n_layer + 1) * planB_ * NH * planT_ * planT_ * sizeof(float);
+    const double scores = static_cast<double>(cfg_.n_layer + 1) * newB * NH * newT * newT * sizeof(float);
     flash_ = scores > 0.25 * static_cast<double>(total_bytes);
   }
-  const int64_t att = static_cast<int64_t>(planB_) * NH * planT_ * (flash_ ? 1 : planT_);
+  const int64_t att = static_cast<int64_t>(newB) * NH * newT * (flash_ ? 1 : newT);
   const bool drop = cfg_.dropout > 0;
   // One walk over the pieces, run twice: first counting (null bases), then assigning. Pieces are
   // 256-byte aligned (64 fp32, 128 bf16 or 256 mask elements).
@@ -141,6 +141,9 @@ Status GpuGpt::PlanActivations(int B, int Tn) {
     };
     keep_emb_ = drop ? m8(N * C) : nullptr;
     encoded_ = f32(N * C);
+    // Under bf16 without the fused kernel, the fp32 attention output is only the source of its
+    // bf16 copy (the fused backward is what reads it later): one buffer serves every layer.
+    float* shared_atty = bf16_ && !flash_ ? f32(N * C) : nullptr;
     ba_.assign(static_cast<size_t>(cfg_.n_layer), BlockActs{});
     for (auto& a : ba_) {
       a.ln1 = act(N * C);
@@ -152,7 +155,7 @@ Status GpuGpt::PlanActivations(int B, int Tn) {
       a.keep_att = drop ? m8(att) : nullptr;
       a.keep_attproj = drop ? m8(N * C) : nullptr;
       a.keep_fcproj = drop ? m8(N * C) : nullptr;
-      a.atty = f32(N * C);
+      a.atty = shared_atty ? shared_atty : f32(N * C);
       a.atty_in = bf16_ ? act(N * C) : Act{a.atty, nullptr};
       a.attproj = f32(N * C);
       a.res1 = f32(N * C);
@@ -187,6 +190,8 @@ Status GpuGpt::PlanActivations(int B, int Tn) {
   carve(acts_.data(), acts16_.data(), masks_.data());
   RT_CHECK(used32 == n32 && used16 == n16 && used8 == n8);
   host_losses_.resize(static_cast<size_t>(N));
+  planB_ = newB;
+  planT_ = newT;
   return Status::Ok();
 }
 

@@ -1,10 +1,10 @@
-// GPT on one CUDA device, fp32: the same architecture, parameter layout and formulas as
-// models/gpt.h (Gpt<float> at tensor-parallel degree 1), so a host arena copies onto the device
-// as one block and back, and the CPU model is the reference the GPU tests compare against.
-// Parameters, gradients and activations live in device memory planned once (no allocation inside
-// a step); every kernel runs on the model's own stream. Attention is the fused (flash-style)
-// kernel where the head size allows (16, 32, 64, 128) and there is no dropout, so no (T,T) matrix
-// is stored. Dropout draws the CPU model's masks bit for bit (same streams and sites), so a
+// GPT on one CUDA device, fp32 or bf16 mixed precision: the same architecture, parameter layout
+// and formulas as models/gpt.h (Gpt<float> at tensor-parallel degree 1), so a host arena copies
+// onto the device as one block and back, and the CPU model is the reference the GPU tests compare
+// against. Parameters, gradients and activations live in device memory planned once per shape (no
+// allocation inside a step); every kernel runs on the model's own stream. In fp32 attention is
+// the fused (flash-style) kernel where the head size allows (16, 32, 64, 128) and there is no
+// dropout, so no (T,T) matrix is stored; under bf16 the attention key decides (see Create). Dropout draws the CPU model's masks bit for bit (same streams and sites), so a
 // training step with dropout equals the CPU's too. No tensor parallelism yet.
 #pragma once
 

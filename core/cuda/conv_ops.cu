@@ -45,7 +45,8 @@ __device__ __forceinline__ float Patch(const float* in, const ConvGeom& g, int64
 template <class LoadA, class LoadB, class Store>
 __global__ void __launch_bounds__(kGemmThreads)
     ImplicitGemmKernel(int M, int64_t Ncol, int64_t K, int64_t kslice, LoadA a, LoadB b, Store st) {
-  __shared__ float as[kTk][kTm], bs[kTk][kTn];
+  // as is filled k-fastest: one padding column keeps those stores off a single bank.
+  __shared__ float as[kTk][kTm + 1], bs[kTk][kTn];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int m0 = blockIdx.y * kTm;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTn;
@@ -184,9 +185,15 @@ __global__ void SumSlicesKernel(float* dw, const float* partial, int slices, int
 
 // Split-K for the weight gradient: enough slices for about 512 blocks, each at least 256 long
 // (a multiple of the K step). A function of the shape only, so results do not depend on the device.
-void SplitK(int M, int64_t Ncol, int64_t K, int* slices, int64_t* kslice) {
+// MaxSlices bounds the count (rounding the slice length up only lowers it) and grows with K, so
+// scratch sized for a batch fits every smaller one.
+int64_t MaxSlices(int M, int64_t Ncol, int64_t K) {
   const int64_t tiles = ((M + kTm - 1) / kTm) * ((Ncol + kTn - 1) / kTn);
-  int64_t s = std::max<int64_t>(1, std::min<int64_t>((K + 255) / 256, (512 + tiles - 1) / tiles));
+  return std::max<int64_t>(1, std::min<int64_t>((K + 255) / 256, (512 + tiles - 1) / tiles));
+}
+
+void SplitK(int M, int64_t Ncol, int64_t K, int* slices, int64_t* kslice) {
+  const int64_t s = MaxSlices(M, Ncol, K);
   int64_t len = (K + s - 1) / s;
   len = std::max<int64_t>(kTk, (len + kTk - 1) / kTk * kTk);
   *kslice = len;
@@ -372,10 +379,7 @@ __global__ void MseKernel(float* diff, float* dpred, const float* pred, const fl
 }  // namespace
 
 int64_t Conv2dScratchFloats(const ConvShape& s) {
-  int slices;
-  int64_t kslice;
-  SplitK(s.OC, s.ColRows(), static_cast<int64_t>(s.N) * s.ColCols(), &slices, &kslice);
-  return static_cast<int64_t>(slices) * s.OC * s.ColRows();
+  return MaxSlices(s.OC, s.ColRows(), static_cast<int64_t>(s.N) * s.ColCols()) * s.OC * s.ColRows();
 }
 
 Status Conv2dForward(float* out, const float* in, const float* w, const float* b, const ConvShape& s,
@@ -388,13 +392,15 @@ Status Conv2dForward(float* out, const float* in, const float* w, const float* b
 }
 
 Status Conv2dBackward(float* din, float* dw, float* db, const float* dout, const float* in, const float* w,
-                      const ConvShape& s, float* scratch, cudaStream_t stream) {
+                      const ConvShape& s, float* scratch, int64_t scratch_floats, cudaStream_t stream) {
   const ConvGeom g = GeomOf(s);
   const int P = static_cast<int>(s.ColCols());
   const int64_t ckk = s.ColRows(), npos = static_cast<int64_t>(s.N) * P;
   int slices;
   int64_t kslice;
   SplitK(s.OC, ckk, npos, &slices, &kslice);
+  RT_CHECK_MSG(static_cast<int64_t>(slices) * s.OC * ckk <= scratch_floats,
+               "Conv2dBackward: scratch smaller than Conv2dScratchFloats of this shape");
   RT_RETURN_IF_ERROR(LaunchGemm(s.OC, ckk, npos, slices, kslice, BwdFiltA{dout, s.OC, P}, BwdFiltB{in, g, P},
                                 PartialStore{scratch, s.OC, ckk}, stream, "Conv2dBackward (weights)"));
   const int64_t nw = static_cast<int64_t>(s.OC) * ckk;

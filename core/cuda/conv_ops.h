@@ -26,12 +26,13 @@ using cpu::ConvShape;
 Status Conv2dForward(float* out, const float* in, const float* w, const float* b, const ConvShape& s,
                      cudaStream_t stream);
 // Scratch floats Conv2dBackward needs: the weight gradient's split-K partial sums (slices x OC x
-// C*KH*KW; e.g. 1.6 MB for ResNet-20's first stage at batch 128).
+// C*KH*KW; e.g. 1.6 MB for ResNet-20's first stage at batch 128). Never smaller for a smaller N,
+// so scratch sized for the largest batch serves every batch.
 int64_t Conv2dScratchFloats(const ConvShape& s);
 // din (N,C,H,W) overwritten (may be null), dw += (the slices' partial sums added in slice order),
-// db += (may be null).
+// db += (may be null). scratch holds scratch_floats (at least Conv2dScratchFloats(s); checked).
 Status Conv2dBackward(float* din, float* dw, float* db, const float* dout, const float* in, const float* w,
-                      const ConvShape& s, float* scratch, cudaStream_t stream);
+                      const ConvShape& s, float* scratch, int64_t scratch_floats, cudaStream_t stream);
 
 // Pooling, kernel k, stride st, no padding; argmax (N,C,OH,OW) holds the winner's index in its
 // (H,W) plane (the first of equal maxima, as the CPU's).

@@ -50,17 +50,46 @@ TEST(GpuConvOps, Conv2dForwardBackward) {
     cpu::Conv2dBackward(din.data(), dw.data(), c.bias ? db.data() : nullptr, dout.data(), in.data(), w.data(), s,
                         scratch.data());
     ASSERT_TRUE(gpu::Conv2dBackward(g_din.p, g_dw.p, c.bias ? g_db.p : nullptr, g_dout.p, g_in.p, g_w.p, s,
-                                    g_scratch.p, nullptr)
+                                    g_scratch.p, static_cast<int64_t>(g_scratch.n), nullptr)
                     .ok());
     ExpectClose(g_din.Host(), din, "conv din");
     ExpectClose(g_dw.Host(), dw, "conv dw (accumulated)");
     // The same bits again (fixed-order sums, slices added in order).
     Dev<float> g_dw2(Random(w_n, 74)), g_din2(in_n);
-    ASSERT_TRUE(gpu::Conv2dBackward(g_din2.p, g_dw2.p, nullptr, g_dout.p, g_in.p, g_w.p, s, g_scratch.p, nullptr).ok());
+    ASSERT_TRUE(gpu::Conv2dBackward(g_din2.p, g_dw2.p, nullptr, g_dout.p, g_in.p, g_w.p, s, g_scratch.p,
+                                    static_cast<int64_t>(g_scratch.n), nullptr)
+                    .ok());
     EXPECT_TRUE(g_dw2.Host() == g_dw.Host()) << "conv dw not repeatable";
     EXPECT_TRUE(g_din2.Host() == g_din.Host()) << "conv din not repeatable";
     ExpectClose(g_db.Host(), db, c.bias ? "conv db (accumulated)" : "conv db (untouched)");
   }
+}
+
+// Scratch sized for a larger batch serves a smaller one (the model sizes it once for its largest
+// batch): ResNet-20's first-stage shape planned at 43 images and run at 41, where the weight
+// gradient's split-K takes more slices than at 43. The result equals the one with scratch sized
+// for 41, bit for bit.
+TEST(GpuConvOps, ScratchForALargerBatchServesASmallerOne) {
+  SKIP_WITHOUT_GPU();
+  cpu::ConvShape big;
+  big.N = 43, big.C = 16, big.H = 32, big.W = 32, big.OC = 16, big.KH = big.KW = 3, big.stride = 1, big.pad = 1;
+  cpu::ConvShape s = big;
+  s.N = 41;
+  ASSERT_GE(gpu::Conv2dScratchFloats(big), gpu::Conv2dScratchFloats(s));
+  const size_t in_n = static_cast<size_t>(s.N) * s.C * s.H * s.W, w_n = static_cast<size_t>(s.OC) * s.C * 9;
+  const size_t out_n = static_cast<size_t>(s.N) * s.OC * s.OH() * s.OW();
+  Dev<float> g_in(Random(in_n, 90)), g_w(Random(w_n, 91)), g_dout(Random(out_n, 92));
+  Dev<float> dw_big(w_n), dw_exact(w_n), din_big(in_n), din_exact(in_n);
+  Dev<float> scratch_big(static_cast<size_t>(gpu::Conv2dScratchFloats(big))),
+      scratch_exact(static_cast<size_t>(gpu::Conv2dScratchFloats(s)));
+  ASSERT_TRUE(gpu::Conv2dBackward(din_big.p, dw_big.p, nullptr, g_dout.p, g_in.p, g_w.p, s, scratch_big.p,
+                                  static_cast<int64_t>(scratch_big.n), nullptr)
+                  .ok());
+  ASSERT_TRUE(gpu::Conv2dBackward(din_exact.p, dw_exact.p, nullptr, g_dout.p, g_in.p, g_w.p, s, scratch_exact.p,
+                                  static_cast<int64_t>(scratch_exact.n), nullptr)
+                  .ok());
+  EXPECT_TRUE(dw_big.Host() == dw_exact.Host());
+  EXPECT_TRUE(din_big.Host() == din_exact.Host());
 }
 
 TEST(GpuConvOps, Pooling) {
