@@ -19,10 +19,11 @@ const std::vector<ConfigKey>& ConfigSchema() {
        "accumulation, the activations they read stored in bf16; parameters, gradients, the residual stream, optimizer "
        "state and reductions stay fp32). device cpu: fp32"},
       {"attention", T::kString, "auto", -1e300, 1e300, {"auto", "flash", "materialized"},
-       "device cuda, GPT: flash = the fused kernel (no (T,T) matrix stored; head sizes 16/32/64/128, no dropout); "
-       "materialized = scores and probabilities stored, products by cuBLAS (TF32 tensor cores under precision bf16); "
-       "auto = flash in fp32 where it applies, and under bf16 materialized while every layer's scores fit in a quarter "
-       "of the GPU's memory, else flash"},
+       "device cuda, GPT: flash = the fused kernel (no (T,T) matrix stored; head sizes 16/32/64/128, no dropout; under "
+       "precision bf16 on tensor cores for head sizes 32/64/128); materialized = scores and probabilities stored, "
+       "products by cuBLAS (TF32 tensor cores under bf16); auto = flash where it applies, except under bf16 with a head "
+       "size the tensor-core kernel lacks, where materialized is taken while every layer's scores fit in a quarter of "
+       "the GPU's memory"},
       // Model
       {"model.type", T::kString, "gpt", -1e300, 1e300, {"gpt", "mlp", "lenet", "resnet"}, "model family"},
       {"model.n_layer", T::kInt, "2", 1, 1024, {}, "Transformer blocks"},

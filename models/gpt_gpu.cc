@@ -69,7 +69,7 @@ GpuGpt::~GpuGpt() {
 }
 
 std::string GpuGpt::AttentionPath() const {
-  if (flash_) return "flash (fused, fp32)";
+  if (flash_) return flash_tc_ ? "flash (fused, bf16 tensor cores)" : "flash (fused, fp32)";
   return bf16_ ? "materialized (cuBLAS, TF32 tensor cores)" : "materialized (cuBLAS, fp32)";
 }
 
@@ -102,13 +102,16 @@ Status GpuGpt::PlanActivations(int B, int Tn) {
   const int64_t N = static_cast<int64_t>(newB) * newT, C = cfg_.n_embd, V = cfg_.vocab_size,
                 NH = cfg_.n_head;
   // The attention path. Dropout on the probabilities needs them stored (materialised). Under
-  // bf16 the materialised products run on tensor cores, much faster than the fp32 fused kernel,
-  // while every layer's (B,NH,T,T) scores (and backward's scratch) take at most a quarter of the
-  // device's memory; past that, at long context, the fused kernel stores none.
-  const bool can_flash = gpu::FlashAttentionSupports(static_cast<int>(C / NH)) && cfg_.dropout == 0;
+  // bf16 the fused kernel runs on tensor cores where the head size allows (32, 64, 128); else the
+  // materialised products do (TF32), much faster than the fp32 fused kernel, while every layer's
+  // (B,NH,T,T) scores (and backward's scratch) take at most a quarter of the device's memory;
+  // past that, at long context, the fp32 fused kernel stores none.
+  const int hs = static_cast<int>(C / NH);
+  const bool can_flash = gpu::FlashAttentionSupports(hs) && cfg_.dropout == 0;
+  flash_tc_ = bf16_ && gpu::FlashAttentionTcSupports(hs) && cfg_.dropout == 0;
   if (attention_ == "flash" || attention_ == "materialized") {
     flash_ = attention_ == "flash";
-  } else if (!can_flash || !bf16_) {
+  } else if (!can_flash || !bf16_ || flash_tc_) {
     flash_ = can_flash;
   } else {
     size_t free_bytes = 0, total_bytes = 0;
@@ -242,7 +245,8 @@ StatusOr<double> GpuGpt::Forward(const int32_t* tokens, const int32_t* targets, 
     RT_RETURN_IF_ERROR(LnForward(a.ln1, a.ln1_mean, a.ln1_rstd, x, b.ln1_w, b.ln1_b, N, C));
     RT_RETURN_IF_ERROR(Lin(a.qkv, a.ln1, b.attn_w, b.attn_b, N, C, 3 * C));
     if (drop) RT_RETURN_IF_ERROR(att_mask(a.keep_att, 1 + 3 * static_cast<uint64_t>(l)));
-    RT_RETURN_IF_ERROR(flash_ ? gpu::FlashAttentionForward(a.atty, a.att, a.qkv, B, Tn, C, NH, stream_)
+    RT_RETURN_IF_ERROR(flash_ ? (flash_tc_ ? gpu::FlashAttentionForwardTc(a.atty, a.att, a.qkv, B, Tn, C, NH, stream_)
+                                           : gpu::FlashAttentionForward(a.atty, a.att, a.qkv, B, Tn, C, NH, stream_))
                               : gpu::AttentionForward(blas, a.atty, a.att, a.att_drop, drop ? a.keep_att : nullptr, p,
                                                       a.qkv, B, Tn, C, NH));
     if (bf16_) RT_RETURN_IF_ERROR(gpu::ToBf16(a.atty_in.h, a.atty, NC, stream_));
@@ -332,8 +336,10 @@ Status GpuGpt::Backward(float loss_scale, const GradReadyFn& on_ready) {
     float* datty = dbig_;  // (N,C) of the (N,4C) scratch
     RT_RETURN_IF_ERROR(
         LinBack(datty, b.proj_w, b.proj_b, dattproj, a.atty_in, N, C, C));
-    RT_RETURN_IF_ERROR(flash_ ? gpu::FlashAttentionBackward(dqkv_, datt_, datty, a.qkv, a.atty, a.att, B, Tn, C, NH,
-                                                            stream_)
+    RT_RETURN_IF_ERROR(flash_ ? (flash_tc_ ? gpu::FlashAttentionBackwardTc(dqkv_, datt_, datty, a.qkv, a.atty, a.att,
+                                                                           B, Tn, C, NH, stream_)
+                                           : gpu::FlashAttentionBackward(dqkv_, datt_, datty, a.qkv, a.atty, a.att, B,
+                                                                         Tn, C, NH, stream_))
                               : gpu::AttentionBackward(blas, dqkv_, datt_, datty, a.qkv, a.att, a.att_drop,
                                                        drop ? a.keep_att : nullptr, p, B, Tn, C, NH));
     RT_RETURN_IF_ERROR(

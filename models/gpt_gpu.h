@@ -66,8 +66,8 @@ class GpuGpt {
   Status Backward(float loss_scale, const GradReadyFn& on_ready = nullptr);
   // Waits for everything enqueued on the model's stream.
   Status Synchronize() { return arena_->Synchronize("GPT step on the device"); }
-  // The attention path the current plan uses, for logs: "flash (fused, fp32)" or "materialized
-  // (cuBLAS fp32)" / "materialized (cuBLAS TF32 tensor cores)".
+  // The attention path the current plan uses, for logs: "flash (fused, fp32)", "flash (fused, bf16
+  // tensor cores)", "materialized (cuBLAS, fp32)" or "materialized (cuBLAS, TF32 tensor cores)".
   std::string AttentionPath() const;
 
  private:
@@ -108,7 +108,8 @@ class GpuGpt {
   std::unique_ptr<DeviceArena> arena_;
   cudaStream_t stream_ = nullptr;  // arena_->stream()
   std::string attention_ = "auto";  // the config's choice
-  bool flash_ = false;  // the plan's path: fused attention, else the materialised kernels
+  bool flash_ = false;     // the plan's path: fused attention, else the materialised kernels
+  bool flash_tc_ = false;  // the fused kernel on tensor cores (bf16 mode, head sizes 32, 64, 128)
   std::unique_ptr<gpu::Blas> blas_;
   bool bf16_ = false;
   std::unique_ptr<gpu::Blas> blas16_;  // bf16 mode: a handle free to use any tensor-core kernel

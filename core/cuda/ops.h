@@ -93,6 +93,14 @@ Status FlashAttentionForward(float* out, float* lse, const float* qkv, int B, in
 Status FlashAttentionBackward(float* dqkv, float* delta, const float* dout, const float* qkv, const float* out,
                               const float* lse, int B, int T, int C, int NH, cudaStream_t s);
 
+// The same fused attention on tensor cores (bf16 mode): Q, K, V, dO and the probabilities rounded
+// to bf16 for the products, fp32 accumulation, fp32 softmax and outputs (same arguments and
+// outputs as the two above). Head sizes 32, 64, 128.
+bool FlashAttentionTcSupports(int head_size);
+Status FlashAttentionForwardTc(float* out, float* lse, const float* qkv, int B, int T, int C, int NH, cudaStream_t s);
+Status FlashAttentionBackwardTc(float* dqkv, float* delta, const float* dout, const float* qkv, const float* out,
+                                const float* lse, int B, int T, int C, int NH, cudaStream_t s);
+
 // GELU, tanh approximation; backward overwrites din.
 Status GeluForward(float* out, const float* in, int64_t n, cudaStream_t s);
 Status GeluBackward(float* din, const float* dout, const float* in, int64_t n, cudaStream_t s);

@@ -130,34 +130,43 @@ TEST(GpuGptBf16, ForwardBackwardCloseToCpu) {
   EXPECT_FALSE(grads[0] == grads[1]) << "bf16 gave the fp32 gradients: the bf16 path did not run";
 }
 
-// bf16 mode's two attention paths (the materialised one on TF32 tensor cores, auto's choice at this
-// size, and the fused fp32 kernel) give the same loss and gradients within bf16's tolerance, and
-// a flash request the kernel cannot serve is one clear error.
+// bf16 mode's attention paths give the same loss and gradients within bf16's tolerance: at head
+// size 16 auto's materialised TF32 path against the fp32 fused kernel, at head size 32 auto's
+// tensor-core fused kernel against the materialised one. A flash request no kernel can serve is
+// one clear error.
 TEST(GpuGptBf16, AttentionPathsAgree) {
   SKIP_WITHOUT_GPU();
-  const GptConfig cfg = SmallConfig(64);  // head size 16: the fused kernel applies
-  Gpt<float> cpu(cfg);
-  cpu.InitWeights(5);
-  std::vector<int32_t> tokens, targets;
-  SmallBatch(cfg.vocab_size, &tokens, &targets);
-  double loss[2];
-  std::vector<float> grads[2];
-  const char* modes[2] = {"auto", "flash"};
-  for (int k = 0; k < 2; ++k) {
-    auto gpu = GpuGpt::Create(cfg, 0, /*bf16=*/true, modes[k]);
-    ASSERT_TRUE(gpu.ok()) << gpu.status().message();
-    ASSERT_TRUE((*gpu)->PlanActivations(kB, kT).ok());
-    EXPECT_EQ((*gpu)->AttentionPath().rfind(k == 0 ? "materialized" : "flash", 0), 0u) << (*gpu)->AttentionPath();
-    ASSERT_TRUE((*gpu)->arena().UploadParams(cpu.arena().params.data()).ok());
-    auto l = (*gpu)->Forward(tokens.data(), targets.data(), kB, kT);
-    ASSERT_TRUE(l.ok()) << l.status().message();
-    loss[k] = *l;
-    ASSERT_TRUE((*gpu)->Backward(1.0f).ok());
-    grads[k].resize(cpu.arena().layout.total());
-    ASSERT_TRUE((*gpu)->arena().DownloadGrads(grads[k].data()).ok());
+  struct Case {
+    int n_embd;
+    const char* modes[2];
+    const char* paths[2];  // AttentionPath() prefixes
+  };
+  for (const Case& c : {Case{64, {"auto", "flash"}, {"materialized (cuBLAS, TF32", "flash (fused, fp32)"}},
+                        Case{128, {"auto", "materialized"}, {"flash (fused, bf16 tensor cores)", "materialized"}}}) {
+    SCOPED_TRACE("n_embd " + std::to_string(c.n_embd));
+    const GptConfig cfg = SmallConfig(c.n_embd);  // 4 heads
+    Gpt<float> cpu(cfg);
+    cpu.InitWeights(5);
+    std::vector<int32_t> tokens, targets;
+    SmallBatch(cfg.vocab_size, &tokens, &targets);
+    double loss[2];
+    std::vector<float> grads[2];
+    for (int k = 0; k < 2; ++k) {
+      auto gpu = GpuGpt::Create(cfg, 0, /*bf16=*/true, c.modes[k]);
+      ASSERT_TRUE(gpu.ok()) << gpu.status().message();
+      ASSERT_TRUE((*gpu)->PlanActivations(kB, kT).ok());
+      EXPECT_EQ((*gpu)->AttentionPath().rfind(c.paths[k], 0), 0u) << (*gpu)->AttentionPath();
+      ASSERT_TRUE((*gpu)->arena().UploadParams(cpu.arena().params.data()).ok());
+      auto l = (*gpu)->Forward(tokens.data(), targets.data(), kB, kT);
+      ASSERT_TRUE(l.ok()) << l.status().message();
+      loss[k] = *l;
+      ASSERT_TRUE((*gpu)->Backward(1.0f).ok());
+      grads[k].resize(cpu.arena().layout.total());
+      ASSERT_TRUE((*gpu)->arena().DownloadGrads(grads[k].data()).ok());
+    }
+    EXPECT_NEAR(loss[0], loss[1], 1e-2 * std::fabs(loss[1]));
+    ExpectTensorsClose(cpu.arena().layout, grads[0].data(), grads[1].data(), 5e-2, "gradient, one path vs the other");
   }
-  EXPECT_NEAR(loss[0], loss[1], 1e-2 * std::fabs(loss[1]));
-  ExpectTensorsClose(cpu.arena().layout, grads[0].data(), grads[1].data(), 5e-2, "gradient, materialized vs flash");
   GptConfig odd = SmallConfig(24 * 4);  // head size 24
   auto refused = GpuGpt::Create(odd, 0, true, "flash");
   ASSERT_FALSE(refused.ok());

@@ -257,6 +257,52 @@ TEST(GpuOps, FlashAttention) {
   EXPECT_FALSE(gpu::FlashAttentionSupports(24));
 }
 
+// The fused attention on tensor cores (bf16 mode): bf16 products, fp32 softmax and accumulation.
+// Against the fp32 CPU reference within 1e-2 (out, and dQ, dK, dV), at head sizes 32, 64 and 128,
+// sequence lengths inside one 64-row tile, on a tile edge and across several (with ragged ends),
+// and it is not the fp32 kernel (the outputs differ from it by more than fp32 rounding). Twice
+// gives the same bits.
+TEST(GpuOps, FlashAttentionTensorCores) {
+  SKIP_WITHOUT_GPU();
+  struct Shape {
+    int B, T, C, NH;
+  };
+  for (const Shape sh : {Shape{2, 16, 64, 2}, Shape{2, 64, 128, 2}, Shape{1, 150, 128, 1}, Shape{2, 77, 256, 2},
+                         Shape{1, 200, 192, 3}}) {
+    const int n = sh.B * sh.T;
+    SCOPED_TRACE("B=" + std::to_string(sh.B) + " T=" + std::to_string(sh.T) + " head size " +
+                 std::to_string(sh.C / sh.NH));
+    ASSERT_TRUE(gpu::FlashAttentionTcSupports(sh.C / sh.NH));
+    auto qkv = Random(static_cast<size_t>(n) * 3 * sh.C, 34, 2.f), dout = Random(static_cast<size_t>(n) * sh.C, 35);
+    std::vector<float> out(static_cast<size_t>(n) * sh.C), att(static_cast<size_t>(sh.B) * sh.NH * sh.T * sh.T),
+        dqkv(qkv.size()), scratch(cpu::AttentionScratchSize(sh.T));
+    cpu::AttentionForward(out.data(), att.data(), static_cast<float*>(nullptr), nullptr, 0.f, qkv.data(), sh.B, sh.T,
+                          sh.C, sh.NH);
+    cpu::AttentionBackward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), att.data(),
+                           static_cast<float*>(nullptr), nullptr, 0.f, sh.B, sh.T, sh.C, sh.NH);
+    const size_t rows = static_cast<size_t>(sh.B) * sh.NH * sh.T;
+    Dev<float> g_qkv(qkv), g_dout(dout), g_out(out.size()), g_lse(rows), g_delta(rows), g_dqkv(qkv.size()),
+        g_out32(out.size()), g_lse32(rows), g_dqkv2(qkv.size());
+    ASSERT_TRUE(gpu::FlashAttentionForwardTc(g_out.p, g_lse.p, g_qkv.p, sh.B, sh.T, sh.C, sh.NH, nullptr).ok());
+    const std::vector<float> got = g_out.Host();
+    ExpectClose(got, out, "tensor-core flash attention out", 1e-2);
+    ASSERT_TRUE(gpu::FlashAttentionForward(g_out32.p, g_lse32.p, g_qkv.p, sh.B, sh.T, sh.C, sh.NH, nullptr).ok());
+    ExpectClose(g_lse.Host(), g_lse32.Host(), "tensor-core flash attention log-sum-exp", 1e-2);
+    EXPECT_FALSE(got == g_out32.Host()) << "the tensor-core kernel gave the fp32 kernel's bits";
+    ASSERT_TRUE(gpu::FlashAttentionBackwardTc(g_dqkv.p, g_delta.p, g_dout.p, g_qkv.p, g_out.p, g_lse.p, sh.B, sh.T,
+                                              sh.C, sh.NH, nullptr)
+                    .ok());
+    const std::vector<float> grads = g_dqkv.Host();
+    ExpectClose(grads, dqkv, "tensor-core flash attention dqkv", 1e-2);
+    ASSERT_TRUE(gpu::FlashAttentionBackwardTc(g_dqkv2.p, g_delta.p, g_dout.p, g_qkv.p, g_out.p, g_lse.p, sh.B, sh.T,
+                                              sh.C, sh.NH, nullptr)
+                    .ok());
+    EXPECT_TRUE(g_dqkv2.Host() == grads) << "not repeatable";
+  }
+  EXPECT_FALSE(gpu::FlashAttentionTcSupports(16));
+  EXPECT_FALSE(gpu::FlashAttentionTcSupports(24));
+}
+
 TEST(GpuOps, GeluResidualSoftmaxCrossEntropy) {
   SKIP_WITHOUT_GPU();
   const int64_t n = N * C;
