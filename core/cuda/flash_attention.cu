@@ -5,6 +5,7 @@
 // and results repeat bitwise. The head size is a template parameter (rows live in registers).
 #include <mma.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -580,7 +581,23 @@ Status FlashAttentionForward(float* out, float* lse, const float* qkv, int B, in
   }
 }
 
-bool FlashAttentionTcSupports(int head_size) { return head_size == 32 || head_size == 64 || head_size == 128; }
+bool FlashAttentionTcSupports(int head_size) {
+  size_t need = 0;
+  switch (head_size) {
+    case 32: need = std::max(tc::Layout<32>::kForward, tc::Layout<32>::kBackward); break;
+    case 64: need = std::max(tc::Layout<64>::kForward, tc::Layout<64>::kBackward); break;
+    case 128: need = std::max(tc::Layout<128>::kForward, tc::Layout<128>::kBackward); break;
+    default: return false;
+  }
+  // Shared memory per block: 163 KB on sm_80 and 227 KB on sm_90, but 99 KB on sm_86/sm_89.
+  int device = 0, optin = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return need + 128 <= static_cast<size_t>(optin);
+}
 
 Status FlashAttentionForwardTc(float* out, float* lse, const float* qkv, int B, int T, int C, int NH, cudaStream_t s) {
   switch (C / NH) {
@@ -596,6 +613,9 @@ Status FlashAttentionForwardTc(float* out, float* lse, const float* qkv, int B, 
 Status FlashAttentionBackwardTc(float* dqkv, float* delta, const float* dout, const float* qkv, const float* out,
                                 const float* lse, int B, int T, int C, int NH, cudaStream_t s) {
   const int HS = C / NH;
+  if (HS != 32 && HS != 64 && HS != 128)
+    return InvalidArgument("flash attention (tensor cores): head size " + std::to_string(HS) +
+                           " is not one of 32, 64, 128");
   const int64_t rows = static_cast<int64_t>(B) * NH * T;
   FlashDeltaKernel<<<cuda::Blocks(rows), cuda::kThreads, 0, s>>>(delta, dout, out, T, C, NH, HS, rows);
   RT_RETURN_IF_ERROR(cuda::Launched("flash attention backward (delta)"));
