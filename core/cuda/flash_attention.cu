@@ -438,6 +438,36 @@ __device__ void StageRowStats(float* lse_s, float* delta_s, const float* lse, co
   }
 }
 
+// The backward kernels' shared memory: the block's own two tiles (Q and dO, or K and V), the two
+// staged tiles of the other side, the scores and dP (fp32), P and dS (bf16), the output staging
+// tile, and the staged rows' lse and delta.
+template <int HS>
+struct BackwardShared {
+  Bf *own0, *own1, *other0, *other1;
+  float *s, *dp;
+  Bf *p, *ds;
+  float *stage, *lse, *delta;
+};
+
+template <int HS>
+__device__ BackwardShared<HS> CarveBackward(unsigned char* smem) {
+  using L = Layout<HS>;
+  Carve cv{smem};
+  BackwardShared<HS> t;
+  t.own0 = cv.Take<Bf>(L::kHalfTile);
+  t.own1 = cv.Take<Bf>(L::kHalfTile);
+  t.other0 = cv.Take<Bf>(L::kHalfTile);
+  t.other1 = cv.Take<Bf>(L::kHalfTile);
+  t.s = cv.Take<float>(L::kScoreTile);
+  t.dp = cv.Take<float>(L::kScoreTile);
+  t.p = cv.Take<Bf>(L::kProbTile);
+  t.ds = cv.Take<Bf>(L::kProbTile);
+  t.stage = cv.Take<float>(L::kOutTile);
+  t.lse = cv.Take<float>(L::kRowVec);
+  t.delta = cv.Take<float>(L::kRowVec);
+  return t;
+}
+
 // dQ for one block of 64 queries over the key tiles it sees.
 template <int HS>
 __global__ void __launch_bounds__(kThreadsTc)
@@ -445,18 +475,9 @@ __global__ void __launch_bounds__(kThreadsTc)
                     int C, int NH, float scale) {
   using L = Layout<HS>;
   extern __shared__ __align__(128) unsigned char smem[];
-  Carve cv{smem};
-  Bf* qs = cv.Take<Bf>(L::kHalfTile);
-  Bf* gs = cv.Take<Bf>(L::kHalfTile);
-  Bf* ks = cv.Take<Bf>(L::kHalfTile);
-  Bf* vs = cv.Take<Bf>(L::kHalfTile);
-  float* ss = cv.Take<float>(L::kScoreTile);
-  float* dps = cv.Take<float>(L::kScoreTile);
-  cv.Take<Bf>(L::kProbTile);  // (P: not needed for dQ)
-  Bf* dss = cv.Take<Bf>(L::kProbTile);
-  float* stage = cv.Take<float>(L::kOutTile);
-  float* lse_s = cv.Take<float>(L::kRowVec);
-  float* delta_s = cv.Take<float>(L::kRowVec);
+  const BackwardShared<HS> sh = CarveBackward<HS>(smem);
+  Bf *qs = sh.own0, *gs = sh.own1, *ks = sh.other0, *vs = sh.other1, *dss = sh.ds;  // (P is not needed for dQ)
+  float *ss = sh.s, *dps = sh.dp, *stage = sh.stage, *lse_s = sh.lse, *delta_s = sh.delta;
   const int b = blockIdx.y / NH, h = blockIdx.y % NH;
   const int q0 = blockIdx.x * kRowsTc;
   const int warp = threadIdx.x / 32;
@@ -492,18 +513,9 @@ __global__ void __launch_bounds__(kThreadsTc)
                      int C, int NH, float scale) {
   using L = Layout<HS>;
   extern __shared__ __align__(128) unsigned char smem[];
-  Carve cv{smem};
-  Bf* ks = cv.Take<Bf>(L::kHalfTile);
-  Bf* vs = cv.Take<Bf>(L::kHalfTile);
-  Bf* qs = cv.Take<Bf>(L::kHalfTile);
-  Bf* gs = cv.Take<Bf>(L::kHalfTile);
-  float* ss = cv.Take<float>(L::kScoreTile);
-  float* dps = cv.Take<float>(L::kScoreTile);
-  Bf* pss = cv.Take<Bf>(L::kProbTile);
-  Bf* dss = cv.Take<Bf>(L::kProbTile);
-  float* stage = cv.Take<float>(L::kOutTile);
-  float* lse_s = cv.Take<float>(L::kRowVec);
-  float* delta_s = cv.Take<float>(L::kRowVec);
+  const BackwardShared<HS> sh = CarveBackward<HS>(smem);
+  Bf *ks = sh.own0, *vs = sh.own1, *qs = sh.other0, *gs = sh.other1, *pss = sh.p, *dss = sh.ds;
+  float *ss = sh.s, *dps = sh.dp, *stage = sh.stage, *lse_s = sh.lse, *delta_s = sh.delta;
   const int b = blockIdx.y / NH, h = blockIdx.y % NH;
   const int k0 = blockIdx.x * kRowsTc;
   const int warp = threadIdx.x / 32;

@@ -228,31 +228,45 @@ TEST(GpuOps, DropoutMaskIsTheCpuMask) {
 // Flash attention against the CPU reference at every supported head size, with T not a multiple
 // of the kernels' tiles (so partial tiles and the causal edge inside a tile are covered), and
 // without ever storing (B,NH,T,T).
+// Random q|k|v and output gradient for one attention shape, with the CPU reference's output and
+// dqkv (no dropout), for the fused kernels' tests.
+struct AttentionCase {
+  int B, T, C, NH;
+  std::vector<float> qkv, dout, out, dqkv;
+  AttentionCase(int b, int t, int c, int nh, uint64_t key) : B(b), T(t), C(c), NH(nh) {
+    const size_t n = static_cast<size_t>(B) * T;
+    qkv = Random(n * 3 * C, key, 2.f);
+    dout = Random(n * C, key + 1);
+    out.resize(n * C);
+    dqkv.resize(qkv.size());
+    std::vector<float> att(static_cast<size_t>(B) * NH * T * T), scratch(cpu::AttentionScratchSize(T));
+    cpu::AttentionForward(out.data(), att.data(), static_cast<float*>(nullptr), nullptr, 0.f, qkv.data(), B, T, C, NH);
+    cpu::AttentionBackward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), att.data(),
+                           static_cast<float*>(nullptr), nullptr, 0.f, B, T, C, NH);
+  }
+  size_t rows() const { return static_cast<size_t>(B) * NH * T; }
+  std::string Name() const {
+    return "B=" + std::to_string(B) + " T=" + std::to_string(T) + " head size " + std::to_string(C / NH);
+  }
+};
+
 TEST(GpuOps, FlashAttention) {
   SKIP_WITHOUT_GPU();
   struct Shape {
     int B, T, C, NH;
   };
   for (const Shape sh : {Shape{2, 16, 64, 4}, Shape{2, 77, 64, 2}, Shape{1, 100, 128, 2}, Shape{2, 70, 128, 1}}) {
-    const int n = sh.B * sh.T;
-    SCOPED_TRACE("B=" + std::to_string(sh.B) + " T=" + std::to_string(sh.T) + " head size " +
-                 std::to_string(sh.C / sh.NH));
+    const AttentionCase a(sh.B, sh.T, sh.C, sh.NH, 32);
+    SCOPED_TRACE(a.Name());
     ASSERT_TRUE(gpu::FlashAttentionSupports(sh.C / sh.NH));
-    auto qkv = Random(static_cast<size_t>(n) * 3 * sh.C, 32, 2.f), dout = Random(static_cast<size_t>(n) * sh.C, 33);
-    std::vector<float> out(static_cast<size_t>(n) * sh.C), att(static_cast<size_t>(sh.B) * sh.NH * sh.T * sh.T),
-        dqkv(qkv.size()), scratch(cpu::AttentionScratchSize(sh.T));
-    cpu::AttentionForward(out.data(), att.data(), static_cast<float*>(nullptr), nullptr, 0.f, qkv.data(), sh.B, sh.T,
-                          sh.C, sh.NH);
-    cpu::AttentionBackward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), att.data(),
-                           static_cast<float*>(nullptr), nullptr, 0.f, sh.B, sh.T, sh.C, sh.NH);
-    const size_t rows = static_cast<size_t>(sh.B) * sh.NH * sh.T;
-    Dev<float> g_qkv(qkv), g_dout(dout), g_out(out.size()), g_lse(rows), g_delta(rows), g_dqkv(qkv.size());
+    Dev<float> g_qkv(a.qkv), g_dout(a.dout), g_out(a.out.size()), g_lse(a.rows()), g_delta(a.rows()),
+        g_dqkv(a.qkv.size());
     ASSERT_TRUE(gpu::FlashAttentionForward(g_out.p, g_lse.p, g_qkv.p, sh.B, sh.T, sh.C, sh.NH, nullptr).ok());
-    ExpectClose(g_out.Host(), out, "flash attention out");
+    ExpectClose(g_out.Host(), a.out, "flash attention out");
     ASSERT_TRUE(gpu::FlashAttentionBackward(g_dqkv.p, g_delta.p, g_dout.p, g_qkv.p, g_out.p, g_lse.p, sh.B, sh.T,
                                             sh.C, sh.NH, nullptr)
                     .ok());
-    ExpectClose(g_dqkv.Host(), dqkv, "flash attention dqkv");
+    ExpectClose(g_dqkv.Host(), a.dqkv, "flash attention dqkv");
   }
   EXPECT_FALSE(gpu::FlashAttentionSupports(24));
 }
@@ -269,20 +283,14 @@ TEST(GpuOps, FlashAttentionTensorCores) {
   };
   for (const Shape sh : {Shape{2, 16, 64, 2}, Shape{2, 64, 128, 2}, Shape{1, 150, 128, 1}, Shape{2, 77, 256, 2},
                          Shape{1, 200, 192, 3}}) {
-    const int n = sh.B * sh.T;
-    SCOPED_TRACE("B=" + std::to_string(sh.B) + " T=" + std::to_string(sh.T) + " head size " +
-                 std::to_string(sh.C / sh.NH));
+    const AttentionCase a(sh.B, sh.T, sh.C, sh.NH, 34);
+    SCOPED_TRACE(a.Name());
     ASSERT_TRUE(gpu::FlashAttentionTcSupports(sh.C / sh.NH));
-    auto qkv = Random(static_cast<size_t>(n) * 3 * sh.C, 34, 2.f), dout = Random(static_cast<size_t>(n) * sh.C, 35);
-    std::vector<float> out(static_cast<size_t>(n) * sh.C), att(static_cast<size_t>(sh.B) * sh.NH * sh.T * sh.T),
-        dqkv(qkv.size()), scratch(cpu::AttentionScratchSize(sh.T));
-    cpu::AttentionForward(out.data(), att.data(), static_cast<float*>(nullptr), nullptr, 0.f, qkv.data(), sh.B, sh.T,
-                          sh.C, sh.NH);
-    cpu::AttentionBackward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), att.data(),
-                           static_cast<float*>(nullptr), nullptr, 0.f, sh.B, sh.T, sh.C, sh.NH);
-    const size_t rows = static_cast<size_t>(sh.B) * sh.NH * sh.T;
-    Dev<float> g_qkv(qkv), g_dout(dout), g_out(out.size()), g_lse(rows), g_delta(rows), g_dqkv(qkv.size()),
-        g_out32(out.size()), g_lse32(rows), g_dqkv2(qkv.size());
+    const std::vector<float>& out = a.out;
+    const std::vector<float>& dqkv = a.dqkv;
+    const size_t rows = a.rows();
+    Dev<float> g_qkv(a.qkv), g_dout(a.dout), g_out(out.size()), g_lse(rows), g_delta(rows), g_dqkv(a.qkv.size()),
+        g_out32(out.size()), g_lse32(rows), g_dqkv2(a.qkv.size());
     ASSERT_TRUE(gpu::FlashAttentionForwardTc(g_out.p, g_lse.p, g_qkv.p, sh.B, sh.T, sh.C, sh.NH, nullptr).ok());
     const std::vector<float> got = g_out.Host();
     ExpectClose(got, out, "tensor-core flash attention out", 1e-2);
