@@ -58,13 +58,15 @@ Status DeviceArena::UploadParams(const float* host) {
   return Status::Ok();
 }
 
-Status DeviceArena::DownloadParams(float* host) { return DownloadParamRange(host, 0, n_); }
+Status DeviceArena::DownloadParams(float* host) { return DownloadParamRanges(host, {{0, n_}}); }
 
-Status DeviceArena::DownloadParamRange(float* host, size_t b, size_t e) {
-  RT_CHECK(b <= e && e <= n_);
-  RT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host + b, params_.data() + b, (e - b) * sizeof(float),
-                                          cudaMemcpyDeviceToHost, stream_),
-                          "copying parameters from the device");
+Status DeviceArena::DownloadParamRanges(float* host, const std::vector<std::pair<size_t, size_t>>& ranges) {
+  for (const auto& [b, e] : ranges) {
+    RT_CHECK(b <= e && e <= n_);
+    RT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host + b, params_.data() + b, (e - b) * sizeof(float),
+                                            cudaMemcpyDeviceToHost, stream_),
+                            "copying parameters from the device");
+  }
   return Synchronize("copying parameters from the device");
 }
 
@@ -91,8 +93,6 @@ Status DeviceArena::StartOptimizer(const OptimConfig& oc, const float* params, c
   const bool need_v = oc.kind != OptimKind::kSgd;
   if (need_m != has_m()) RT_RETURN_IF_ERROR(m_.Allocate(need_m ? n_ : 0, "optimizer moment m"));
   if (need_v != has_v()) RT_RETURN_IF_ERROR(v_.Allocate(need_v ? n_ : 0, "optimizer moment v"));
-  const size_t scratch = static_cast<size_t>(gpu::SumSquaresScratch(static_cast<int64_t>(n_)));
-  if (sumsq_.size() != scratch) RT_RETURN_IF_ERROR(sumsq_.Allocate(scratch, "gradient norm scratch"));
   RT_RETURN_IF_ERROR(UploadParams(params));
   for (auto [dst, src, what] : {std::tuple{m_.data(), m, "copying the optimizer moment m to the device"},
                                 std::tuple{v_.data(), v, "copying the optimizer moment v to the device"}}) {

@@ -40,9 +40,9 @@ class DeviceArena {
   // buffer must stay unchanged until the next Synchronize); downloads wait for the device.
   Status UploadParams(const float* host);
   Status DownloadParams(float* host);
-  // Elements [b, e) of the parameters into host[b, e) (state the forward changes in place, such
-  // as BatchNorm's running statistics). Waits.
-  Status DownloadParamRange(float* host, size_t b, size_t e);
+  // Elements [b, e) of the parameters into host[b, e) for each range (state the forward changes
+  // in place, such as BatchNorm's running statistics). One wait for all of them.
+  Status DownloadParamRanges(float* host, const std::vector<std::pair<size_t, size_t>>& ranges);
   Status DownloadGrads(float* host);
   Status ZeroGrads();
   // Makes the arena's device current on the calling thread (before allocating for it).
@@ -71,7 +71,7 @@ class DeviceArena {
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   cuda::DeviceBuffer<float> params_, grads_, m_, v_;
-  cuda::DeviceBuffer<double> sumsq_;  // SumSquares scratch
+  cuda::DeviceBuffer<double> sumsq_;  // SumSquares scratch (made by the first GradSumSquares)
   bool started_ = false;
 };
 

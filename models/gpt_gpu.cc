@@ -11,8 +11,7 @@ namespace ringtrain {
 
 StatusOr<std::unique_ptr<GpuGpt>> GpuGpt::Create(const GptConfig& cfg, int local_rank, bool bf16,
                                                  const std::string& attention) {
-  const bool can_flash = gpu::FlashAttentionSupports(cfg.n_embd / cfg.n_head) && cfg.dropout == 0;
-  if (attention == "flash" && !can_flash)
+  if (attention == "flash" && !CanFlash(cfg))
     return InvalidArgument("config: attention flash needs a head size (model.n_embd / model.n_head = " +
                            std::to_string(cfg.n_embd / cfg.n_head) + ") of 16, 32, 64 or 128 and model.dropout 0");
   if (attention != "auto" && attention != "flash" && attention != "materialized")
@@ -107,8 +106,8 @@ Status GpuGpt::PlanActivations(int B, int Tn) {
   // (B,NH,T,T) scores (and backward's scratch) take at most a quarter of the device's memory;
   // past that, at long context, the fp32 fused kernel stores none.
   const int hs = static_cast<int>(C / NH);
-  const bool can_flash = gpu::FlashAttentionSupports(hs) && cfg_.dropout == 0;
-  flash_tc_ = bf16_ && gpu::FlashAttentionTcSupports(hs) && cfg_.dropout == 0;
+  const bool can_flash = CanFlash(cfg_);
+  flash_tc_ = bf16_ && can_flash && gpu::FlashAttentionTcSupports(hs);
   if (attention_ == "flash" || attention_ == "materialized") {
     flash_ = attention_ == "flash";
   } else if (!can_flash || !bf16_ || flash_tc_) {

@@ -92,6 +92,11 @@ class GpuGpt {
     float* att_drop;  // dropout: the (B,NH,T,T) probabilities after dropout (else null)
     uint8_t *keep_att, *keep_attproj, *keep_fcproj;  // dropout keep masks (else null)
   };
+  // Whether the fused attention applies: a head size it supports and no dropout (dropout on the
+  // probabilities needs them stored).
+  static bool CanFlash(const GptConfig& cfg) {
+    return gpu::FlashAttentionSupports(cfg.n_embd / cfg.n_head) && cfg.dropout == 0;
+  }
   float* P(int i) { return i >= 0 ? arena_->params() + layout_.spec(i).offset : nullptr; }
   const gpu::bf16* W16(int i) const { return wbf_.data() + layout_.spec(i).offset; }
   // A Linear (parameter indices w and b; b < 0: none): fp32, or in bf16 mode bf16 products from

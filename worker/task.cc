@@ -119,7 +119,7 @@ class DeviceTask : public Task {
     RT_RETURN_IF_ERROR(dev_->ZeroGrads());
     RT_ASSIGN_OR_RETURN(const double loss, run(nullptr));
     RT_RETURN_IF_ERROR(dev_->DownloadGrads(grad_buf_.data()));
-    for (const auto& [b, e] : state_ranges_) RT_RETURN_IF_ERROR(dev_->DownloadParamRange(A.params.data(), b, e));
+    if (!state_ranges_.empty()) RT_RETURN_IF_ERROR(dev_->DownloadParamRanges(A.params.data(), state_ranges_));
     float* g = A.grads.data();
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; ++i) g[i] += grad_buf_[i];
